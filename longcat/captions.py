@@ -1,0 +1,67 @@
+"""Decode caption files losslessly and record what had to be fixed.
+
+Captions are UTF-8 text in principle; in practice some carry a byte-order mark, Windows line ends,
+or were saved as latin-1/cp1252. Every byte sequence decodes to some text here (latin-1 maps each byte
+to one code point), and the fixups applied are recorded beside the text. Long captions are kept whole.
+"""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+
+_BOMS = (
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    encoding: str
+    fixups: tuple[str, ...]
+
+    @property
+    def fixups_text(self) -> str:
+        return ",".join(self.fixups)
+
+
+def decode_caption(raw: bytes) -> Caption:
+    """The caption text, the encoding it was read with and the fixups (bom, crlf, cr, latin-1, strip)."""
+    fixups = []
+    encoding = None
+    for bom, bom_encoding in _BOMS:
+        if raw.startswith(bom):
+            raw = raw[len(bom) :]
+            encoding = bom_encoding
+            fixups.append("bom")
+            break
+    if encoding is None:
+        try:
+            text = raw.decode("utf-8")
+            encoding = "utf-8"
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+            encoding = "latin-1"
+            fixups.append("latin-1")
+    else:
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+            encoding = "latin-1"
+            fixups.append("latin-1")
+    if "\r\n" in text:
+        text = text.replace("\r\n", "\n")
+        fixups.append("crlf")
+    if "\r" in text:
+        text = text.replace("\r", "\n")
+        fixups.append("cr")
+    stripped = text.strip()
+    if stripped != text.rstrip("\n"):
+        fixups.append("strip")
+    return Caption(text=stripped, encoding=encoding, fixups=tuple(fixups))

@@ -1,0 +1,151 @@
+"""Load and check the workflow config outside Snakemake (scripts, tests, benchmarks) and inside it.
+
+The Snakefile and the library read the same plain dict. Checks happen in this order:
+credentials are refused first (so no later message can echo them), then the JSON Schema in
+`config/schema.yaml` is applied and the first violation is reported as one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+SCHEMA = REPO_ROOT / "config" / "schema.yaml"
+
+CREDENTIAL_KEYS = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
+
+
+class ConfigError(ValueError):
+    """A config that must not be used; the message names the key and never echoes a secret."""
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, found {type(data).__name__}")
+    return data
+
+
+def merge(base: Mapping, override: Mapping) -> dict:
+    """Deep-merge like Snakemake's `--configfile a b`: mappings merge key by key, anything else replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            yield where, str(key)
+            yield from _walk(value, where)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{path}[{index}]")
+
+
+def refuse_credentials(config: Mapping, origin: str = "config") -> None:
+    """Refuse AWS keys anywhere in the config, naming where they were found but never their value."""
+    found = [where for where, key in _walk(config, "") if key.lower() in CREDENTIAL_KEYS]
+    if found:
+        raise ConfigError(
+            f"{origin}: AWS credentials found at {', '.join(found)}; credentials never go in the config. "
+            "Remove them and use boto3's standard chain: the environment (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE), ~/.aws/credentials, or an instance/pod role."
+        )
+
+
+def _key_path(error, *extra: str) -> str:
+    parts = []
+    for part in [*error.absolute_path, *extra]:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(f".{part}" if parts else str(part))
+    return "".join(parts) or "(top level)"
+
+
+def _shown(value) -> str:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{shown} ({type(value).__name__})"
+
+
+def _describe(error) -> str:
+    validator, value = error.validator, error.validator_value
+    if validator == "required":
+        missing = [key for key in value if key not in error.instance]
+        return f"{_key_path(error, missing[0])}: required key missing"
+    if validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"{_key_path(error, extra[0])}: unknown key (expected one of {allowed})"
+    if validator == "type":
+        expected = f"type {' or '.join(value) if isinstance(value, list) else value}"
+    elif validator == "enum":
+        expected = f"one of {', '.join(map(repr, value))}"
+    else:
+        expected = f"{validator} {value!r}"
+    return f"{_key_path(error)}: expected {expected}, found {_shown(error.instance)}"
+
+
+def schema_errors(config: Mapping, schema_path: str | Path = SCHEMA) -> list[str]:
+    """One line per schema violation, ordered by key: `train.learning_rate: expected type number, ...`."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(load_yaml(schema_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    return [_describe(error) for error in errors]
+
+
+def check_config(config: Mapping, schema_path: str | Path = SCHEMA, origin: str = "config") -> None:
+    """Raise ConfigError naming the first bad key (credentials first, then the schema)."""
+    refuse_credentials(config, origin)
+    errors = schema_errors(config, schema_path)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{origin} key {errors[0]}{more}; see {Path(schema_path).name}")
+
+
+def fill_defaults(config: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Fill in the schema's default for each key the config leaves out (in place, as Snakemake does)."""
+    schema = load_yaml(schema_path)
+
+    def fill(node: dict, subschema: Mapping) -> None:
+        for key, prop in subschema.get("properties", {}).items():
+            if key not in node and "default" in prop:
+                node[key] = copy.deepcopy(prop["default"])
+            if isinstance(node.get(key), dict):
+                fill(node[key], prop)
+
+    fill(config, schema)
+    return config
+
+
+def load_config(*overrides: str | Path, base: str | Path = DEFAULT_CONFIG) -> dict:
+    """The checked config Snakemake sees for `--configfile OVERRIDE...` on top of the embedded default."""
+    config = load_yaml(base)
+    refuse_credentials(config, str(base))
+    for path in overrides:
+        layer = load_yaml(path)
+        refuse_credentials(layer, str(path))
+        config = merge(config, layer)
+    check_config(config)
+    return fill_defaults(config)

@@ -1,0 +1,133 @@
+"""Synthetic clips for the demo: small, deterministic, varied, each with a caption that describes it.
+
+ffmpeg's lavfi sources draw the pictures; sizes, frame rates, lengths and the `moov` position vary so
+the probe and the frame plan see the cases real data has (portrait, a clip shorter than the frame plan
+asks for, different rates).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+
+log = logging.getLogger(__name__)
+
+# (lavfi source with {w}x{h} size and {rate}, caption)
+PATTERNS = [
+    (
+        "testsrc2=size={w}x{h}:rate={rate}",
+        "a colourful test card with a moving gradient and a running counter",
+    ),
+    ("smptebars=size={w}x{h}:rate={rate}", "vertical SMPTE colour bars above a row of grey and black blocks"),
+    (
+        "mandelbrot=size={w}x{h}:rate={rate}:start_scale=2",
+        "a Mandelbrot fractal slowly zooming in, glowing edges on a dark background",
+    ),
+    (
+        "life=size={w}x{h}:rate={rate}:seed={seed}:mold=10:life_color=white:death_color=#202080",
+        "Conway's game of life, white cells growing and dying on a dark blue grid",
+    ),
+    ("rgbtestsrc=size={w}x{h}:rate={rate}", "three wide vertical stripes in red, green and blue"),
+    ("testsrc=size={w}x{h}:rate={rate}", "a test pattern with a colour wheel and a ticking timestamp"),
+    (
+        "cellauto=size={w}x{h}:rate={rate}:seed={seed}:rule=110",
+        "a black and white cellular automaton scrolling upwards",
+    ),
+    (
+        "color=c=blue:size={w}x{h}:rate={rate},drawbox=x='mod(t*40,{w})':y={h}/3:w={h}/3:h={h}/3:c=red:t=fill",
+        "a red square moving across a blue background",
+    ),
+]
+SIZES = [(128, 72), (96, 96), (72, 128), (160, 96), (112, 64), (64, 112)]
+RATES = [24, 25, 30, 15, 12]
+
+
+@dataclass(frozen=True)
+class DemoClip:
+    name: str
+    source: str
+    caption: str
+    width: int
+    height: int
+    rate: int
+    seconds: float
+    faststart: bool
+
+
+def plan_clips(num_clips: int, seed: int = 0) -> list[DemoClip]:
+    """The clips the demo makes: the same list for the same (num_clips, seed)."""
+    rng = random.Random(seed)
+    clips = []
+    for index in range(num_clips):
+        pattern, caption = PATTERNS[index % len(PATTERNS)]
+        # Every third clip is portrait and one clip is shorter than the full frame plan.
+        width, height = SIZES[(index + rng.randrange(len(SIZES))) % len(SIZES)]
+        if index % 3 == 2 and width > height:
+            width, height = height, width
+        rate = RATES[rng.randrange(len(RATES))]
+        seconds = 0.8 if index == 1 else round(rng.uniform(1.3, 2.4), 1)
+        clip_seed = rng.randrange(1 << 16)
+        clips.append(
+            DemoClip(
+                name=f"clip-{index:03d}",
+                source=pattern.format(w=width, h=height, rate=rate, seed=clip_seed),
+                caption=f"{caption}, {width}x{height} at {rate} frames per second",
+                width=width,
+                height=height,
+                rate=rate,
+                seconds=seconds,
+                faststart=index % 2 == 0,
+            )
+        )
+    return clips
+
+
+def encode_clip(clip: DemoClip, path: str | Path) -> None:
+    """Encode one clip with ffmpeg (H.264, bit-exact flags and one thread, so the bytes are reproducible)."""
+    output_args = {
+        "t": clip.seconds,
+        "vcodec": "libx264",
+        "preset": "ultrafast",
+        "pix_fmt": "yuv420p",
+        "g": clip.rate,
+        "threads": 1,
+        "map_metadata": -1,
+        "fflags": "+bitexact",
+        "flags:v": "+bitexact",
+        "an": None,
+    }
+    if clip.faststart:
+        output_args["movflags"] = "+faststart"
+    stream = ffmpeg.input(clip.source, f="lavfi").output(str(path), **output_args)
+    try:
+        stream.overwrite_output().global_args("-nostdin", "-loglevel", "error").run(capture_stderr=True)
+    except ffmpeg.Error as error:
+        message = (error.stderr or b"").decode("utf-8", "replace").strip()
+        raise RuntimeError(f"demo clip {clip.name} ({clip.source}): ffmpeg failed: {message}") from None
+
+
+def make_demo_clips(out_dir: str | Path, num_clips: int, seed: int = 0) -> list[DemoClip]:
+    """Write NAME.mp4 + NAME.txt for each demo clip into `out_dir`, which appears complete or not at all."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    clips = plan_clips(num_clips, seed)
+    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for clip in clips:
+            encode_clip(clip, building / f"{clip.name}.mp4")
+            (building / f"{clip.name}.txt").write_text(clip.caption + "\n", encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        building.chmod(0o755)
+        building.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    log.info("wrote %d demo clips to %s", len(clips), out_dir)
+    return clips

@@ -1,0 +1,83 @@
+"""Export a trained DiT as a self-contained model in the published layout.
+
+The result holds the trained `dit/` (safetensors; shards + index above `max_shard_size`) beside the untouched
+`vae/`, `text_encoder/`, `tokenizer/` and `scheduler/` (hard-linked where the filesystem allows, copied
+otherwise, never symlinked) and `model_index.json`. It loads with `LongCatVideoPipeline.from_pretrained(dir)`
+and with `diffusers.DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from longcat.basemodel import (
+    SUBFOLDERS,
+    check_layout,
+    tokenizer_class_name,
+    write_dir_atomically,
+    write_pipeline_files,
+)
+
+logger = logging.getLogger(__name__)
+
+COPIED_SUBFOLDERS = tuple(name for name in SUBFOLDERS if name != "dit")
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    # Resolved first: a Hugging Face cache holds links into its blob store, and a hard link to a
+    # symbolic link would still be a symbolic link.
+    src = os.path.realpath(src)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def build_dit(state_dict: Mapping[str, torch.Tensor], config: Mapping, where: str = "the config"):
+    """A DiT of architecture `config` holding the tensors of `state_dict`; names and shapes must match."""
+    from longcat.model import LongCatVideoTransformer3DModel
+
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel.from_config(dict(config))
+    try:
+        model.load_state_dict(state_dict, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(f"DiT state dict does not match {where}: {error}") from None
+    return model
+
+
+def export_model(
+    dit,
+    base_dir: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_size: str = "5GB",
+) -> Path:
+    """Write `out_dir` in the published layout with `dit` (a model or a full state dict) as the transformer.
+
+    A state dict must match the base model's `dit/config.json` exactly; a model brings its own config.
+    The model itself is left as it is (tensors are converted to `dtype` one at a time while writing).
+    `out_dir` appears complete or not at all; an existing `out_dir` is replaced.
+    """
+    from longcat.model.loading import read_dit_config, save_dit
+
+    base_dir = check_layout(base_dir)
+    if isinstance(dit, Mapping):
+        config_path = base_dir / "dit" / "config.json"
+        dit = build_dit(dit, read_dit_config(config_path.parent), where=str(config_path))
+
+    def fill(tmp: Path) -> None:
+        save_dit(dit, tmp / "dit", max_shard_size=max_shard_size, dtype=dtype)
+        for name in COPIED_SUBFOLDERS:
+            shutil.copytree(base_dir / name, tmp / name, copy_function=_link_or_copy)
+        write_pipeline_files(tmp, tokenizer_class=tokenizer_class_name(base_dir))
+
+    logger.info("exporting the model to %s (dit in %s, other parts from %s)", out_dir, dtype, base_dir)
+    return write_dir_atomically(Path(out_dir), fill)

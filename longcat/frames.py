@@ -1,0 +1,129 @@
+"""Which frames of a clip to take, and decoding them with ffmpeg straight into a uint8 array.
+
+One ffmpeg process per clip does all the pixel work: decode, time-based frame selection (`fps` filter),
+rotation (ffmpeg applies the display matrix itself), resize to cover the bucket in display aspect,
+centre crop, conversion to RGB. Python only reads the raw pipe into one array.
+"""
+
+import math
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+
+from longcat.buckets import closest_bucket, display_size, resolution_buckets
+
+
+class ClipRejected(Exception):
+    """A clip that the sampling policy or the decoder cannot turn into a sample; the text is the reason."""
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    num_frames: int  # frames to decode, 4k+1
+    fps: float  # effective sampling rate, recorded per sample
+    height: int  # bucket
+    width: int
+
+
+def frame_counts(frames_cfg: dict) -> list[int]:
+    """The allowed frame counts, largest first: `num_frames` and the smaller `frame_buckets`, each 4k+1."""
+    wanted = int(frames_cfg["num_frames"])
+    counts = {wanted} | {
+        int(count) for count in frames_cfg.get("frame_buckets") or [] if int(count) <= wanted
+    }
+    bad = sorted(count for count in counts if count < 1 or (count - 1) % 4)
+    if bad:
+        raise ValueError(f"frames.num_frames / frames.frame_buckets: frame counts must be 4k+1, found {bad}")
+    return sorted(counts, reverse=True)
+
+
+def frame_plan(row: dict, frames_cfg: dict) -> FramePlan:
+    """The sampling plan of one metadata row (fps, frame_count, duration, aspect_ratio or size and rotation).
+
+    A clip long enough is sampled at `frames.fps` from its start. A shorter one is sampled evenly across its
+    whole length, at no more than its own rate. One with fewer frames than `frames.num_frames` falls to the
+    largest allowed frame bucket, or is rejected when `frames.short_clip` is `reject`.
+    """
+    source_fps = float(row["fps"])
+    duration = float(row["duration"])
+    frame_count = (
+        int(row["frame_count"]) if row.get("frame_count") else int(math.floor(duration * source_fps))
+    )
+    if source_fps <= 0 or duration <= 0 or frame_count <= 0:
+        raise ClipRejected(
+            f"no usable video timing (fps={source_fps}, duration={duration}, frames={frame_count})"
+        )
+
+    counts = frame_counts(frames_cfg)
+    fitting = [count for count in counts if count <= frame_count]
+    if frame_count < counts[0] and frames_cfg.get("short_clip", "fallback") == "reject":
+        raise ClipRejected(
+            f"{frame_count} frames, fewer than frames.num_frames={counts[0]} (short_clip: reject)"
+        )
+    if not fitting:
+        raise ClipRejected(f"{frame_count} frames, fewer than the smallest frame bucket {counts[-1]}")
+    num_frames = fitting[0]
+
+    target_fps = float(frames_cfg["fps"])
+    fps = target_fps if num_frames / target_fps <= duration else min(num_frames / duration, source_fps)
+
+    bucket_height, bucket_width = closest_bucket(display_aspect_ratio(row), resolution_buckets(frames_cfg))
+    return FramePlan(num_frames=num_frames, fps=round(fps, 6), height=bucket_height, width=bucket_width)
+
+
+def display_aspect_ratio(row: dict) -> float:
+    """Width over height as shown: the probe's `aspect_ratio` (rotation and pixel aspect applied), or,
+    without it, the coded size turned by `rotation`."""
+    if row.get("aspect_ratio"):
+        return float(row["aspect_ratio"])
+    width = row.get("coded_width") or row["width"]
+    height = row.get("coded_height") or row["height"]
+    shown_width, shown_height = display_size(int(width), int(height), float(row.get("rotation") or 0))
+    if shown_width <= 0 or shown_height <= 0:
+        raise ClipRejected(f"no usable frame size ({width}x{height})")
+    return shown_width / shown_height
+
+
+def decode_clip(source: str, plan: FramePlan, threads: int = 0) -> np.ndarray:
+    """Decode the planned frames of `source` (a path or URL) as uint8 RGB, shape [F, H, W, 3].
+
+    Raises ClipRejected with ffmpeg's own message when the file does not decode or yields too few frames.
+    """
+    height, width = plan.height, plan.width
+    # Cover the bucket in display aspect (`dar` includes the sample aspect ratio), then crop the centre.
+    cover_width = f"max({width},ceil({height}*dar))"
+    cover_height = f"max({height},ceil({width}/dar))"
+    stream = (
+        ffmpeg.input(source, threads=threads)
+        .video.filter("fps", fps=f"{plan.fps:.6f}", round="near")
+        .filter("scale", w=cover_width, h=cover_height, flags="bicubic")
+        .filter("format", "rgb24")
+        .filter("setsar", "1")
+        .filter("crop", width, height)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=plan.num_frames)
+        .global_args("-nostdin", "-loglevel", "error")
+    )
+    frames = np.empty((plan.num_frames, height, width, 3), dtype=np.uint8)
+    # ffmpeg's messages go to a file: a damaged stream can log more than a pipe holds while we read frames.
+    with tempfile.TemporaryFile() as messages:
+        process = subprocess.Popen(stream.compile(), stdout=subprocess.PIPE, stderr=messages)
+        # Read straight into the array: no intermediate bytes object, and the array stays writable.
+        view, filled = memoryview(frames).cast("B"), 0
+        while filled < len(view):
+            count = process.stdout.readinto(view[filled:])
+            if not count:
+                break
+            filled += count
+        process.stdout.close()
+        process.wait()
+        messages.seek(0)
+        errors = messages.read().decode("utf-8", "replace").strip().splitlines()
+    if filled < len(view) and process.returncode != 0:
+        raise ClipRejected(f"ffmpeg failed: {errors[-1] if errors else f'exit status {process.returncode}'}")
+    if filled < len(view):
+        decoded = filled // (height * width * 3)
+        raise ClipRejected(f"decoded {decoded} frames, the plan needs {plan.num_frames}")
+    return frames

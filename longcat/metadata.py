@@ -1,0 +1,207 @@
+"""The data stage's tables: manifest, probe chunks, metadata and rejects.
+
+Every manifest key ends in exactly one of `metadata.parquet` (accepted, with the frame plan) and
+`rejected.parquet` (with a reason). Probe records hold only facts about the objects; the acceptance
+rules that depend on the config (minimum size, the frame plan) are applied when the chunks are merged,
+so changing them never re-probes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from longcat.probe import PROBE_SCHEMA, probe_rows
+from longcat.source import Source, build_manifest, chunk_of
+
+log = logging.getLogger(__name__)
+
+PLAN_FIELDS = [
+    ("frame_count", pa.int64()),
+    ("plan_num_frames", pa.int32()),
+    ("plan_fps", pa.float64()),
+    ("plan_height", pa.int32()),
+    ("plan_width", pa.int32()),
+    ("filename", pa.string()),
+]
+METADATA_SCHEMA = pa.schema([f for f in PROBE_SCHEMA if f.name not in {"reason", "detail"}] + PLAN_FIELDS)
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption_key", pa.string()),
+        ("etag", pa.string()),
+        ("size", pa.int64()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+def write_table(table: pa.Table, path: str | Path) -> None:
+    """Write a parquet file atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(table, temp, compression="zstd")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def chunk_ids(chunks: int) -> list[str]:
+    return [f"{index:03d}" for index in range(chunks)]
+
+
+def write_manifest(source: Source, path: str | Path) -> pa.Table:
+    table = build_manifest(source)
+    write_table(table, path)
+    return table
+
+
+def manifest_chunk(manifest: pa.Table, chunk: str, chunks: int) -> list[dict]:
+    """The manifest rows whose key hashes to `chunk`."""
+    index = int(chunk)
+    if not 0 <= index < chunks:
+        raise ValueError(f"probe chunk {chunk}: expected 000..{chunks - 1:03d} (probe.chunks={chunks})")
+    return [row for row in manifest.to_pylist() if chunk_of(row["key"], chunks) == index]
+
+
+def read_records(path: str | Path, keys: Sequence[str] | None = None) -> list[dict]:
+    """Probe records stored by an earlier run (only those of `keys` when given); none when the store is
+    missing or unreadable (a cold start)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        table = pq.read_table(path, filters=[("key", "in", list(keys))] if keys else None)
+    except (OSError, pa.ArrowException) as error:
+        log.warning("ignoring the unreadable probe store %s (%s)", path, error)
+        return []
+    if table.schema != PROBE_SCHEMA:
+        log.warning("ignoring the probe store %s: its columns differ from this version's", path)
+        return []
+    return table.to_pylist()
+
+
+def probe_chunk(
+    source: Source,
+    manifest_path: str | Path,
+    chunk: str,
+    chunks: int,
+    output: str | Path,
+    store: str | Path,
+    workers: int = 8,
+    decode_check: bool = True,
+) -> pa.Table:
+    """Probe the objects of one chunk, reusing the store's records by etag, and write the part file.
+
+    The store lives outside the rule's outputs because Snakemake deletes outputs before a job runs.
+    """
+    rows = manifest_chunk(pq.read_table(manifest_path), chunk, chunks)
+    store = Path(store)
+    own = read_records(store)
+    previous = list(own)
+    stored = {record["key"] for record in own}
+    missing = [row["key"] for row in rows if row["key"] not in stored]
+    if missing:
+        # Keys may have been probed under another chunk (probe.chunks changed); look in the other stores.
+        for other in sorted(store.parent.glob("part-*.parquet")):
+            if other != store:
+                previous += read_records(other, missing)
+    records, probed = probe_rows(source, rows, previous, workers, decode_check)
+    table = pa.Table.from_pylist(records, schema=PROBE_SCHEMA)
+    rejected = sum(1 for record in records if record["reason"])
+    log.info(
+        "chunk %s: %d objects, %d reused by etag, %d probed, %d rejected, %d bytes read",
+        chunk,
+        len(records),
+        len(records) - probed,
+        probed,
+        rejected,
+        sum(record["probe_bytes"] or 0 for record in records),
+    )
+    # Records of keys that now hash to another chunk stay stored until that chunk has taken them over;
+    # records of keys that left the source are dropped.
+    this_chunk = {row["key"] for row in rows}
+    kept = [rec for rec in own if rec["key"] not in this_chunk and chunk_of(rec["key"], chunks) != int(chunk)]
+    write_table(pa.Table.from_pylist(records + kept, schema=PROBE_SCHEMA), store)
+    write_table(table, output)
+    return table
+
+
+def _acceptance(record: dict, probe_cfg: Mapping, frames_cfg: Mapping) -> tuple[str, str] | dict:
+    """A reject (reason, detail) or the plan columns for one probed record."""
+    from longcat.buckets import display_size
+    from longcat.frames import ClipRejected, frame_plan
+
+    row = {**record, "frame_count": record["num_frames"]}
+    shown_width, shown_height = display_size(record["width"], record["height"], record["rotation"] or 0)
+    min_width, min_height = int(probe_cfg.get("min_width", 0)), int(probe_cfg.get("min_height", 0))
+    if shown_width < min_width or shown_height < min_height:
+        return (
+            "too_small",
+            f"{shown_width}x{shown_height} is below probe.min_width x min_height = {min_width}x{min_height}",
+        )
+    try:
+        plan = frame_plan(row, dict(frames_cfg))
+    except ClipRejected as reject:
+        return "too_short", str(reject)
+    return {
+        "frame_count": record["num_frames"],
+        "plan_num_frames": plan.num_frames,
+        "plan_fps": plan.fps,
+        "plan_height": plan.height,
+        "plan_width": plan.width,
+        "filename": record["key"],
+    }
+
+
+def merge_metadata(
+    manifest_path: str | Path,
+    part_paths: Sequence[str | Path],
+    probe_cfg: Mapping,
+    frames_cfg: Mapping,
+    metadata_path: str | Path,
+    rejected_path: str | Path,
+) -> tuple[pa.Table, pa.Table]:
+    """Split the probe records into accepted rows (with the frame plan) and rejects, both sorted by key."""
+    manifest_keys = pq.read_table(manifest_path, columns=["key"]).column("key").to_pylist()
+    records = {}
+    for path in part_paths:
+        for record in pq.read_table(path).to_pylist():
+            records[record["key"]] = record
+    missing = [key for key in manifest_keys if key not in records]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} manifest keys have no probe record in {len(part_paths)} parts "
+            f"(first: {missing[0]!r}); the parts are older than the manifest"
+        )
+    accepted, rejected = [], []
+    for key in sorted(manifest_keys):
+        record = records[key]
+        if record["reason"]:
+            rejected.append(record)
+            continue
+        outcome = _acceptance(record, probe_cfg, frames_cfg)
+        if isinstance(outcome, tuple):
+            rejected.append({**record, "reason": outcome[0], "detail": outcome[1]})
+        else:
+            accepted.append({**record, **outcome})
+    metadata = pa.Table.from_pylist(accepted, schema=METADATA_SCHEMA)
+    rejects = pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
+    write_table(metadata, metadata_path)
+    write_table(rejects, rejected_path)
+    reasons = {}
+    for record in rejected:
+        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+    log.info("metadata: %d accepted, %d rejected %s", metadata.num_rows, rejects.num_rows, reasons or "")
+    return metadata, rejects

@@ -1,0 +1,363 @@
+"""Text-to-video sampling with LongCat-Video: flow matching, Euler steps, CFG-Zero* guidance.
+
+The schedule and the update follow the reference pipeline: sigmas `linspace(1, 0.001, N)` shifted by the
+scheduler's `shift` and ending at 0, DiT timestep `1000·σ`, and an Euler step on the negated model output
+(the DiT predicts `x0 − noise`). Latents live normalised by the VAE's `latents_mean`/`latents_std` and are
+denormalised just before decoding. With a conditioning video, its leading latent frames stay clean
+(timestep 0, `num_cond_latents`) and only the frames after them are denoised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
+
+from longcat.model import LongCatVideoTransformer3DModel
+from longcat.text import encode_prompts
+
+logger = logging.getLogger(__name__)
+
+SIGMA_MIN = 0.001
+NUM_TRAIN_TIMESTEPS = 1000
+PATCH_SIZE = 2
+
+
+def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
+    """`num_steps` shifted sigmas from 1 down to shift(0.001), plus the terminal 0 (float32, length N+1)."""
+    if num_steps < 1:
+        raise ValueError(f"num_inference_steps: expected at least 1, found {num_steps}")
+    sigmas = torch.linspace(1.0, SIGMA_MIN, num_steps, dtype=torch.float32)
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def cfg_zero_star(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """CFG-Zero*: scale the unconditional prediction by `st = <cond, uncond> / ||uncond||²` per sample."""
+    batch = cond.shape[0]
+    cond_flat = cond.reshape(batch, -1).float()
+    uncond_flat = uncond.reshape(batch, -1).float()
+    st = (cond_flat * uncond_flat).sum(dim=1) / (uncond_flat.square().sum(dim=1) + 1e-8)
+    st = st.view(batch, *([1] * (cond.ndim - 1)))
+    uncond_scaled = uncond.float() * st
+    return uncond_scaled + guidance_scale * (cond.float() - uncond_scaled)
+
+
+def euler_step(latents: torch.Tensor, model_output: torch.Tensor, sigma: float, sigma_next: float):
+    """One Euler step of the flow ODE; the DiT's `x0 − noise` output is negated into the velocity."""
+    return latents + (sigma_next - sigma) * (-model_output)
+
+
+def _latent_stats(vae_config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (1, vae_config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae_config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+    std = torch.tensor(vae_config.latents_std, device=like.device, dtype=like.dtype).view(shape)
+    return mean, std
+
+
+def normalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
+    """VAE latents to the DiT's space: `(z − mean) / std` per channel."""
+    mean, std = _latent_stats(vae_config, latents)
+    return (latents - mean) / std
+
+
+def denormalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
+    """The DiT's latents back to the VAE's space: `z·std + mean` per channel."""
+    mean, std = _latent_stats(vae_config, latents)
+    return latents * std + mean
+
+
+def denoise(
+    dit: Callable[..., torch.Tensor],
+    latents: torch.Tensor,
+    sigmas: torch.Tensor,
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    negative_text: torch.Tensor | None = None,
+    negative_mask: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    num_cond_latents: int = 0,
+    model_dtype: torch.dtype = torch.float32,
+    progress: Callable[[int], object] | None = None,
+) -> torch.Tensor:
+    """Run the Euler sampler from `latents` (float32, normalised) along `sigmas`; returns float32 latents.
+
+    `dit` has the DiT's forward signature. Guidance runs when `negative_text` is given: the negative and
+    positive batches go through the model together, combined with CFG-Zero* on the denoised frames.
+    """
+    guided = negative_text is not None
+    latents = latents.float()
+    if guided:
+        text = torch.cat([negative_text, text])
+        text_mask = torch.cat([negative_mask, text_mask])
+    batch, _, num_latent_frames = latents.shape[:3]
+    model_batch = 2 * batch if guided else batch
+    for index in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[index]), float(sigmas[index + 1])
+        timestep = torch.full(
+            (model_batch, num_latent_frames), NUM_TRAIN_TIMESTEPS * sigma, device=latents.device
+        )
+        timestep[:, :num_cond_latents] = 0
+        model_input = torch.cat([latents, latents]) if guided else latents
+        prediction = dit(
+            hidden_states=model_input.to(model_dtype),
+            timestep=timestep.to(model_dtype),
+            encoder_hidden_states=text,
+            encoder_attention_mask=text_mask,
+            num_cond_latents=num_cond_latents,
+        ).float()
+        prediction = prediction[:, :, num_cond_latents:]
+        if guided:
+            uncond, cond = prediction.chunk(2)
+            prediction = cfg_zero_star(cond, uncond, guidance_scale)
+        noisy = latents[:, :, num_cond_latents:]
+        latents = torch.cat(
+            [latents[:, :, :num_cond_latents], euler_step(noisy, prediction, sigma, sigma_next)], 2
+        )
+        if progress is not None:
+            progress(1)
+    return latents
+
+
+@dataclass
+class LongCatVideoPipelineOutput(BaseOutput):
+    """`frames`: `[B, F, H, W, 3]` numpy in [0, 1] ("np"), `[B, F, 3, H, W]` tensor ("pt") or latents."""
+
+    frames: np.ndarray | torch.Tensor
+
+
+class LongCatVideoPipeline(DiffusionPipeline):
+    """LongCat-Video text-to-video (and video-conditioned) sampling over the published layout's components."""
+
+    model_cpu_offload_seq = "text_encoder->dit->vae"
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        text_encoder: UMT5EncoderModel,
+        vae: AutoencoderKLWan,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        dit: LongCatVideoTransformer3DModel,
+    ):
+        super().__init__()
+        self.register_modules(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, dit=dit
+        )
+        self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
+        self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        revision: str = "main",
+        dtype: torch.dtype | None = None,
+    ) -> LongCatVideoPipeline:
+        """Load a published-layout directory (or a Hugging Face repository id) through `load_components`.
+
+        `torch_dtype` (or its newer name `dtype`) applies to every part; float32 when neither is given.
+        """
+        from longcat.basemodel import download_hf, load_components
+
+        path = Path(pretrained_model_name_or_path)
+        if not path.is_dir():
+            path = download_hf(str(pretrained_model_name_or_path), revision)
+        dtype = dtype or torch_dtype or torch.float32
+        return cls(**load_components(path, device=device, dtype=dtype))
+
+    def _check_size(self, num_frames: int, height: int, width: int) -> None:
+        spatial = self.vae_scale_factor_spatial * PATCH_SIZE
+        if height % spatial or width % spatial or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width: expected positive multiples of {spatial}, found {height}x{width}"
+            )
+        if num_frames < 1 or (num_frames - 1) % self.vae_scale_factor_temporal:
+            raise ValueError(
+                f"num_frames: expected {self.vae_scale_factor_temporal}k+1 (e.g. 93), found {num_frames}"
+            )
+
+    def _encode_text(self, prompts: Sequence[str], max_sequence_length: int, dtype: torch.dtype):
+        embeddings = encode_prompts(self.tokenizer, self.text_encoder, prompts, max_sequence_length)
+        device = self._execution_device
+        return embeddings.padded.to(device=device, dtype=dtype), embeddings.mask.to(device)
+
+    def _encode_video(self, video: torch.Tensor, generator) -> torch.Tensor:
+        pixels = (video.to(device=self._execution_device, dtype=self.vae.dtype) * 2 - 1).clamp(-1, 1)
+        latents = self.vae.encode(pixels).latent_dist.sample(generator)
+        return normalize_latents(latents.float(), self.vae.config)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        num_frames: int = 93,
+        height: int = 480,
+        width: int = 832,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        video: torch.Tensor | None = None,
+        num_cond_frames: int | None = None,
+        max_sequence_length: int = 512,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ):
+        """Sample videos for `prompt`.
+
+        `video` (optional, `[B, 3, F, H, W]` or `[3, F, H, W]` in [0, 1]) conditions the sample on its first
+        `num_cond_frames` frames (4k+1; all of them by default), kept clean as the reference does for image-
+        to-video (1 frame) and video continuation. `latents` replaces the initial noise (normalised space).
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = (
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        )
+        if len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt: expected {len(prompts)} prompts, found {len(negatives)}")
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type: expected one of np, pt, latent, found {output_type!r}")
+        self._check_size(num_frames, height, width)
+        device = self._execution_device
+        model_dtype = self.dit.dtype
+
+        text, text_mask = self._encode_text(prompts, max_sequence_length, model_dtype)
+        guided = guidance_scale > 1.0
+        negative_text = negative_mask = None
+        if guided:
+            negative_text, negative_mask = self._encode_text(negatives, max_sequence_length, model_dtype)
+
+        shape = (
+            len(prompts),
+            self.dit.config.in_channels,
+            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents: expected shape {list(shape)}, found {list(latents.shape)}")
+        latents = latents.to(device=device, dtype=torch.float32)
+
+        num_cond_latents = 0
+        if video is not None:
+            video = video.unsqueeze(0) if video.ndim == 4 else video
+            num_cond_frames = video.shape[2] if num_cond_frames is None else num_cond_frames
+            if (
+                (num_cond_frames - 1) % self.vae_scale_factor_temporal
+                or not 0 < num_cond_frames < num_frames
+                or num_cond_frames > video.shape[2]
+            ):
+                raise ValueError(
+                    f"num_cond_frames: expected {self.vae_scale_factor_temporal}k+1 frames, fewer than "
+                    f"num_frames={num_frames} and at most the video's {video.shape[2]}, "
+                    f"found {num_cond_frames}"
+                )
+            if tuple(video.shape[-2:]) != (height, width) or video.shape[0] not in (1, len(prompts)):
+                raise ValueError(
+                    f"video: expected [1 or {len(prompts)}, 3, F, {height}, {width}], "
+                    f"found {list(video.shape)}"
+                )
+            cond = self._encode_video(video[:, :, :num_cond_frames], generator)
+            num_cond_latents = cond.shape[2]
+            cond = cond.expand(len(prompts), -1, -1, -1, -1)
+            latents = torch.cat([cond, latents[:, :, num_cond_latents:]], dim=2)
+
+        sigmas = flow_sigmas(num_inference_steps, float(self.scheduler.config.shift))
+        with self.progress_bar(total=num_inference_steps) as bar:
+            latents = denoise(
+                self.dit,
+                latents,
+                sigmas,
+                text,
+                text_mask,
+                negative_text,
+                negative_mask,
+                guidance_scale=guidance_scale,
+                num_cond_latents=num_cond_latents,
+                model_dtype=model_dtype,
+                progress=bar.update,
+            )
+
+        if output_type == "latent":
+            frames = latents
+        else:
+            decoded = self.vae.decode(denormalize_latents(latents, self.vae.config).to(self.vae.dtype)).sample
+            frames = self.video_processor.postprocess_video(decoded.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return LongCatVideoPipelineOutput(frames=frames)
+
+
+def sample_settings(config: Mapping) -> dict:
+    """Settings of the `sample` rule from the workflow config: its prompts at the first bucket's size."""
+    frames_cfg = config.get("frames") or {}
+    sample_cfg = config.get("sample") or {}
+    height, width = (frames_cfg.get("buckets") or [[480, 832]])[0]
+    return {
+        "prompts": list(sample_cfg.get("prompts") or []),
+        "num_frames": int(frames_cfg.get("num_frames", 93)),
+        "height": int(height),
+        "width": int(width),
+        "fps": float(frames_cfg.get("fps", 15)),
+        "num_inference_steps": int(sample_cfg.get("num_inference_steps", 50)),
+        "guidance_scale": float(sample_cfg.get("guidance_scale", 4.0)),
+        "max_sequence_length": int((config.get("cache") or {}).get("max_tokens", 512)),
+        "seed": int((config.get("train") or {}).get("seed", 0)),
+    }
+
+
+def render_samples(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    settings: Mapping,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[Path]:
+    """Write one mp4 per prompt of `settings` (see `sample_settings`) into `out_dir`, plus `prompts.json`.
+
+    Prompt i uses seed `settings["seed"] + i`. `out_dir` appears complete or not at all.
+    """
+    from longcat.basemodel import write_dir_atomically
+    from longcat.video_io import write_mp4
+
+    pipe = LongCatVideoPipeline.from_pretrained(model_dir, torch_dtype=dtype, device=device)
+    written = {}
+
+    def fill(tmp: Path) -> None:
+        for index, prompt in enumerate(settings["prompts"]):
+            generator = torch.Generator(device=device).manual_seed(settings["seed"] + index)
+            frames = pipe(
+                prompt,
+                num_frames=settings["num_frames"],
+                height=settings["height"],
+                width=settings["width"],
+                num_inference_steps=settings["num_inference_steps"],
+                guidance_scale=settings["guidance_scale"],
+                generator=generator,
+                max_sequence_length=settings["max_sequence_length"],
+            ).frames[0]
+            name = f"sample-{index:02d}.mp4"
+            write_mp4(frames, tmp / name, fps=settings["fps"])
+            written[name] = prompt
+            logger.info("%s: %s", name, prompt)
+        (tmp / "prompts.json").write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n")
+
+    out_dir = write_dir_atomically(Path(out_dir), fill)
+    return [out_dir / name for name in written]

@@ -1,0 +1,153 @@
+"""Append-only shard assignment and the per-shard lists built from it.
+
+The assignment table maps each accepted key to a shard id ("00000", ...). Existing assignments never
+change: keys that appear later fill new shards, so existing shard lists (and the caches built from
+them) stay valid. Keys to drop are listed in an exclusion file and filtered out of their shard's list;
+they keep their assignment, so nothing is reshuffled.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from longcat.metadata import METADATA_SCHEMA, write_table
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string())])
+SHARD_ID_WIDTH = 5
+
+
+def read_exclusions(path: str | Path | None) -> frozenset[str]:
+    """Keys listed one per line (blank lines and `#` comments ignored); no file means no exclusions."""
+    if not path:
+        return frozenset()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"shards.exclude: expected a file of keys, one per line, found nothing at {path}"
+        )
+    keys = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        key = line.strip()
+        if key and not key.startswith("#"):
+            keys.add(key)
+    return frozenset(keys)
+
+
+def read_assignments(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        return ASSIGNMENT_SCHEMA.empty_table()
+    table = pq.read_table(path)
+    if table.schema != ASSIGNMENT_SCHEMA:
+        raise ValueError(f"{path}: expected columns key, shard (strings), found {table.schema.names}")
+    return table
+
+
+def assign_shards(
+    previous: pa.Table, accepted_keys: Iterable[str], shard_size: int, excluded: frozenset[str] = frozenset()
+) -> pa.Table:
+    """The previous assignments, then new keys (sorted) in new shards of `shard_size` keys each."""
+    if shard_size < 1:
+        raise ValueError(f"shards.size: expected a positive number of rows, found {shard_size}")
+    known = set(previous.column("key").to_pylist())
+    new_keys = sorted(set(accepted_keys) - known - excluded)
+    shard_numbers = [int(shard) for shard in pc.unique(previous.column("shard")).to_pylist()]
+    next_shard = max(shard_numbers, default=-1) + 1
+    new_shards = [
+        f"{next_shard + position // shard_size:0{SHARD_ID_WIDTH}d}" for position in range(len(new_keys))
+    ]
+    added = pa.Table.from_pydict({"key": new_keys, "shard": new_shards}, schema=ASSIGNMENT_SCHEMA)
+    return pa.concat_tables([previous, added])
+
+
+def update_assignments(
+    metadata_path: str | Path,
+    store_path: str | Path,
+    output_path: str | Path,
+    shard_size: int,
+    exclude_path: str | Path | None = None,
+) -> pa.Table:
+    """Extend the stored assignment table with newly accepted keys and write it to the store and the output.
+
+    The store survives Snakemake's deletion of the checkpoint's output before the job runs.
+    """
+    previous = read_assignments(store_path)
+    accepted = pq.read_table(metadata_path, columns=["key"]).column("key").to_pylist()
+    table = assign_shards(previous, accepted, shard_size, read_exclusions(exclude_path))
+    new_shards = sorted(set(table.column("shard").to_pylist()) - set(previous.column("shard").to_pylist()))
+    log.info(
+        "shards: %d keys in %d shards; %d new keys in new shards %s",
+        table.num_rows,
+        len(pc.unique(table.column("shard"))),
+        table.num_rows - previous.num_rows,
+        new_shards,
+    )
+    write_table(table, store_path)
+    write_table(table, output_path)
+    return table
+
+
+def shard_ids(assignments_path: str | Path) -> list[str]:
+    column = pq.read_table(assignments_path, columns=["shard"]).column("shard")
+    return sorted(pc.unique(column).to_pylist())
+
+
+@functools.cache
+def _shard_keys(assignments_path: str, mtime_ns: int) -> dict[str, list[str]]:
+    keys_by_shard: dict[str, list[str]] = {}
+    for key, shard in zip(*read_assignments(assignments_path).to_pydict().values(), strict=True):
+        keys_by_shard.setdefault(shard, []).append(key)
+    return keys_by_shard
+
+
+@functools.cache
+def _exclusions(exclude_path: str, mtime_ns: int) -> frozenset[str]:
+    return read_exclusions(exclude_path)
+
+
+def shard_keys(assignments_path: str | Path, shard: str) -> list[str]:
+    path = str(assignments_path)
+    return _shard_keys(path, Path(path).stat().st_mtime_ns).get(shard, [])
+
+
+def excluded_in_shard(assignments_path: str | Path, exclude_path: str | Path | None, shard: str) -> list[str]:
+    """The excluded keys assigned to one shard: a rule parameter, so only that shard's list is rebuilt."""
+    if not exclude_path or not Path(assignments_path).exists():
+        return []
+    excluded = _exclusions(str(exclude_path), Path(exclude_path).stat().st_mtime_ns)
+    return sorted(key for key in shard_keys(assignments_path, shard) if key in excluded)
+
+
+def build_shard_list(
+    assignments_path: str | Path,
+    metadata_path: str | Path,
+    shard: str,
+    excluded: Iterable[str],
+    output_path: str | Path,
+) -> pa.Table:
+    """The metadata rows of one shard's keys (in assignment order), excluded keys left out."""
+    keys = [key for key in shard_keys(assignments_path, shard) if key not in set(excluded)]
+    if not keys and shard not in shard_ids(assignments_path):
+        raise ValueError(f"shard {shard}: not in {assignments_path}")
+    rows = {}
+    if keys:
+        metadata = pq.read_table(metadata_path, filters=[("key", "in", keys)])
+        rows = {row["key"]: row for row in metadata.to_pylist()}
+    missing = [key for key in keys if key not in rows]
+    if missing:
+        log.warning(
+            "shard %s: %d keys no longer accepted, left out (first: %s)", shard, len(missing), missing[0]
+        )
+    table = pa.Table.from_pylist([rows[key] for key in keys if key in rows], schema=METADATA_SCHEMA)
+    write_table(table, output_path)
+    log.info("shard %s: %d rows", shard, table.num_rows)
+    return table

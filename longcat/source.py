@@ -1,0 +1,427 @@
+"""List and open the clip source: an S3 bucket (or an S3 Inventory), a local tree, or the demo clips.
+
+A source is a flat set of objects (key, size, etag, last-modified). Videos pair with a caption of the
+same stem (`a/b/clip.mp4` + `a/b/clip.txt`). Reading is by byte range only, so probing never needs a
+whole object. Error messages name the bucket and key but never a credential or a presigned signature.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote_plus, urlparse
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v")
+CAPTION_SUFFIX = ".txt"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption_key", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+        ("last_modified", pa.timestamp("us", tz="UTC")),
+        ("caption_size", pa.int64()),
+        ("caption_etag", pa.string()),
+    ]
+)
+
+
+class SourceError(RuntimeError):
+    """The source cannot be listed or read; the message names the location, never a secret."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+# Query strings of presigned URLs carry the signature and the access key id.
+_SECRET_PATTERNS = [
+    re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+", re.IGNORECASE),
+    re.compile(r"((?:Signature|AWSAccessKeyId|x-amz-security-token)=)[^&\s'\"]+", re.IGNORECASE),
+    re.compile(r"\b(A(?:KIA|SIA))[A-Z0-9]{16}\b"),
+]
+
+
+def sanitize(message: object) -> str:
+    """The text of an error with signatures, tokens and access key ids blanked out."""
+    text = str(message)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
+
+
+class Source:
+    """Lists objects and reads byte ranges of one of them."""
+
+    description = "source"
+
+    def list_objects(self) -> Iterator[SourceObject]:
+        raise NotImplementedError
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object (fewer at the end of the object)."""
+        raise NotImplementedError
+
+    def read_all(self, key: str) -> bytes:
+        raise NotImplementedError
+
+
+class LocalSource(Source):
+    """A directory tree at any depth; keys are POSIX paths relative to the root."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.description = f"local directory {self.root}"
+
+    def list_objects(self) -> Iterator[SourceObject]:
+        if not self.root.is_dir():
+            raise SourceError(f"source.path: expected a directory, found nothing at {self.root}")
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                if not path.is_file():
+                    continue
+                stat = path.stat()
+                yield SourceObject(
+                    key=path.relative_to(self.root).as_posix(),
+                    size=stat.st_size,
+                    etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
+                    last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                )
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        with open(self._path(key), "rb") as handle:
+            handle.seek(start)
+            return handle.read(max(0, end - start))
+
+    def read_all(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+
+def s3_client(region: str | None = None, endpoint_url: str | None = None, max_pool: int = 32):
+    """A boto3 S3 client with adaptive retries; credentials come from boto3's standard chain."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": 10},
+        max_pool_connections=max_pool,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+PRESIGNED_SECONDS = 3600
+
+
+def _http_pool(max_connections: int):
+    import urllib3
+
+    # Retries for the ranged reads, which bypass botocore: connection errors, throttling and 5xx.
+    retries = urllib3.Retry(
+        total=8, backoff_factor=0.25, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=["GET"]
+    )
+    return urllib3.PoolManager(maxsize=max_connections, retries=retries, timeout=urllib3.Timeout(10, 60))
+
+
+def _strip_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+class S3Source(Source):
+    """Objects under `prefix` in `bucket`, listed with ListObjectsV2 or read from an S3 Inventory."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        inventory: str | None = None,
+        list_workers: int = 8,
+        client=None,
+    ):
+        self.bucket = bucket
+        # The prefix is a folder: "videos" and "videos/" both mean the keys under "videos/".
+        self.prefix = prefix.rstrip("/") + "/" if prefix and prefix.strip("/") else ""
+        self.inventory = inventory
+        self.list_workers = list_workers
+        self.client = client or s3_client(region, endpoint_url)
+        self._http = _http_pool(max(32, list_workers))
+        self.description = f"s3://{bucket}/{self.prefix}"
+
+    def _call(self, what: str, key: str, function, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return function(**kwargs)
+        except (BotoCoreError, ClientError) as error:
+            raise SourceError(f"{what} s3://{self.bucket}/{key} failed: {sanitize(error)}") from None
+
+    def list_objects(self) -> Iterator[SourceObject]:
+        if self.inventory:
+            yield from self._list_inventory()
+            return
+        top_level, subprefixes = self._list_level(self.prefix)
+        yield from top_level
+        # Each common prefix is listed by its own paginator: big buckets are usually split by folder.
+        with ThreadPoolExecutor(max_workers=max(1, self.list_workers)) as pool:
+            for objects in pool.map(self._list_all, subprefixes):
+                yield from objects
+
+    def _page_objects(self, page: Mapping) -> Iterator[SourceObject]:
+        for item in page.get("Contents", []):
+            if item["Key"].endswith("/"):
+                continue
+            yield SourceObject(
+                key=item["Key"][len(self.prefix) :],
+                size=int(item["Size"]),
+                etag=_strip_etag(item.get("ETag")),
+                last_modified=item["LastModified"].astimezone(UTC),
+            )
+
+    def _list_level(self, prefix: str) -> tuple[list[SourceObject], list[str]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        objects, subprefixes = [], []
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+        for page in self._call("listing", prefix, lambda: list(pages)):
+            objects.extend(self._page_objects(page))
+            subprefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        return objects, subprefixes
+
+    def _list_all(self, prefix: str) -> list[SourceObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+        return [
+            obj
+            for page in self._call("listing", prefix, lambda: list(pages))
+            for obj in self._page_objects(page)
+        ]
+
+    def _inventory_location(self) -> tuple[str, str]:
+        parsed = urlparse(self.inventory)
+        if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.endswith("manifest.json"):
+            raise SourceError(
+                f"source.inventory: expected s3://BUCKET/.../manifest.json, found {self.inventory!r}"
+            )
+        return parsed.netloc, parsed.path.lstrip("/")
+
+    def _read_other(self, bucket: str, key: str) -> bytes:
+        response = self._call("reading", key, self.client.get_object, Bucket=bucket, Key=key)
+        return self._call("reading", key, response["Body"].read)
+
+    def _list_inventory(self) -> Iterator[SourceObject]:
+        bucket, manifest_key = self._inventory_location()
+        body = self._call(
+            "reading inventory manifest",
+            manifest_key,
+            self.client.get_object,
+            Bucket=bucket,
+            Key=manifest_key,
+        )["Body"].read()
+        try:
+            manifest = json.loads(body)
+            file_format = manifest["fileFormat"].lower()
+            parts = [part["key"] for part in manifest["files"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise SourceError(
+                f"s3://{bucket}/{manifest_key}: expected an S3 Inventory manifest with fileFormat and files, "
+                f"found {type(error).__name__}: {error}"
+            ) from None
+        if file_format not in {"csv", "parquet"}:
+            raise SourceError(
+                f"s3://{bucket}/{manifest_key}: inventory fileFormat {manifest['fileFormat']!r} is not "
+                "supported (expected CSV or Parquet)"
+            )
+        schema = [name.strip() for name in manifest.get("fileSchema", "").split(",") if name.strip()]
+        for part in parts:
+            data = self._call(
+                "reading inventory part", part, self.client.get_object, Bucket=bucket, Key=part
+            )["Body"].read()
+            rows = _inventory_csv(data, schema, part) if file_format == "csv" else _inventory_parquet(data)
+            for row in rows:
+                if row["bucket"] != self.bucket or not row["key"].startswith(self.prefix):
+                    continue
+                if row["key"].endswith("/") or row.get("is_delete_marker") in (True, "true"):
+                    continue
+                yield SourceObject(
+                    key=row["key"][len(self.prefix) :],
+                    size=int(row["size"] or 0),
+                    etag=_strip_etag(row["etag"]),
+                    last_modified=_parse_time(row["last_modified"]),
+                )
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """A bounded ranged GET on a presigned URL (cheaper per request than a botocore call)."""
+        if end <= start:
+            return b""
+        import urllib3
+
+        full_key = self.prefix + key
+        where = f"s3://{self.bucket}/{full_key}"
+        url = self._call(
+            "presigning",
+            full_key,
+            self.client.generate_presigned_url,
+            ClientMethod="get_object",
+            Params={"Bucket": self.bucket, "Key": full_key},
+            ExpiresIn=PRESIGNED_SECONDS,
+        )
+        try:
+            response = self._http.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"})
+        except urllib3.exceptions.HTTPError as error:
+            raise SourceError(f"ranged read of {where} failed: {sanitize(error)}") from None
+        if response.status not in (200, 206):
+            # Only the error code: S3's error bodies can echo the access key id and the signature.
+            code = re.search(rb"<Code>([^<]{1,64})</Code>", response.data)
+            reason = code.group(1).decode("ascii", "replace") if code else "no error code"
+            raise SourceError(f"ranged read of {where} failed: HTTP {response.status} {reason}")
+        data = response.data
+        return data[start:end] if response.status == 200 else data
+
+    def read_all(self, key: str) -> bytes:
+        full_key = self.prefix + key
+        response = self._call("reading", full_key, self.client.get_object, Bucket=self.bucket, Key=full_key)
+        return self._call("reading", full_key, response["Body"].read)
+
+
+_INVENTORY_FIELDS = {
+    "bucket": "bucket",
+    "key": "key",
+    "size": "size",
+    "lastmodifieddate": "last_modified",
+    "last_modified_date": "last_modified",
+    "etag": "etag",
+    "e_tag": "etag",
+    "isdeletemarker": "is_delete_marker",
+    "is_delete_marker": "is_delete_marker",
+}
+
+
+def _inventory_csv(data: bytes, schema: list[str], where: str) -> Iterator[dict]:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    columns = [_INVENTORY_FIELDS.get(name.lower(), name) for name in schema]
+    if "key" not in columns:
+        raise SourceError(f"{where}: inventory fileSchema has no Key column (found {schema})")
+    for line_number, values in enumerate(csv.reader(io.StringIO(data.decode("utf-8"))), start=1):
+        if len(values) != len(columns):
+            raise SourceError(
+                f"{where} line {line_number}: expected {len(columns)} fields ({', '.join(schema)}), "
+                f"found {len(values)}"
+            )
+        row = dict(zip(columns, values, strict=True))
+        # Inventory CSVs URL-encode keys.
+        row["key"] = unquote_plus(row["key"])
+        yield {"size": 0, "etag": "", "last_modified": None, **row}
+
+
+def _inventory_parquet(data: bytes) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(data))
+    renamed = table.rename_columns([_INVENTORY_FIELDS.get(n.lower(), n) for n in table.column_names])
+    for row in renamed.to_pylist():
+        yield {"size": 0, "etag": "", "last_modified": None, **row}
+
+
+def _parse_time(value) -> datetime:
+    if value is None or value == "":
+        return datetime.fromtimestamp(0, UTC)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value / 1000, UTC)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+
+
+def open_source(source_config: Mapping, demo_dir: str | Path | None = None) -> Source:
+    """The Source for the `source` section of the config (the demo reads the clips its rule made)."""
+    kind = source_config.get("kind")
+    if kind == "s3":
+        bucket = source_config.get("bucket")
+        if not bucket:
+            raise SourceError("source.bucket: expected a bucket name for source.kind s3, found none")
+        return S3Source(
+            bucket=bucket,
+            prefix=source_config.get("prefix") or "",
+            region=source_config.get("region"),
+            endpoint_url=source_config.get("endpoint_url"),
+            inventory=source_config.get("inventory"),
+            list_workers=int(source_config.get("list_workers", 8)),
+        )
+    if kind == "local":
+        path = source_config.get("path")
+        if not path:
+            raise SourceError("source.path: expected a directory for source.kind local, found none")
+        return LocalSource(path)
+    if kind == "demo":
+        if demo_dir is None:
+            raise SourceError("source.kind demo: the demo clip directory was not given")
+        return LocalSource(demo_dir)
+    raise SourceError(f"source.kind: expected one of s3, local, demo, found {kind!r}")
+
+
+def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
+    """One manifest row per video, with the caption of the same stem (or none), sorted by key."""
+    by_key = {obj.key: obj for obj in objects}
+    rows = []
+    for key in sorted(by_key):
+        obj = by_key[key]
+        stem, suffix = os.path.splitext(key)
+        if suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        caption = by_key.get(stem + CAPTION_SUFFIX)
+        rows.append(
+            {
+                "key": key,
+                "caption_key": caption.key if caption else None,
+                "size": obj.size,
+                "etag": obj.etag,
+                "last_modified": obj.last_modified,
+                "caption_size": caption.size if caption else None,
+                "caption_etag": caption.etag if caption else None,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def build_manifest(source: Source) -> pa.Table:
+    table = pair_captions(source.list_objects())
+    log.info(
+        "listed %s: %d videos, %d without caption",
+        source.description,
+        table.num_rows,
+        table.column("caption_key").null_count,
+    )
+    return table
+
+
+def chunk_of(key: str, chunks: int) -> int:
+    """The probe chunk of a key: a stable hash, so adding keys never moves existing ones."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % chunks

@@ -1,0 +1,96 @@
+"""Prompt cleaning and umT5 text encoding, as the LongCat-Video pipeline does it.
+
+The same function feeds the sampling pipeline and the per-shard text caches, so cached embeddings
+and embeddings computed at sampling time come from identical tokenisation and cleaning.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+try:
+    import ftfy
+except ImportError:  # ftfy only repairs mojibake; without it captions are encoded as they are
+    ftfy = None
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def prompt_clean(text: str) -> str:
+    """Fix broken unicode (when ftfy is installed), unescape HTML twice, collapse whitespace.
+
+    The reference's cleaning. Install ftfy on every machine or none: a caption with mojibake is
+    embedded differently with and without it.
+    """
+    if ftfy is not None:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+@dataclass
+class PromptEmbeddings:
+    """Text embeddings in both forms the project uses.
+
+    `unpadded[i]` is `[L_i, C]`: the caption's real tokens, end-of-sequence included (what caches store).
+    `padded` is `[B, 1, max_tokens, C]` with `mask` `[B, max_tokens]` (what the DiT takes); pads are zero.
+    """
+
+    unpadded: list[torch.Tensor]
+    padded: torch.Tensor
+    mask: torch.Tensor
+
+
+def pad_embeddings(unpadded: Sequence[torch.Tensor], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack `[L_i, C]` embeddings into the DiT's `[B, 1, max_tokens, C]` input and `[B, max_tokens]` mask."""
+    if not unpadded:
+        raise ValueError("pad_embeddings: expected at least one embedding, found none")
+    channels = unpadded[0].shape[-1]
+    padded = unpadded[0].new_zeros(len(unpadded), 1, max_tokens, channels)
+    mask = torch.zeros(len(unpadded), max_tokens, dtype=torch.long, device=unpadded[0].device)
+    for row, embedding in enumerate(unpadded):
+        if embedding.ndim != 2 or embedding.shape[-1] != channels:
+            raise ValueError(
+                f"pad_embeddings: row {row}: expected an embedding [L, {channels}], "
+                f"found {list(embedding.shape)}"
+            )
+        if embedding.shape[0] > max_tokens:
+            raise ValueError(
+                f"pad_embeddings: row {row}: {embedding.shape[0]} tokens exceed max_tokens={max_tokens}"
+            )
+        padded[row, 0, : embedding.shape[0]] = embedding
+        mask[row, : embedding.shape[0]] = 1
+    return padded, mask
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_tokens: int) -> PromptEmbeddings:
+    """Encode captions with umT5: cleaned, padded to `max_tokens`, truncated beyond it, end-of-sequence added.
+
+    The encoder sees the full padded batch with its attention mask (as the reference pipeline does), so a
+    caption's embedding does not depend on the other captions in the batch.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("encode_prompts: expected a list of prompts, found a single string")
+    cleaned = [prompt_clean(prompt) for prompt in prompts]
+    tokens = tokenizer(
+        cleaned,
+        padding="max_length",
+        max_length=max_tokens,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    device = text_encoder.device
+    mask = tokens.attention_mask.to(device)
+    hidden = text_encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+    hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+    lengths = mask.sum(dim=1).tolist()
+    unpadded = [hidden[row, :length].clone() for row, length in enumerate(lengths)]
+    return PromptEmbeddings(unpadded=unpadded, padded=hidden.unsqueeze(1), mask=mask)

@@ -1,0 +1,201 @@
+"""A distributed, deterministic, stateful loader over the shard caches.
+
+Batches never mix latent shapes. The order of an epoch is a pure function of (seed, epoch), every rank
+takes every world_size-th batch, and the state is (epoch, batches consumed), so a run resumed from a
+checkpoint sees exactly the batches it would have seen without the interruption.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+
+class CacheSample(Protocol):
+    sample_id: str
+    shard: Any
+    latent_shape: Sequence[int]
+    text_len: int
+
+
+class CacheSource(Protocol):
+    """What the loader needs from the cache reader (`longcat.cache.CacheReader`)."""
+
+    samples: Sequence[CacheSample]
+
+    def latent(self, sample_id: str) -> torch.Tensor: ...
+
+    def text(self, sample_id: str) -> torch.Tensor: ...
+
+    def empty_text(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int
+    drop_caption: bool
+
+
+class BucketedSampler:
+    """The per-rank batch order of each epoch: shape buckets, seeded shuffles, whole batches only."""
+
+    def __init__(
+        self,
+        latent_shapes: Sequence[Sequence[int]],
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        caption_dropout: float = 0.0,
+    ):
+        self.shapes = [tuple(int(d) for d in shape) for shape in latent_shapes]
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.seed = seed
+        self.caption_dropout = caption_dropout
+        self.batches_per_rank = len(self._epoch_batches(0)) // world_size
+
+    def bucket_sizes(self) -> dict[tuple[int, ...], int]:
+        return dict(sorted(Counter(self.shapes).items()))
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{epoch}")
+        buckets: dict[tuple[int, ...], list[int]] = {}
+        for index, shape in enumerate(self.shapes):
+            buckets.setdefault(shape, []).append(index)
+        batches = []
+        for shape in sorted(buckets):
+            members = buckets[shape]
+            rng.shuffle(members)
+            whole = len(members) - len(members) % self.batch_size
+            batches += [members[i : i + self.batch_size] for i in range(0, whole, self.batch_size)]
+        rng.shuffle(batches)
+        # Every rank must run the same number of steps, or a collective waits forever.
+        return batches[: len(batches) - len(batches) % self.world_size]
+
+    def epoch(self, epoch: int, start: int = 0) -> list[list[BatchItem]]:
+        """This rank's batches of `epoch`, from its `start`-th batch on."""
+        mine = self._epoch_batches(epoch)[self.rank :: self.world_size]
+        rng = random.Random(f"{self.seed}:{epoch}:captions:{self.rank}")
+        flagged = [[BatchItem(i, rng.random() < self.caption_dropout) for i in batch] for batch in mine]
+        return flagged[start:]
+
+
+class CacheBatches(Dataset):
+    """Turns a batch of indices into model inputs. Runs in the loader's worker processes."""
+
+    def __init__(self, source: CacheSource):
+        self.source = source
+        self.samples = list(source.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, batch: list[BatchItem]) -> dict[str, Any]:
+        latents, texts = [], []
+        for item in batch:
+            sample = self.samples[item.index]
+            latents.append(self.source.latent(sample.sample_id).float())
+            text = self.source.empty_text() if item.drop_caption else self.source.text(sample.sample_id)
+            texts.append(text.float())
+        width = max(max(text.shape[0] for text in texts), 1)
+        text_states = torch.zeros(len(texts), width, texts[0].shape[1])
+        text_mask = torch.zeros(len(texts), width, dtype=torch.long)
+        for row, text in enumerate(texts):
+            text_states[row, : text.shape[0]] = text
+            text_mask[row, : text.shape[0]] = 1
+        return {
+            "latents": torch.stack(latents),
+            "text_states": text_states,
+            "text_mask": text_mask,
+            "sample_ids": [self.samples[item.index].sample_id for item in batch],
+            "dropped_captions": sum(item.drop_caption for item in batch),
+        }
+
+
+class TrainLoader:
+    """Endless iteration over epochs with worker prefetch and an exact, checkpointable position."""
+
+    def __init__(
+        self,
+        source: CacheSource,
+        batch_size: int,
+        world_size: int,
+        rank: int,
+        seed: int,
+        caption_dropout: float = 0.0,
+        num_workers: int = 2,
+    ):
+        self.dataset = CacheBatches(source)
+        self.sampler = BucketedSampler(
+            [sample.latent_shape for sample in self.dataset.samples],
+            batch_size,
+            world_size,
+            rank,
+            seed,
+            caption_dropout,
+        )
+        if self.sampler.batches_per_rank == 0:
+            raise ValueError(
+                f"training data: {len(self.dataset)} cached samples in buckets {self.sampler.bucket_sizes()} "
+                f"give no whole batch for each of {world_size} ranks at batch size {batch_size}; "
+                "expected at least batch_size x world_size samples of one latent shape"
+            )
+        self.num_workers = num_workers
+        self.epoch = 0
+        self.position = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "num_samples": len(self.dataset)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("num_samples") != len(self.dataset):
+            log.warning(
+                "training data changed since the checkpoint (%s samples then, %d now): "
+                "the epoch order differs from the interrupted run",
+                state.get("num_samples"),
+                len(self.dataset),
+            )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # One loader for the whole run: worker processes start once, not at every epoch.
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            sampler=_EpochsFrom(self.sampler, self.epoch, self.position),
+            num_workers=self.num_workers,
+            prefetch_factor=4 if self.num_workers else None,
+        )
+        for batch in loader:
+            self.position += 1
+            if self.position == self.sampler.batches_per_rank:
+                self.epoch += 1
+                self.position = 0
+            yield batch
+
+
+class _EpochsFrom:
+    """Batches of every epoch from (epoch, position) on, without end."""
+
+    def __init__(self, sampler: BucketedSampler, epoch: int, position: int):
+        self.sampler = sampler
+        self.epoch = epoch
+        self.position = position
+
+    def __iter__(self) -> Iterator[list[BatchItem]]:
+        epoch, start = self.epoch, self.position
+        while True:
+            yield from self.sampler.epoch(epoch, start)
+            epoch, start = epoch + 1, 0

@@ -1,0 +1,135 @@
+"""`--dry-run`: check the config and the caches, count samples per bucket, estimate memory and step time."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from longcat.train.config import RunPaths, TrainConfig
+from longcat.train.data import BucketedSampler
+from longcat.train.estimate import CARDS, estimate_run, latent_shape_for
+
+# The published 13.6B `dit/config.json` (architecture keys), used when no base model is on disk yet.
+PUBLISHED_DIT_CONFIG = {
+    "in_channels": 16,
+    "out_channels": 16,
+    "hidden_size": 4096,
+    "depth": 48,
+    "num_heads": 32,
+    "caption_channels": 4096,
+    "mlp_ratio": 4,
+    "adaln_tembed_dim": 512,
+    "frequency_embedding_size": 256,
+    "patch_size": [1, 2, 2],
+}
+
+
+def dit_config_for(workflow_config: dict[str, Any], base_model: Path) -> tuple[dict[str, Any], str]:
+    config_file = base_model / "dit" / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()), str(config_file)
+    base = workflow_config.get("base_model") or {}
+    if base.get("kind") == "tiny":
+        from longcat.basemodel import tiny_dit_config
+
+        return tiny_dit_config(base.get("tiny") or {}), "config base_model.tiny"
+    return dict(PUBLISHED_DIT_CONFIG), "the published 13.6B config (base model not on disk yet)"
+
+
+def configured_latent_shapes(workflow_config: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+    frames = workflow_config.get("frames") or {}
+    num_frames = int(frames.get("num_frames", 93))
+    return [latent_shape_for(num_frames, int(h), int(w)) for h, w in frames.get("buckets") or [[480, 832]]]
+
+
+def data_report(cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
+    from longcat.cache import CacheError, CacheReader
+
+    try:
+        reader = CacheReader(paths.vae_cache, paths.text_cache)
+        reader.check()
+    except CacheError as error:
+        return {"ready": False, "problem": str(error)}
+    shapes = [tuple(sample.latent_shape) for sample in reader.samples]
+    if not shapes:
+        return {"ready": False, "problem": f"{paths.vae_cache}: no usable cached samples"}
+    sampler = BucketedSampler(shapes, cfg.train_batch_size, cfg.world_size, 0, cfg.seed)
+    per_step = cfg.gradient_accumulation_steps
+    used = sampler.batches_per_rank * cfg.world_size * cfg.train_batch_size
+    steps_per_epoch = sampler.batches_per_rank // per_step
+    return {
+        "ready": True,
+        "samples": len(shapes),
+        "failed_samples": len(reader.failed),
+        "buckets": {"x".join(map(str, shape)): count for shape, count in sorted(Counter(shapes).items())},
+        "samples_used_per_epoch": used,
+        "optimizer_steps_per_epoch": steps_per_epoch,
+        "epochs": cfg.max_train_steps / steps_per_epoch if steps_per_epoch else None,
+    }
+
+
+def dry_run_report(workflow_config: dict[str, Any], cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
+    dit_config, dit_source = dit_config_for(workflow_config, paths.base_model)
+    data = data_report(cfg, paths)
+    if data["ready"]:
+        shapes = [tuple(int(d) for d in key.split("x")) for key in data["buckets"]]
+    else:
+        shapes = configured_latent_shapes(workflow_config)
+    largest = max(shapes, key=lambda shape: shape[1] * shape[2] * shape[3])
+    estimates = {}
+    for card in CARDS:
+        estimates[card] = estimate_run(
+            dit_config,
+            largest,
+            cfg.world_size,
+            cfg.train_batch_size,
+            cfg.gradient_accumulation_steps,
+            cfg.activation_checkpointing,
+            cfg.activation_checkpointing_every,
+            cfg.cpu_offload,
+            card,
+            cfg.assumed_mfu if card == cfg.gpu_type else None,
+            bf16=cfg.mixed_precision == "bf16",
+        )
+    return {
+        "run_dir": str(paths.run_dir),
+        "world_size": cfg.world_size,
+        "global_batch": cfg.world_size * cfg.train_batch_size * cfg.gradient_accumulation_steps,
+        "max_train_steps": cfg.max_train_steps,
+        "dit_config": dit_source,
+        "data": data,
+        "estimate_shape": list(largest),
+        "configured_card": cfg.gpu_type,
+        "estimates": estimates,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"run: {report['run_dir']}  world size {report['world_size']}  "
+        f"global batch {report['global_batch']}  steps {report['max_train_steps']}",
+        f"model: {report['dit_config']}",
+    ]
+    data = report["data"]
+    if data["ready"]:
+        lines.append(
+            f"data: {data['samples']} samples ({data['failed_samples']} failed in caching), "
+            f"{data['optimizer_steps_per_epoch']} optimizer steps per epoch, {data['epochs']:.2f} epochs"
+        )
+        lines += [f"  bucket {shape}: {count} samples" for shape, count in data["buckets"].items()]
+    else:
+        lines.append(f"data: not ready: {data['problem']}")
+    lines.append(f"estimate for the largest shape {report['estimate_shape']} (model FLOPs, batch per GPU):")
+    for card, estimate in report["estimates"].items():
+        memory = estimate["memory_gib"]
+        marker = "*" if card == report["configured_card"] else " "
+        lines.append(
+            f" {marker}{estimate['card']}: {estimate['pflop_per_sample']:.2f} PFLOP/sample, "
+            f"{estimate['step_seconds']:.1f} s/step at {estimate['assumed_mfu']:.0%} MFU; "
+            f"memory {memory['total']:.1f} GiB/GPU (states {memory['sharded_states']:.1f}, "
+            f"activations {memory['activations']:.1f}) {'fits' if estimate['fits'] else 'DOES NOT FIT'} "
+            f"in {estimate['card_memory_gib']:.0f} GiB"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""Before a run starts: model FLOPs, step time and per-GPU memory for the configured model and world size.
+
+FLOPs per sample follow the usual model-FLOPs convention (no recomputation counted):
+6·N·s for the linear layers (forward + backward) plus 12·s²·d·L for self-attention, with N parameters,
+s video tokens, d the width and L blocks. Memory is an estimate with its parts named, so a user sees
+which knob (batch size, activation checkpointing, CPU offload) moves which part.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from longcat.train.parallelize import checkpointed_block_indices
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Card:
+    name: str
+    bf16_tflops: float  # dense peak
+    memory_gib: float
+    typical_mfu: float
+
+
+CARDS = {
+    "a100": Card("A100 80GB", 312.0, 80.0, 0.5),
+    "h100": Card("H100 80GB", 989.0, 80.0, 0.4),
+    "h200": Card("H200 141GB", 989.0, 141.0, 0.4),
+}
+
+# bf16 bytes kept per token per block for backward without checkpointing (norm outputs in fp32,
+# qkv, q/k after norm and RoPE, attention output, cross-attention, the four SwiGLU tensors);
+# an estimate to be checked against a measured peak (bench/bench_train_gpu.py).
+ACTIVATION_BYTES_PER_TOKEN_WIDTH = 60
+
+
+def swiglu_hidden(hidden_size: int, mlp_ratio: float) -> int:
+    return 256 * math.ceil(int(2 * hidden_size * mlp_ratio / 3) / 256)
+
+
+def dit_parameter_counts(config: dict[str, Any]) -> dict[str, int]:
+    """Parameters of the LongCat DiT for a `dit/config.json`: per block, embedders, final layer, total."""
+    d = config["hidden_size"]
+    a = config["adaln_tembed_dim"]
+    c = config["caption_channels"]
+    f = config.get("frequency_embedding_size", 256)
+    head = d // config["num_heads"]
+    patch = math.prod(config.get("patch_size", (1, 2, 2)))
+    channels_in, channels_out = config.get("in_channels", 16), config.get("out_channels", 16)
+    ff = swiglu_hidden(d, config.get("mlp_ratio", 4))
+    block = (
+        (a * 6 * d + 6 * d)  # adaLN modulation
+        + 2 * d  # pre cross-attention norm
+        + (3 * d * d + 3 * d)
+        + 2 * head
+        + (d * d + d)  # self-attention
+        + (d * d + d)
+        + (2 * d * d + 2 * d)
+        + (d * d + d)
+        + 2 * head  # cross-attention
+        + 3 * d * ff  # SwiGLU
+    )
+    embedders = (channels_in * patch * d + d) + (f * a + a + a * a + a) + (c * d + d + d * d + d)
+    final = (a * 2 * d + 2 * d) + (d * patch * channels_out + patch * channels_out)
+    depth = config["depth"]
+    return {
+        "block": block,
+        "embedders": embedders,
+        "final": final,
+        "total": block * depth + embedders + final,
+    }
+
+
+def video_tokens(latent_shape: tuple[int, ...], patch_size: tuple[int, int, int] = (1, 2, 2)) -> int:
+    _, frames, height, width = latent_shape
+    return (frames // patch_size[0]) * (height // patch_size[1]) * (width // patch_size[2])
+
+
+def latent_shape_for(
+    num_frames: int, height: int, width: int, channels: int = 16
+) -> tuple[int, int, int, int]:
+    """Wan VAE: 4x temporal (first frame alone), 8x spatial."""
+    return (channels, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+
+
+def train_flops_per_sample(num_params: int, tokens: int, hidden: int, depth: int) -> float:
+    return 6.0 * num_params * tokens + 12.0 * tokens**2 * hidden * depth
+
+
+def step_seconds(flops_per_sample: float, samples_per_gpu: int, card: Card, mfu: float) -> float:
+    return flops_per_sample * samples_per_gpu / (card.bf16_tflops * 1e12 * mfu)
+
+
+def memory_per_gpu(
+    counts: dict[str, int],
+    hidden: int,
+    depth: int,
+    tokens: int,
+    world_size: int,
+    batch_size: int,
+    activation_checkpointing: str,
+    checkpoint_every: int = 2,
+    cpu_offload: bool = False,
+    bf16: bool = True,
+) -> dict[str, float]:
+    """Estimated peak bytes on one GPU, by part (GiB)."""
+    total = counts["total"]
+    compute_bytes = 2 if bf16 else 4
+    # fp32 master weights, fp32 gradients and two fp32 AdamW moments, all sharded.
+    sharded_states = 0 if cpu_offload else 16 * total / world_size
+    # Unsharded compute copies: the current block, the prefetched next one, and the root's own weights,
+    # plus one block's unsharded gradients before reduce-scatter.
+    working_params = (2 * counts["block"] + counts["embedders"] + counts["final"]) * compute_bytes
+    working_grads = counts["block"] * (compute_bytes + 4)
+    checkpointed = len(checkpointed_block_indices(depth, activation_checkpointing, checkpoint_every))
+    full_block = ACTIVATION_BYTES_PER_TOKEN_WIDTH * tokens * hidden * batch_size
+    block_input = tokens * hidden * compute_bytes * batch_size
+    activations = checkpointed * block_input + (depth - checkpointed) * full_block
+    if checkpointed:
+        activations += full_block  # one block recomputed at a time in backward
+    # Output, target and loss in fp32 plus allocator slack.
+    workspace = 3 * tokens * 64 * 4 * batch_size + 2 * GIB
+    parts = {
+        "sharded_states": sharded_states,
+        "working_params": working_params + working_grads,
+        "activations": activations,
+        "workspace": workspace,
+    }
+    parts = {key: value / GIB for key, value in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def estimate_run(
+    dit_config: dict[str, Any],
+    latent_shape: tuple[int, ...],
+    world_size: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    activation_checkpointing: str,
+    checkpoint_every: int,
+    cpu_offload: bool,
+    card_name: str,
+    mfu: float | None,
+    bf16: bool = True,
+) -> dict[str, Any]:
+    card = CARDS[card_name]
+    mfu = mfu or card.typical_mfu
+    counts = dit_parameter_counts(dit_config)
+    patch = tuple(dit_config.get("patch_size", (1, 2, 2)))
+    tokens = video_tokens(latent_shape, patch)
+    flops = train_flops_per_sample(counts["total"], tokens, dit_config["hidden_size"], dit_config["depth"])
+    samples_per_gpu = batch_size * gradient_accumulation_steps
+    memory = memory_per_gpu(
+        counts,
+        dit_config["hidden_size"],
+        dit_config["depth"],
+        tokens,
+        world_size,
+        batch_size,
+        activation_checkpointing,
+        checkpoint_every,
+        cpu_offload,
+        bf16,
+    )
+    return {
+        "parameters": counts["total"],
+        "latent_shape": list(latent_shape),
+        "tokens_per_sample": tokens,
+        "pflop_per_sample": flops / 1e15,
+        "card": card.name,
+        "assumed_mfu": mfu,
+        "step_seconds": step_seconds(flops, samples_per_gpu, card, mfu),
+        "samples_per_step": samples_per_gpu * world_size,
+        "memory_gib": memory,
+        "fits": memory["total"] <= card.memory_gib * 0.95,
+        "card_memory_gib": card.memory_gib,
+    }

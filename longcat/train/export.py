@@ -1,0 +1,47 @@
+"""`python -m longcat.train.export --checkpoint DIR --base-model DIR --out DIR`: a checkpoint, published.
+
+Runs in one process on the CPU: DCP reads the sharded checkpoint whatever the number of ranks that wrote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from longcat.train.checkpoint import load_model_weights_offline
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(checkpoint: str | Path, base_model: str | Path, out_dir: str | Path) -> Path:
+    from longcat.export import export_model
+    from longcat.model import LongCatVideoTransformer3DModel
+
+    config = LongCatVideoTransformer3DModel.load_config(Path(base_model) / "dit")
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel.from_config(config)
+    model.to_empty(device="cpu")
+    load_model_weights_offline(checkpoint, model)
+    return export_model(model.state_dict(), base_model, out_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m longcat.train.export", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoints/step-N directory")
+    parser.add_argument("--base-model", type=Path, required=True, help="the base model the run started from")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (replaced if it exists)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = export_checkpoint(args.checkpoint, args.base_model, args.out)
+    log.info("exported %s to %s", args.checkpoint, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The training loop: FSDP2 over the DiT, flow matching on cached latents, DCP checkpoints, export."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+
+from longcat.train.checkpoint import (
+    full_model_state_dict,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from longcat.train.config import RunPaths, TrainConfig
+from longcat.train.data import CacheSource, TrainLoader
+from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
+from longcat.train.metrics import Metrics, peak_memory_gib
+from longcat.train.objective import make_flow_batch, per_sample_loss, sample_sigmas, sigma_bucket
+from longcat.train.parallelize import apply_activation_checkpointing, apply_fsdp, load_sharded_from_rank0
+from longcat.train.schedule import make_scheduler
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: a checkpoint was saved on a signal; run again to resume
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    nonfinite_in_row: int = 0
+    nonfinite_total: int = 0
+    history: list[float] = field(default_factory=list)
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (Slurm preemption, `--signal`) ask for a checkpoint and a clean exit."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+        log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+
+
+def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    timeout = datetime.timedelta(seconds=cfg.collective_timeout_s)
+    if cfg.on_gpu:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=timeout, device_id=device if cfg.on_gpu else None)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def build_model(base_model: Path, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The DiT on the meta device, checkpointed and sharded, then filled from rank 0's copy of the weights."""
+    from longcat.model import LongCatVideoTransformer3DModel
+    from longcat.model.loading import load_dit
+
+    dit_dir = Path(base_model) / "dit"
+    with torch.device("meta"):
+        model = LongCatVideoTransformer3DModel.from_config(
+            LongCatVideoTransformer3DModel.load_config(dit_dir)
+        )
+    apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_every)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    param_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
+    apply_fsdp(model, mesh, param_dtype, cfg.reshard_after_forward, cfg.cpu_offload)
+    home = torch.device("cpu") if cfg.cpu_offload else device
+    load_sharded_from_rank0(model, lambda: load_dit(dit_dir, dtype=torch.float32, device="cpu"), home)
+    model.train()
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.adam_weight_decay,
+        eps=cfg.adam_epsilon,
+        foreach=True,
+    )
+
+
+def micro_batch_generator(seed: int, rank: int, micro_index: int, device: torch.device) -> torch.Generator:
+    """Noise, σ and conditioning for a micro-batch depend only on (seed, rank, index): resume repeats them."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + rank) * 1_000_000_007 + micro_index)
+    return generator
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        paths: RunPaths,
+        source: CacheSource,
+        workflow_config: dict[str, Any] | None = None,
+    ):
+        self.cfg = cfg
+        self.paths = paths
+        self.workflow_config = workflow_config or {}
+        self.rank, self.world_size, self.device = init_distributed(cfg)
+        torch.manual_seed(cfg.seed)
+        self.loader = TrainLoader(
+            source,
+            cfg.train_batch_size,
+            self.world_size,
+            self.rank,
+            cfg.seed,
+            cfg.caption_dropout,
+            cfg.dataloader_num_workers,
+        )
+        self.model = build_model(paths.base_model, cfg, self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = make_scheduler(
+            self.optimizer, cfg.lr_warmup_steps, cfg.max_train_steps, cfg.lr_scheduler
+        )
+        self.progress = Progress()
+        dit_config = dict(self.model.config)
+        self.hidden, self.depth = dit_config["hidden_size"], dit_config["depth"]
+        self.patch = tuple(dit_config["patch_size"])
+        self.num_params = sum(p.numel() for p in self.model.parameters())
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.progress.step,
+            "nonfinite_in_row": self.progress.nonfinite_in_row,
+            "nonfinite_total": self.progress.nonfinite_total,
+            "scheduler": self.scheduler.state_dict(),
+            "loader": self.loader.state_dict(),
+        }
+
+    def resume(self, path: Path | None) -> None:
+        path = path or latest_checkpoint(self.paths.checkpoints)
+        if path is None:
+            return
+        state = load_checkpoint(path, self.model, self.optimizer, self.trainer_state())
+        self.progress.step = int(state["step"])
+        self.progress.nonfinite_in_row = int(state["nonfinite_in_row"])
+        self.progress.nonfinite_total = int(state["nonfinite_total"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["loader"])
+        if self.rank == 0:
+            log.info("resumed from %s at step %d", path, self.progress.step)
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.paths.checkpoints,
+            self.progress.step,
+            self.model,
+            self.optimizer,
+            self.trainer_state(),
+            self.cfg.checkpoints_total_limit,
+        )
+
+    def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        cfg = self.cfg
+        latents = batch["latents"].to(self.device, non_blocking=True)
+        generator = micro_batch_generator(cfg.seed, self.rank, micro_index, self.device)
+        sigmas = sample_sigmas(
+            latents.shape[0],
+            generator,
+            cfg.sigma_sampling,
+            cfg.flow_shift,
+            cfg.logit_mean,
+            cfg.logit_std,
+            self.device,
+        )
+        noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
+        conditioned = torch.rand(1, generator=generator, device=self.device).item() < cfg.conditioned_fraction
+        frames = latents.shape[2] // self.patch[0]
+        num_cond = cfg.num_cond_latents if conditioned and frames > cfg.num_cond_latents else 0
+        flow = make_flow_batch(latents, sigmas, noise, num_cond)
+        prediction = self.model(
+            hidden_states=flow.noisy,
+            timestep=flow.timestep,
+            encoder_hidden_states=batch["text_states"].to(self.device).unsqueeze(1),
+            encoder_attention_mask=batch["text_mask"].to(self.device),
+            num_cond_latents=num_cond,
+        )
+        losses = per_sample_loss(prediction, flow)
+        (losses.mean() / cfg.gradient_accumulation_steps).backward()
+        tokens = video_tokens(tuple(latents.shape[1:]), self.patch) * latents.shape[0]
+        return losses.detach(), sigmas.detach(), tokens
+
+    def run(self, resume: Path | None = None, stop: StopRequest | None = None) -> int:
+        cfg = self.cfg
+        self.resume(resume)
+        metrics = Metrics(self.paths.tensorboard, self.rank == 0, self.progress.step, cfg.max_train_steps)
+        metrics.hparams({f.name: getattr(cfg, f.name) for f in cfg.__dataclass_fields__.values()})
+        card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
+        batches = iter(self.loader)
+        try:
+            while self.progress.step < cfg.max_train_steps:
+                scalars = self.train_step(batches, card)
+                self.progress.step += 1
+                metrics.step(self.progress.step, scalars)
+                step = self.progress.step
+                stopping = self.stop_requested(stop)
+                if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps or stopping:
+                    self.save()
+                if cfg.validation_every_n_steps and step % cfg.validation_every_n_steps == 0:
+                    self.validate(metrics)
+                if stopping:
+                    log.warning("stopped by signal at step %d; exit %d to be run again", step, EXIT_PREEMPTED)
+                    return EXIT_PREEMPTED
+            self.export()
+            return 0
+        finally:
+            metrics.close()
+
+    def stop_requested(self, stop: StopRequest | None) -> bool:
+        flag = torch.tensor(
+            [1.0 if stop is not None and stop.signal is not None else 0.0], device=self.device
+        )
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def train_step(self, batches, card) -> dict[str, float]:
+        cfg = self.cfg
+        started = time.perf_counter()
+        data_wait = 0.0
+        losses, sigmas, tokens = [], [], 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(cfg.gradient_accumulation_steps):
+            waited = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - waited
+            micro_index = self.progress.step * cfg.gradient_accumulation_steps + micro
+            micro_losses, micro_sigmas, micro_tokens = self.micro_step(batch, micro_index)
+            losses.append(micro_losses)
+            sigmas.append(micro_sigmas)
+            tokens += micro_tokens
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        grad_norm = float(grad_norm)
+
+        local = torch.cat(losses).float()
+        pairs = torch.stack([torch.cat(sigmas).float(), local], dim=1)
+        gathered = [torch.empty_like(pairs) for _ in range(self.world_size)]
+        dist.all_gather(gathered, pairs)
+        everything = torch.cat(gathered)
+        totals = torch.tensor([float(tokens), data_wait], device=self.device, dtype=torch.float64)
+        dist.all_reduce(totals)
+        loss = float(everything[:, 1].mean())
+
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.progress.nonfinite_in_row = 0
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.progress.nonfinite_in_row += 1
+            self.progress.nonfinite_total += 1
+            log.warning(
+                "step %d: non-finite loss %s or grad norm %s; step skipped (%d in a row, %d in all)",
+                self.progress.step + 1,
+                loss,
+                grad_norm,
+                self.progress.nonfinite_in_row,
+                self.progress.nonfinite_total,
+            )
+            if self.progress.nonfinite_in_row >= cfg.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.progress.nonfinite_in_row} steps in a row had a non-finite loss or gradient "
+                    f"(limit train.max_nonfinite_steps={cfg.max_nonfinite_steps}); stopping. Lower the "
+                    "learning rate or resume from an earlier checkpoint."
+                )
+
+        seconds = time.perf_counter() - started
+        samples = everything.shape[0]
+        scalars = {
+            "train/loss": loss,
+            "train/grad_norm": grad_norm,
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/nonfinite_steps": float(self.progress.nonfinite_total),
+            "perf/step_seconds": seconds,
+            "perf/samples_per_second": samples / seconds,
+            "perf/tokens_per_second": float(totals[0]) / seconds,
+            "perf/data_wait_fraction": float(totals[1]) / self.world_size / seconds,
+            "perf/peak_memory_gib": peak_memory_gib(self.device),
+        }
+        if card is not None:
+            tokens_per_sample = int(totals[0]) // samples
+            flops = samples * train_flops_per_sample(
+                self.num_params, tokens_per_sample, self.hidden, self.depth
+            )
+            scalars["perf/mfu"] = flops / seconds / (card.bf16_tflops * 1e12 * self.world_size)
+        buckets: dict[str, list[float]] = {}
+        for sigma, value in everything.tolist():
+            buckets.setdefault(sigma_bucket(sigma), []).append(value)
+        for name, values in buckets.items():
+            scalars[f"loss_by_sigma/{name}"] = sum(values) / len(values)
+        if finite:
+            self.progress.history.append(loss)
+        return scalars
+
+    def validate(self, metrics: Metrics) -> None:
+        from longcat.train.validation import render_validation_videos
+
+        render_validation_videos(self, metrics)
+
+    def export(self) -> None:
+        """Gather the full weights, write the published layout to `final/`, then `train.done`."""
+        state = full_model_state_dict(self.model)
+        if self.rank == 0:
+            from longcat.export import export_model
+
+            export_model(state, self.paths.base_model, self.paths.final)
+            tmp = self.paths.done.with_name(self.paths.done.name + ".tmp")
+            tmp.write_text(f"step {self.progress.step}\n")
+            tmp.replace(self.paths.done)
+            log.info("exported the model to %s", self.paths.final)
+        dist.barrier()

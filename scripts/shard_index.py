@@ -1,0 +1,11 @@
+"""Extend the append-only shard assignment table (checkpoint shard_index)."""
+
+import logging
+
+from longcat.shards import update_assignments
+
+smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
+logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+update_assignments(
+    smk.input.metadata, smk.params.store, smk.output[0], int(smk.params.size), smk.params.exclude or None
+)

@@ -1,0 +1,153 @@
+"""Shared fixtures: an S3 server on loopback, small ffmpeg clips, and Snakemake runs in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Fake but well-formed credentials: tests assert that neither ever shows up in an output or a log.
+FAKE_ACCESS_KEY = "AKIAFAKEKEY000000000"
+FAKE_SECRET_KEY = "fakeSecretKey/doNotLeak0000000000000000"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint: moto's server on 127.0.0.1, with fake credentials in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {
+        name: os.environ.get(name)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=FAKE_SECRET_KEY,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint):
+    """A fresh bucket on the loopback server: (boto3 client, bucket name)."""
+    from longcat.source import s3_client
+
+    client = s3_client("us-east-1", s3_endpoint)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+def make_clip(
+    path: str | Path,
+    *,
+    width: int = 64,
+    height: int = 64,
+    rate: int = 15,
+    seconds: float = 1.2,
+    pattern: str = "testsrc2",
+    faststart: bool = False,
+    bitrate: str | None = None,
+    audio: bool = False,
+    video: bool = True,
+) -> Path:
+    """A small H.264 MP4 from an ffmpeg lavfi source (audio-only when video=False)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+    if video:
+        command += ["-f", "lavfi", "-i", f"{pattern}=size={width}x{height}:rate={rate}:duration={seconds}"]
+    if audio or not video:
+        command += ["-f", "lavfi", "-i", f"sine=duration={seconds}"]
+    if video:
+        command += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(rate)]
+        if bitrate:
+            command += ["-b:v", bitrate]
+    if audio or not video:
+        command += ["-c:a", "aac"]
+    if faststart:
+        command += ["-movflags", "+faststart"]
+    subprocess.run([*command, str(path)], check=True)
+    return path
+
+
+def write_pair(directory: str | Path, name: str, caption: str | bytes | None = "a test clip", **clip) -> Path:
+    """NAME.mp4 (+ NAME.txt unless caption is None) under `directory`."""
+    video = make_clip(Path(directory) / f"{name}.mp4", **clip)
+    if caption is not None:
+        data = caption if isinstance(caption, bytes) else caption.encode("utf-8")
+        video.with_suffix(".txt").write_bytes(data)
+    return video
+
+
+def upload_tree(client, bucket: str, root: str | Path, prefix: str = "") -> None:
+    root = Path(root)
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            client.put_object(
+                Bucket=bucket, Key=prefix + path.relative_to(root).as_posix(), Body=path.read_bytes()
+            )
+
+
+def run_snakemake(
+    workdir: str | Path, *args: str, config: dict | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run the repository's workflow with `--directory workdir`: the embedded config plus `config` on top."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    configfiles = [str(REPO / "config" / "config.yaml")]
+    if config:
+        override = workdir / "test-config.yaml"
+        override.write_text(yaml.safe_dump(config))
+        configfiles.append(str(override))
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        *configfiles,
+        "--cores",
+        "2",
+        *args,
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
+    return "Nothing to be done" in result.stdout + result.stderr

@@ -1,0 +1,366 @@
+"""VAE and text shard caches, built by the library on real clips with the tiny model of the real classes."""
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from longcat.basemodel import load_components, write_tiny_base_model
+from longcat.cache import (
+    CacheError,
+    CacheReader,
+    cache_key,
+    read_safetensors_header,
+    text_cache_spec,
+    vae_cache_spec,
+    write_spec,
+)
+from longcat.encoders import normalise_latents, run_empty_text, run_text_shard, run_vae_shard
+from longcat.frames import decode_clip, frame_plan
+from longcat.text import encode_prompts
+
+REPO = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+
+# (name, ffmpeg size, seconds) -> landscape, portrait, square-ish, short (falls to the 9-frame bucket).
+CLIPS = [
+    ("land", "160x90", 2.0),
+    ("port", "90x160", 2.0),
+    ("square", "100x96", 1.5),
+    ("short", "160x90", 0.4),
+]
+
+
+def demo_config(clips_dir, **frames):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["source"] = {"kind": "local", "path": str(clips_dir)}
+    config["frames"].update(frames)
+    return config
+
+
+def make_clip(path, size, seconds, rate=30):
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi"]
+        + ["-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}", "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )
+
+
+def shard_row(key, size, seconds, rate=30, caption="a test pattern"):
+    width, height = (int(v) for v in size.split("x"))
+    frames = int(round(seconds * rate))
+    return {
+        "key": key,
+        "caption": caption,
+        "width": width,
+        "height": height,
+        "aspect_ratio": width / height,
+        "fps": float(rate),
+        "frame_count": frames,
+        "duration": frames / rate,
+        "rotation": 0,
+    }
+
+
+def write_shard_list(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory):
+    torch.set_num_threads(1)  # the tiny model gains nothing from threads; the test machine is shared
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    out = tmp_path_factory.mktemp("model") / "base_model"
+    return write_tiny_base_model(out, config["base_model"]["tiny"], config["sample"]["prompts"])
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("clips")
+    rows = []
+    for name, size, seconds in CLIPS:
+        make_clip(directory / f"{name}.mp4", size, seconds)
+        rows.append(shard_row(f"{name}.mp4", size, seconds, caption=f"a {name} test pattern &amp; noise"))
+    (directory / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 4000)
+    rows.insert(2, shard_row("broken.mp4", "160x90", 2.0))
+    rows.append({**shard_row("nocaption.mp4", "160x90", 2.0), "caption": None})
+    make_clip(directory / "nocaption.mp4", "160x90", 2.0)
+    return directory, rows
+
+
+def build_caches(root, config, base_model, shard_rows, shard="00000"):
+    """What the cache rules do for one shard: specs, VAE shard, text shard, empty caption."""
+    vae_dir = root / "vae" / cache_key(vae_cache_spec(config))
+    text_dir = root / "text" / cache_key(text_cache_spec(config))
+    write_spec(vae_dir / "spec.json", vae_cache_spec(config))
+    write_spec(text_dir / "spec.json", text_cache_spec(config))
+    shard_list = write_shard_list(root / "shards" / f"shard-{shard}.parquet", shard_rows)
+    for directory, run in ((vae_dir, run_vae_shard), (text_dir, run_text_shard)):
+        run(
+            config,
+            str(shard_list),
+            str(directory / "spec.json"),
+            str(base_model),
+            str(directory / f"shard-{shard}.safetensors"),
+            str(directory / f"shard-{shard}.index.parquet"),
+            CPU,
+        )
+    run_empty_text(
+        config, str(text_dir / "spec.json"), str(base_model), str(text_dir / "empty.safetensors"), CPU
+    )
+    return vae_dir, text_dir
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, base_model, clips):
+    clips_dir, rows = clips
+    config = demo_config(clips_dir)
+    vae_dir, text_dir = build_caches(tmp_path_factory.mktemp("cache"), config, base_model, rows)
+    return config, rows, vae_dir, text_dir
+
+
+def test_cache_key_follows_what_changes_the_bytes():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    vae_key, text_key = cache_key(vae_cache_spec(config)), cache_key(text_cache_spec(config))
+    assert vae_key == cache_key(vae_cache_spec(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+
+    training = json.loads(json.dumps(config))
+    training["train"]["learning_rate"] = 0.5
+    training["shards"]["size"] = 99
+    training["cache"]["decode_workers"] = 7
+    assert cache_key(vae_cache_spec(training)) == vae_key
+    assert cache_key(text_cache_spec(training)) == text_key
+
+    resolution = json.loads(json.dumps(config))
+    resolution["frames"]["buckets"] = [[80, 144], [144, 80]]
+    assert cache_key(vae_cache_spec(resolution)) != vae_key
+    assert cache_key(text_cache_spec(resolution)) == text_key
+
+    tokens = json.loads(json.dumps(config))
+    tokens["cache"]["max_tokens"] = 32
+    assert cache_key(text_cache_spec(tokens)) != text_key
+    assert cache_key(vae_cache_spec(tokens)) == vae_key
+
+    # The demo's tiny tokenizer is learnt from the demo captions: more clips change the text key only.
+    grown = json.loads(json.dumps(config))
+    grown["source"]["demo"]["num_clips"] = 16
+    assert cache_key(vae_cache_spec(grown)) == vae_key
+    assert cache_key(text_cache_spec(grown)) != text_key
+
+    for section, key, value in [("cache", "dtype", "bfloat16"), ("base_model", "kind", "hf")]:
+        changed = json.loads(json.dumps(config))
+        changed[section][key] = value
+        changed["base_model"].setdefault("hf", {"id": "meituan-longcat/LongCat-Video", "revision": "main"})
+        assert cache_key(vae_cache_spec(changed)) != vae_key
+        assert cache_key(text_cache_spec(changed)) != text_key
+
+
+def test_index_records_every_sample_with_status_and_reason(built):
+    _, rows, vae_dir, text_dir = built
+    vae_index = pq.read_table(vae_dir / "shard-00000.index.parquet").to_pylist()
+    assert [row["sample_id"] for row in vae_index] == [row["key"] for row in rows]
+    by_id = {row["sample_id"]: row for row in vae_index}
+    assert by_id["broken.mp4"]["status"] == "failed" and "ffmpeg" in by_id["broken.mp4"]["reason"]
+    assert by_id["land.mp4"] | {"reason": None} == {
+        "sample_id": "land.mp4",
+        "status": "ok",
+        "reason": None,
+        "num_frames": 17,
+        "fps": 15.0,
+        "bucket_height": 64,
+        "bucket_width": 112,
+        "latent_shape": [16, 5, 8, 14],
+    }
+    assert by_id["port.mp4"]["latent_shape"] == [16, 5, 14, 8]
+    assert by_id["square.mp4"]["latent_shape"] == [16, 5, 10, 10]
+    assert by_id["short.mp4"]["num_frames"] == 9 and by_id["short.mp4"]["latent_shape"] == [16, 3, 8, 14]
+
+    text_index = {
+        row["sample_id"]: row for row in pq.read_table(text_dir / "shard-00000.index.parquet").to_pylist()
+    }
+    assert text_index["nocaption.mp4"]["status"] == "failed"
+    assert text_index["nocaption.mp4"]["reason"] == "no caption text"
+    assert text_index["land.mp4"]["status"] == "ok" and text_index["land.mp4"]["text_len"] > 1
+    assert not list(vae_dir.glob(".partial*")) and not list(text_dir.glob(".partial*"))
+
+
+def test_latents_equal_a_direct_normalised_vae_encode(built, base_model):
+    config, rows, vae_dir, text_dir = built
+    reader = CacheReader(vae_dir, text_dir)
+    reader.check()
+    assert [s.sample_id for s in reader.samples] == ["land.mp4", "port.mp4", "square.mp4", "short.mp4"]
+
+    vae = load_components(base_model, components=("vae",))["vae"]
+    row = next(row for row in rows if row["key"] == "port.mp4")
+    frames = decode_clip(str(Path(config["source"]["path"], "port.mp4")), frame_plan(row, config["frames"]))
+    pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
+    with torch.no_grad():
+        raw = vae.encode(pixels).latent_dist.mean
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    expected = ((raw - mean) / std)[0]
+
+    cached = reader.latent("port.mp4")
+    assert cached.dtype == torch.float32 and cached.shape == (16, 5, 14, 8)
+    torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(normalise_latents(raw, vae)[0], expected)
+
+
+def test_text_embeddings_are_unpadded_and_match_the_encoder(built, base_model):
+    config, rows, vae_dir, text_dir = built
+    reader = CacheReader(vae_dir, text_dir)
+    parts = load_components(base_model, components=("tokenizer", "text_encoder"))
+    max_tokens = config["cache"]["max_tokens"]
+    caption = next(row["caption"] for row in rows if row["key"] == "square.mp4")
+    expected = encode_prompts(parts["tokenizer"], parts["text_encoder"], [caption], max_tokens).unpadded[0]
+    cached = reader.text("square.mp4")
+    sample = next(s for s in reader.samples if s.sample_id == "square.mp4")
+    assert cached.shape == (sample.text_len, 32) and sample.text_len < max_tokens
+    torch.testing.assert_close(cached, expected)
+    empty = encode_prompts(parts["tokenizer"], parts["text_encoder"], [""], max_tokens).unpadded[0]
+    torch.testing.assert_close(reader.empty_text(), empty)
+    with pytest.raises(KeyError, match="broken.mp4"):
+        reader.latent("broken.mp4")
+
+
+def test_bfloat16_cache(tmp_path, base_model, clips):
+    clips_dir, rows = clips
+    config = demo_config(clips_dir)
+    config["cache"]["dtype"] = "bfloat16"
+    vae_dir, text_dir = build_caches(tmp_path, config, base_model, rows[:2])
+    reader = CacheReader(vae_dir, text_dir)
+    assert reader.latent("land.mp4").dtype == torch.bfloat16
+    assert reader.text("land.mp4").dtype == torch.bfloat16
+
+
+KILLABLE_JOB = """
+import json, logging, sys, torch
+from longcat.encoders import run_vae_shard
+logging.basicConfig(level=logging.INFO)
+torch.set_num_threads(1)
+config, shard_list, spec, base_model, tensors, index = sys.argv[1:7]
+run_vae_shard(json.loads(config), shard_list, spec, base_model, tensors, index, torch.device("cpu"))
+"""
+
+
+def test_sigkill_mid_shard_then_rerun_gives_the_same_bytes(tmp_path, base_model, clips):
+    clips_dir, rows = clips
+    config = demo_config(clips_dir)
+    config["cache"]["decode_workers"] = 1
+    many = [{**rows[0], "key": f"copy{i}.mp4"} for i in range(6)]
+    for i in range(6):
+        os.link(clips_dir / "land.mp4", tmp_path / f"copy{i}.mp4")
+    config["source"]["path"] = str(tmp_path)
+
+    reference_vae, reference_text = build_caches(tmp_path / "reference", config, base_model, many)
+
+    vae_dir = tmp_path / "killed" / "vae" / reference_vae.name
+    write_spec(vae_dir / "spec.json", vae_cache_spec(config))
+    shard_list = write_shard_list(tmp_path / "killed" / "shard-00000.parquet", many)
+    args = [json.dumps(config), str(shard_list), str(vae_dir / "spec.json"), str(base_model)]
+    args += [str(vae_dir / "shard-00000.safetensors"), str(vae_dir / "shard-00000.index.parquet")]
+    job = subprocess.Popen([sys.executable, "-c", KILLABLE_JOB, *args])
+    partial = vae_dir / ".partial-shard-00000"
+    deadline = time.monotonic() + 120
+    while len(list(partial.glob("*.safetensors"))) < 2:
+        assert job.poll() is None, "the job ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    survived = len(list(partial.glob("*.safetensors")))
+    assert 2 <= survived < 6
+    assert not (vae_dir / "shard-00000.safetensors").exists()
+
+    rerun = subprocess.run([sys.executable, "-c", KILLABLE_JOB, *args], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming, {survived} samples already done" in rerun.stderr
+    for name in ("shard-00000.safetensors", "shard-00000.index.parquet"):
+        assert (vae_dir / name).read_bytes() == (reference_vae / name).read_bytes()
+    assert not partial.exists()
+
+
+def test_reader_names_the_broken_file(tmp_path, built):
+    _, _, vae_dir, text_dir = built
+    copy_vae, copy_text = tmp_path / "vae" / vae_dir.name, tmp_path / "text" / text_dir.name
+    shutil.copytree(vae_dir, copy_vae)
+    shutil.copytree(text_dir, copy_text)
+    CacheReader(copy_vae, copy_text).check()
+
+    shard = copy_vae / "shard-00000.safetensors"
+    size = shard.stat().st_size
+    with open(shard, "r+b") as handle:
+        handle.truncate(size - 100)
+    with pytest.raises(CacheError, match=rf"{shard}: expected {size} bytes .* found {size - 100}"):
+        CacheReader(copy_vae, copy_text).check()
+    with pytest.raises(CacheError, match="truncated"):
+        read_safetensors_header(shard)
+
+    (copy_vae / "shard-00000.safetensors").unlink()
+    with pytest.raises(CacheError, match=r"shard-00000.safetensors: missing beside its shard"):
+        CacheReader(copy_vae, copy_text).check()
+
+    spec = json.loads((copy_text / "spec.json").read_text())
+    spec["max_tokens"] = 7
+    (copy_text / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(CacheError, match=r"spec.json: its key is .* but the directory is named"):
+        CacheReader(vae_dir, copy_text).check()
+
+
+def test_reader_survives_pickling(built):
+    _, _, vae_dir, text_dir = built
+    reader = CacheReader(vae_dir, text_dir)
+    first = reader.latent("land.mp4")
+    clone = pickle.loads(pickle.dumps(reader))
+    torch.testing.assert_close(clone.latent("land.mp4"), first)
+
+
+def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3_bucket, monkeypatch):
+    from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
+
+    from longcat.cache import VAE_INDEX_SCHEMA, ShardWriter
+    from longcat.encoders import cache_vae_shard
+    from longcat.source import S3Source
+
+    client, bucket = s3_bucket
+    clips_dir, rows = clips
+    for name in ("land.mp4", "port.mp4"):
+        client.put_object(Bucket=bucket, Key=f"videos/{name}", Body=(clips_dir / name).read_bytes())
+    shard_rows = [row for row in rows if row["key"] in ("land.mp4", "port.mp4")]
+    shard_rows.append({**shard_rows[0], "key": "gone.mp4"})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    writer = ShardWriter(
+        tmp_path / "shard-00000.safetensors", tmp_path / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
+    )
+    vae = load_components(base_model, components=("vae",))["vae"]
+    source = S3Source(bucket, prefix="videos/", client=client)
+    config = demo_config(clips_dir)
+    cache_vae_shard(
+        shard_rows, vae, config["frames"], source, writer, torch.float32, CPU, temp_dir=str(scratch)
+    )
+
+    index = {
+        row["sample_id"]: row for row in pq.read_table(tmp_path / "shard-00000.index.parquet").to_pylist()
+    }
+    assert index["land.mp4"]["status"] == "ok" and index["port.mp4"]["latent_shape"] == [16, 5, 14, 8]
+    assert index["gone.mp4"]["status"] == "failed"
+    assert f"s3://{bucket}/videos/gone.mp4" in index["gone.mp4"]["reason"]
+    written = (tmp_path / "shard-00000.index.parquet").read_bytes() + (
+        tmp_path / "shard-00000.safetensors"
+    ).read_bytes()
+    assert FAKE_ACCESS_KEY.encode() not in written and FAKE_SECRET_KEY.encode() not in written
+    assert list(scratch.iterdir()) == [], "temp copies are deleted after decoding"

@@ -1,0 +1,136 @@
+"""Config loading and checks: the schema, one-line errors before any job, and refused credentials."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from longcat.config import ConfigError, check_config, load_config, load_yaml, merge, schema_errors
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def _snakemake_dry_run(workdir: Path, *configfiles: Path, target: str = "metadata"):
+    command = [sys.executable, "-m", "snakemake", target, "-n", "-s", str(REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--configfile", *map(str, configfiles)]
+    # Snakemake logs to both streams; the tests read them together.
+    return subprocess.run(
+        command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_both_shipped_configs_are_valid():
+    demo = load_config()
+    real = load_config(REPO / "config" / "longcat-13b.yaml")
+    assert demo["source"]["kind"] == "demo"
+    assert real["source"]["kind"] == "s3"
+    assert real["base_model"] == {**real["base_model"], "kind": "hf"}
+    assert real["base_model"]["hf"]["id"] == "meituan-longcat/LongCat-Video"
+    assert real["frames"]["num_frames"] == 93 and real["frames"]["fps"] == 15
+    assert [480, 832] in real["frames"]["buckets"] and [832, 480] in real["frames"]["buckets"]
+    assert all(side % 16 == 0 for bucket in real["frames"]["buckets"] for side in bucket)
+    assert real["train"]["gpus"] == 8 and real["train"]["mixed_precision"] == "bf16"
+    assert real["train"]["checkpointing_steps"] == 2500
+    assert real["shards"]["size"] == 1000
+
+
+def test_only_the_real_job_names_the_hub_model():
+    for path in [*REPO.glob("config/*.yaml"), *REPO.glob("rules/*.smk"), REPO / "Snakefile"]:
+        if path.name != "longcat-13b.yaml":
+            assert "meituan-longcat/LongCat-Video" not in path.read_text(), path
+
+
+def test_every_key_of_the_default_is_documented():
+    schema = load_yaml(REPO / "config" / "schema.yaml")
+
+    def walk(config, node, where):
+        for key, value in config.items():
+            prop = node.get("properties", {}).get(key)
+            assert prop is not None, f"{where}{key} is not in config/schema.yaml"
+            assert prop.get("description") or "$ref" in prop, f"{where}{key} has no description"
+            if isinstance(value, dict):
+                walk(value, prop, f"{where}{key}.")
+
+    for path in REPO.glob("config/*.yaml"):
+        if path.name != "schema.yaml":
+            walk(load_yaml(path), schema, "")
+
+
+def test_merge_is_deep_like_snakemake():
+    merged = merge({"train": {"gpus": 0, "seed": 1}, "a": [1]}, {"train": {"gpus": 8}, "a": [2]})
+    assert merged == {"train": {"gpus": 8, "seed": 1}, "a": [2]}
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ({"train": {"learning_rate": "fast"}}, "train.learning_rate: expected type number, found 'fast'"),
+        ({"source": {"kind": "ftp"}}, "source.kind: expected one of 'demo', 'local', 's3', found 'ftp'"),
+        ({"source": {"kind": "s3"}}, "source.bucket: required key missing"),
+        ({"frames": {"buckets": [[480, 830]]}}, "frames.buckets[0][1]: expected multipleOf 16, found 830"),
+        ({"trian": {"gpus": 8}}, "trian: unknown key"),
+        ({"train": {"gpu": 8}}, "train.gpu: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(override, line):
+    config = merge(load_yaml(REPO / "config" / "config.yaml"), override)
+    assert schema_errors(config)[0].startswith(line)
+    with pytest.raises(ConfigError, match="see schema.yaml"):
+        check_config(config)
+
+
+@pytest.mark.parametrize("key", ["aws_access_key_id", "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"])
+def test_credentials_are_refused_without_echo(key):
+    config = merge(
+        load_yaml(REPO / "config" / "config.yaml"), {"source": {"kind": "s3", "bucket": "b", key: SECRET}}
+    )
+    with pytest.raises(ConfigError) as error:
+        check_config(config)
+    message = str(error.value)
+    assert f"source.{key}" in message
+    assert "environment" in message and "~/.aws" in message and "role" in message
+    assert SECRET not in message
+
+
+def test_credentials_in_a_list_are_refused():
+    with pytest.raises(ConfigError, match=r"extra\[0\]\.aws_access_key_id"):
+        check_config({"extra": [{"aws_access_key_id": SECRET}]})
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    bad = _write(tmp_path / "bad.yaml", {"train": {"learning_rate": "fast"}})
+    result = _snakemake_dry_run(tmp_path, bad)
+    assert result.returncode != 0
+    lines = [line for line in result.stdout.splitlines() if "train.learning_rate" in line]
+    assert lines == [
+        "config key train.learning_rate: expected type number, found 'fast' (str); see schema.yaml"
+    ]
+    assert "Building DAG" not in result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_snakemake_refuses_credentials_without_echo(tmp_path):
+    secrets = _write(
+        tmp_path / "keys.yaml", {"source": {"kind": "s3", "bucket": "b", "aws_secret_access_key": SECRET}}
+    )
+    result = _snakemake_dry_run(tmp_path, secrets)
+    assert result.returncode != 0
+    assert "source.aws_secret_access_key" in result.stdout
+    assert SECRET not in result.stdout
+    assert not any(SECRET in path.read_text(errors="ignore") for path in tmp_path.rglob("*.log"))
+
+
+def test_any_key_is_overridden_by_an_extra_configfile(tmp_path):
+    override = _write(tmp_path / "override.yaml", {"probe": {"chunks": 3}})
+    result = _snakemake_dry_run(tmp_path, override)
+    assert result.returncode == 0, result.stdout[-2000:]
+    jobs = dict(line.split() for line in result.stdout.splitlines() if line.startswith("probe_chunk "))
+    assert jobs == {"probe_chunk": "3"}

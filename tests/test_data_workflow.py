@@ -1,0 +1,142 @@
+"""The data stage end to end through `snakemake` subprocesses: demo and S3 sources, incremental reruns."""
+
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, nothing_to_do, run_snakemake, upload_tree, write_pair
+
+
+def _snapshot(paths):
+    return {Path(path).name: (Path(path).read_bytes(), Path(path).stat().st_mtime_ns) for path in paths}
+
+
+def _probed_counts(results):
+    counts = {}
+    for log in sorted((results / "logs" / "probe_chunk").glob("*.log")):
+        runs = re.findall(r"reused by etag, (\d+) probed", log.read_text())
+        counts[log.stem] = int(runs[-1])
+    return counts
+
+
+def test_demo_source_runs_and_reruns_as_a_no_op(tmp_path):
+    run_snakemake(tmp_path, "shards")
+
+    results = tmp_path / "results"
+    metadata = pq.read_table(results / "metadata.parquet").to_pylist()
+    assert len(metadata) == 12 and pq.read_table(results / "rejected.parquet").num_rows == 0
+    assert any(row["height"] > row["width"] for row in metadata), "the demo has a portrait clip"
+    assert len({row["fps"] for row in metadata}) > 1 and len({row["codec"] for row in metadata}) == 1
+    assert all(row["caption"] and row["plan_num_frames"] in (9, 17) for row in metadata)
+    shard_lists = sorted((results / "shards").glob("shard-*.parquet"))
+    assert [path.name for path in shard_lists] == [
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+        "shard-00002.parquet",
+    ]
+    assert sum(pq.read_table(path).num_rows for path in shard_lists) == 12
+
+    assert nothing_to_do(run_snakemake(tmp_path, "shards", "-n"))
+
+
+def test_s3_source_incremental_reruns(s3_bucket, tmp_path):
+    client, bucket = s3_bucket
+    clips = tmp_path / "clips"
+    for index in range(8):
+        write_pair(clips, f"batch one/clip {index}", f"first batch clip {index}", faststart=index % 2 == 0)
+    write_pair(clips, "batch one/uncaptioned", None)
+    upload_tree(client, bucket, clips, prefix="data/")
+    workdir = tmp_path / "work"
+    config = {
+        "source": {
+            "kind": "s3",
+            "bucket": bucket,
+            "prefix": "data/",
+            "endpoint_url": client.meta.endpoint_url,
+        },
+        "probe": {"chunks": 3, "workers": 4, "min_width": 32, "min_height": 32},
+    }
+    results = workdir / "results"
+
+    run_snakemake(workdir, "shards", config=config)
+
+    first_lists = sorted((results / "shards").glob("shard-*.parquet"))
+    assert [path.name for path in first_lists] == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert pq.read_table(results / "rejected.parquet").to_pylist()[0]["reason"] == "missing_caption"
+    assert sum(_probed_counts(results).values()) == 9
+    assert nothing_to_do(run_snakemake(workdir, "shards", "-n", config=config))
+
+    # Three new videos, then an explicit relist.
+    before = _snapshot(first_lists)
+    for index in range(3):
+        write_pair(clips, f"batch two/new {index}", f"second batch clip {index}")
+    upload_tree(client, bucket, clips / "batch two", prefix="data/batch two/")
+    run_snakemake(workdir, "shards", "--forcerun", "manifest", config=config)
+
+    assert sum(_probed_counts(results).values()) == 3, "only the new videos are probed"
+    all_lists = sorted((results / "shards").glob("shard-*.parquet"))
+    assert [path.name for path in all_lists][-1] == "shard-00002.parquet" and len(all_lists) == 3
+    assert _snapshot(first_lists) == before, "existing shard lists keep their bytes and mtimes"
+    new_rows = pq.read_table(results / "shards" / "shard-00002.parquet").column("key").to_pylist()
+    assert new_rows == [f"batch two/new {index}.mp4" for index in range(3)]
+    assert nothing_to_do(run_snakemake(workdir, "shards", "-n", config=config))
+
+    # A deleted shard list comes back alone, byte-identical.
+    deleted = results / "shards" / "shard-00001.parquet"
+    deleted_bytes = deleted.read_bytes()
+    others = _snapshot([path for path in all_lists if path != deleted])
+    deleted.unlink()
+    dry_run = run_snakemake(workdir, "shards", "-n", config=config)
+    assert re.search(r"shard_list\s+1\b", dry_run.stdout) and "probe_chunk" not in dry_run.stdout
+    run_snakemake(workdir, "shards", config=config)
+    assert deleted.read_bytes() == deleted_bytes
+    assert _snapshot([path for path in all_lists if path != deleted]) == others
+
+    # Nothing written by the stage carries a credential.
+    for path in workdir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert FAKE_ACCESS_KEY.encode() not in data and FAKE_SECRET_KEY.encode() not in data, path
+
+
+def test_excluded_keys_leave_their_shard_only(tmp_path):
+    clips = tmp_path / "clips"
+    for index in range(6):
+        write_pair(clips, f"clip {index}", f"clip number {index}")
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("# keys to drop\n")
+    config = {
+        "source": {"kind": "local", "path": str(clips)},
+        "probe": {"chunks": 2, "min_width": 32, "min_height": 32},
+        "shards": {"size": 3, "exclude": str(exclude)},
+    }
+    workdir = tmp_path / "work"
+    shards = workdir / "results" / "shards"
+    run_snakemake(workdir, "shards", config=config)
+    untouched = _snapshot([shards / "shard-00000.parquet"])
+
+    exclude.write_text("# keys to drop\nclip 4.mp4\n")
+    run_snakemake(workdir, "shards", config=config)
+
+    assert pq.read_table(shards / "shard-00001.parquet").column("key").to_pylist() == [
+        "clip 3.mp4",
+        "clip 5.mp4",
+    ]
+    assert _snapshot([shards / "shard-00000.parquet"]) == untouched
+    assert sorted(path.name for path in shards.glob("shard-*.parquet")) == [
+        "shard-00000.parquet",
+        "shard-00001.parquet",
+    ]
+
+
+def test_demo_clips_are_deterministic(tmp_path):
+    from longcat.demo import make_demo_clips
+
+    first = make_demo_clips(tmp_path / "one", num_clips=4, seed=3)
+    make_demo_clips(tmp_path / "two", num_clips=4, seed=3)
+
+    names = sorted(path.name for path in (tmp_path / "one").iterdir())
+    assert names == sorted(path.name for path in (tmp_path / "two").iterdir()) and len(names) == 8
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert any(clip.height > clip.width for clip in first)

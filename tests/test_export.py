@@ -1,0 +1,131 @@
+"""Export: a trained DiT written into a self-contained published layout that both loaders read back."""
+
+import json
+
+import diffusers
+import pytest
+import torch
+from safetensors import safe_open
+
+from longcat.basemodel import SUBFOLDERS, load_components, prepare_base_model, write_tiny_base_model
+from longcat.export import export_model
+from longcat.pipeline import LongCatVideoPipeline
+
+TINY = {"seed": 0, "hidden_size": 64, "depth": 2, "num_heads": 4, "text_dim": 32, "adaln_tembed_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, ["a red square"])
+
+
+@pytest.fixture(scope="module")
+def trained(base_dir):
+    """The base components with the DiT's weights moved, as training would."""
+    components = load_components(base_dir)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in components["dit"].parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return components
+
+
+def sample(pipe, seed=0):
+    return pipe(
+        "a red square moving",
+        num_frames=5,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(seed),
+        max_sequence_length=16,
+        output_type="latent",
+    ).frames
+
+
+def _dit_dtypes(dit_dir):
+    dtypes = set()
+    for path in dit_dir.glob("*.safetensors"):
+        with safe_open(path, framework="pt") as handle:
+            dtypes.update(handle.get_tensor(name).dtype for name in handle.keys())
+    return dtypes
+
+
+def test_export_loads_back_and_samples_like_the_model_in_memory(base_dir, trained, tmp_path):
+    out = export_model(
+        trained["dit"], base_dir, tmp_path / "export", dtype=torch.float32, max_shard_size="20KB"
+    )
+
+    assert len(list((out / "dit").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 1
+    assert (out / "dit" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "LongCatVideoPipeline"]
+    assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
+
+    in_memory = LongCatVideoPipeline(**trained)
+    reloaded = LongCatVideoPipeline.from_pretrained(out)
+    torch.testing.assert_close(sample(reloaded), sample(in_memory), rtol=0, atol=0)
+    base = LongCatVideoPipeline.from_pretrained(base_dir)
+    assert not torch.equal(sample(base), sample(in_memory))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_export_is_self_contained(base_dir, trained, tmp_path):
+    # A Hugging Face cache holds files as links into a blob store, and kind dir links the subfolders:
+    # the export still holds real files.
+    snapshot, blobs = tmp_path / "snapshot", tmp_path / "blobs"
+    blobs.mkdir()
+    for source in base_dir.rglob("*"):
+        target = snapshot / source.relative_to(base_dir)
+        if source.is_dir():
+            target.mkdir(parents=True)
+        else:
+            blob = blobs / f"{len(list(blobs.iterdir())):04d}"
+            blob.write_bytes(source.read_bytes())
+            target.symlink_to(blob)
+    linked = prepare_base_model({"base_model": {"kind": "dir", "dir": str(snapshot)}}, tmp_path / "linked")
+    out = export_model(trained["dit"], linked, tmp_path / "export")
+    for name in SUBFOLDERS:
+        assert (out / name).is_dir() and not (out / name).is_symlink()
+        for path in (out / name).rglob("*"):
+            assert not path.is_symlink(), path
+    for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        for source in (base_dir / name).iterdir():
+            assert (out / name / source.name).read_bytes() == source.read_bytes()
+    vae_config = out / "vae" / "config.json"
+    assert vae_config.stat().st_ino == (snapshot / "vae" / "config.json").resolve().stat().st_ino
+
+
+def test_default_export_is_bfloat16_and_leaves_the_model_alone(base_dir, trained, tmp_path):
+    out = export_model(trained["dit"], base_dir, tmp_path / "export")
+    assert _dit_dtypes(out / "dit") == {torch.bfloat16}
+    assert trained["dit"].dtype == torch.float32
+    reloaded = LongCatVideoPipeline.from_pretrained(out, torch_dtype=torch.bfloat16)
+    assert reloaded.dit.dtype == torch.bfloat16
+    assert torch.isfinite(sample(reloaded)).all()
+
+
+def test_export_from_a_state_dict(base_dir, trained, tmp_path):
+    state = {name: tensor.clone() for name, tensor in trained["dit"].state_dict().items()}
+    out = export_model(state, base_dir, tmp_path / "export", dtype=torch.float32)
+    reloaded = LongCatVideoPipeline.from_pretrained(out)
+    torch.testing.assert_close(sample(reloaded), sample(LongCatVideoPipeline(**trained)), rtol=0, atol=0)
+
+
+def test_state_dict_with_a_missing_tensor_fails_before_anything_is_written(base_dir, trained, tmp_path):
+    state = dict(trained["dit"].state_dict())
+    del state["blocks.1.attn.qkv.weight"]
+    state["blocks.9.extra"] = torch.zeros(1)
+    pattern = r"(?s)does not match .*dit/config\.json.*Missing.*blocks\.1\.attn\.qkv\.weight.*Unexpected"
+    with pytest.raises(ValueError, match=pattern):
+        export_model(state, base_dir, tmp_path / "export")
+    assert not list(tmp_path.iterdir())
+
+
+def test_diffusers_loads_the_export_with_trust_remote_code(base_dir, trained, tmp_path):
+    out = export_model(trained["dit"], base_dir, tmp_path / "export", dtype=torch.float32)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        diffusers.DiffusionPipeline.from_pretrained(out)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    assert type(pipe) is LongCatVideoPipeline
+    torch.testing.assert_close(sample(pipe), sample(LongCatVideoPipeline(**trained)), rtol=0, atol=0)

@@ -1,0 +1,239 @@
+"""Header-only probing through bounded range reads, over S3 on loopback and local files."""
+
+import json
+import subprocess
+from fractions import Fraction
+
+import pytest
+from conftest import make_clip
+
+from longcat.probe import (
+    FetchedBytes,
+    Reject,
+    fetch_index,
+    first_video_sample,
+    probe_object,
+    probe_rows,
+    probe_video,
+)
+from longcat.source import LocalSource, S3Source, build_manifest
+
+
+class CountingSource(LocalSource):
+    """A local source that records every read, to show what probing touches."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.ranges = []
+        self.whole = []
+
+    def read_range(self, key, start, end):
+        self.ranges.append((key, start, end))
+        return super().read_range(key, start, end)
+
+    def read_all(self, key):
+        self.whole.append(key)
+        return super().read_all(key)
+
+
+def ffprobe_truth(path):
+    output = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output)["streams"][0]
+
+
+@pytest.mark.parametrize("faststart", [False, True], ids=["moov-at-end", "moov-at-head"])
+def test_probe_over_s3_reads_only_the_index_and_first_frame(s3_bucket, tmp_path, faststart):
+    client, bucket = s3_bucket
+    path = make_clip(
+        tmp_path / "clip.mp4", width=320, height=192, rate=30, seconds=4, faststart=faststart, bitrate="2M"
+    )
+    client.put_object(Bucket=bucket, Key="v/clip.mp4", Body=path.read_bytes())
+    size = path.stat().st_size
+
+    columns, bytes_read = probe_video(S3Source(bucket, "v/", client=client), "clip.mp4", size)
+
+    truth = ffprobe_truth(path)
+    assert (columns["width"], columns["height"]) == (320, 192)
+    assert columns["num_frames"] == int(truth["nb_read_frames"]) == 120
+    assert columns["fps"] == columns["fps_real"] == 30.0
+    assert columns["duration"] == pytest.approx(4.0, abs=0.05)
+    assert (columns["codec"], columns["pix_fmt"], columns["rotation"]) == ("h264", "yuv420p", 0)
+    assert columns["aspect_ratio"] == pytest.approx(320 / 192)
+    assert bytes_read < 0.2 * size, f"read {bytes_read} of {size} bytes"
+
+
+def test_probe_never_reads_a_whole_video_and_bounds_each_read(tmp_path):
+    make_clip(tmp_path / "clip.mp4", width=320, height=192, seconds=3, bitrate="2M")
+    (tmp_path / "clip.txt").write_text("a caption")
+    source = CountingSource(tmp_path)
+    row = build_manifest(source).to_pylist()[0]
+
+    record = probe_object(source, row)
+
+    assert record["reason"] is None and record["caption"] == "a caption"
+    assert source.whole == ["clip.txt"]
+    assert all(end - start <= 64 * 1024 or key != "clip.mp4" for key, start, end in source.ranges)
+    assert record["probe_bytes"] == sum(min(end, row["size"]) - start for _, start, end in source.ranges)
+
+
+def test_rotation_swaps_the_shown_aspect(tmp_path):
+    plain = make_clip(tmp_path / "plain.mp4", width=96, height=64)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(plain),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+            str(tmp_path / "rotated.mp4"),
+        ],
+        check=True,
+    )
+    columns, _ = probe_video(LocalSource(tmp_path), "rotated.mp4", (tmp_path / "rotated.mp4").stat().st_size)
+    assert (columns["width"], columns["height"], columns["rotation"]) == (96, 64, 90)
+    assert columns["display_aspect"] == pytest.approx(1.5)
+    assert columns["aspect_ratio"] == pytest.approx(64 / 96)
+
+
+def test_probe_without_decode_check_reads_less(tmp_path):
+    # Large enough that the first keyframe is not inside the head read.
+    make_clip(tmp_path / "clip.mp4", width=640, height=384, seconds=2, bitrate="8M")
+    size = (tmp_path / "clip.mp4").stat().st_size
+    with_check, checked_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", size)
+    without, header_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", size, decode_check=False)
+    assert header_bytes < checked_bytes
+    assert (without["num_frames"], without["width"]) == (with_check["num_frames"], with_check["width"])
+
+
+def test_records_are_reused_by_etag_and_reprobed_when_it_changes(tmp_path):
+    for name in ("a", "b"):
+        make_clip(tmp_path / f"{name}.mp4")
+        (tmp_path / f"{name}.txt").write_text(f"clip {name}")
+    source = CountingSource(tmp_path)
+    rows = build_manifest(source).to_pylist()
+
+    first, probed = probe_rows(source, rows, workers=2)
+    assert probed == 2 and [r["reason"] for r in first] == [None, None]
+
+    source.ranges.clear()
+    again, probed = probe_rows(source, rows, previous=first, workers=2)
+    assert probed == 0 and again == first and source.ranges == []
+
+    changed = [dict(rows[0], etag="new-etag"), rows[1]]
+    _, probed = probe_rows(source, changed, previous=first, workers=2)
+    assert probed == 1 and {key for key, _, _ in source.ranges} == {"a.mp4"}
+
+
+@pytest.mark.parametrize("rate", ["24", "30000/1001", "12"])
+def test_index_facts_match_ffprobe(tmp_path, rate):
+    path = tmp_path / "clip.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=112x64:rate={rate}",
+            "-t",
+            "1.5",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-vf",
+            "setsar=4/3",
+            str(path),
+        ],
+        check=True,
+    )
+    columns, _ = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+
+    truth = ffprobe_truth(path)
+    assert columns["num_frames"] == int(truth["nb_frames"]) == int(truth["nb_read_frames"])
+    assert columns["fps"] == pytest.approx(float(Fraction(truth["avg_frame_rate"])))
+    assert columns["fps_real"] == pytest.approx(float(Fraction(truth["r_frame_rate"])))
+    assert columns["duration"] == pytest.approx(float(truth["duration"]), abs=1e-3)
+    assert columns["display_aspect"] == pytest.approx(112 * 4 / 3 / 64)
+    assert columns["pix_fmt"] == truth["pix_fmt"]
+
+
+def test_changing_the_chunk_count_reuses_the_stored_records(tmp_path):
+    from longcat.metadata import chunk_ids, probe_chunk, write_manifest
+
+    clips = tmp_path / "clips"
+    for index in range(6):
+        make_clip(clips / f"clip {index}.mp4", seconds=0.5)
+        (clips / f"clip {index}.txt").write_text(f"clip {index}")
+    source = CountingSource(clips)
+    manifest = tmp_path / "manifest.parquet"
+    write_manifest(source, manifest)
+    store = tmp_path / "store"
+    for chunks in (2, 3):
+        source.ranges.clear()
+        for chunk in chunk_ids(chunks):
+            out = tmp_path / f"parts-{chunks}" / f"part-{chunk}.parquet"
+            probe_chunk(source, manifest, chunk, chunks, out, store / f"part-{chunk}.parquet")
+        probed = {key for key, _, _ in source.ranges}
+        assert len(probed) == (6 if chunks == 2 else 0)
+
+
+def _encode(path, encoder, pix_fmt="yuv420p"):
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=96x64:rate=10"]
+        + ["-t", "1", "-c:v", encoder, "-pix_fmt", pix_fmt, str(path)],
+        check=True,
+    )
+    return path
+
+
+def _corrupt_first_sample(path):
+    data = bytearray(path.read_bytes())
+    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
+    moov_offset, moov_length = fetch_index(fetched)
+    offset, length = first_video_sample(bytes(data[moov_offset : moov_offset + moov_length]))
+    data[offset + 4 : offset + length] = bytes([0x5A]) * (length - 4)
+    path.write_bytes(bytes(data))
+
+
+# H.264 and HEVC decode from the index's codec configuration; the rest through FFmpeg's demuxer.
+@pytest.mark.parametrize(
+    ("encoder", "pix_fmt", "codec", "decoded_pix_fmt"),
+    [
+        ("libx264", "yuv420p", "h264", "yuv420p"),
+        ("libx265", "yuv420p", "hevc", "yuv420p"),
+        ("libvpx-vp9", "yuv420p", "vp9", "yuv420p"),
+        ("mjpeg", "yuvj420p", "mjpeg", "yuvj420p"),
+    ],
+)
+def test_decode_check_decodes_the_first_frame_of_each_codec(
+    tmp_path, encoder, pix_fmt, codec, decoded_pix_fmt
+):
+    path = _encode(tmp_path / "clip.mp4", encoder, pix_fmt)
+    columns, _ = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+    assert (columns["codec"], columns["pix_fmt"]) == (codec, decoded_pix_fmt)
+    assert (columns["width"], columns["height"], columns["num_frames"]) == (96, 64, 10)
+
+
+@pytest.mark.parametrize("encoder", ["libx264", "libx265", "mpeg4"])
+def test_a_garbled_first_frame_is_undecodable(tmp_path, encoder):
+    path = _encode(tmp_path / "clip.mp4", encoder)
+    _corrupt_first_sample(path)
+    with pytest.raises(Reject) as rejected:
+        probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+    assert rejected.value.reason == "undecodable"
+    assert "first" in rejected.value.detail
+    _, header_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=False)
+    assert header_bytes > 0

@@ -1,0 +1,189 @@
+"""Listing and reading sources: local trees with awkward names, S3 on loopback, S3 Inventory, captions."""
+
+import csv
+import gzip
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
+
+from longcat.captions import decode_caption
+from longcat.source import (
+    LocalSource,
+    S3Source,
+    SourceError,
+    build_manifest,
+    chunk_of,
+    open_source,
+    sanitize,
+)
+
+AWKWARD = [
+    "top.mp4",
+    "a b/clip with spaces.mp4",
+    "ünï/cödé/視頻 [1] (final).mp4",
+    "deep/1/2/3/4/5/x#y%z&.mp4",
+]
+
+
+def _write(root, key, data=b"x"):
+    path = root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_local_listing_pairs_captions_at_any_depth_with_awkward_names(tmp_path):
+    for key in AWKWARD:
+        _write(tmp_path, key, b"video")
+        _write(tmp_path, key[: -len(".mp4")] + ".txt", b"caption")
+    _write(tmp_path, "lonely/no caption.mp4", b"video")
+    _write(tmp_path, "notes/readme.md", b"ignored")
+
+    manifest = build_manifest(LocalSource(tmp_path)).to_pylist()
+
+    by_key = {row["key"]: row for row in manifest}
+    assert sorted(by_key) == sorted([*AWKWARD, "lonely/no caption.mp4"])
+    for key in AWKWARD:
+        assert by_key[key]["caption_key"] == key[: -len(".mp4")] + ".txt"
+        assert by_key[key]["size"] == 5 and by_key[key]["etag"]
+    assert by_key["lonely/no caption.mp4"]["caption_key"] is None
+    source = LocalSource(tmp_path)
+    assert source.read_range(AWKWARD[2], 1, 4) == b"ide"
+
+
+def test_local_source_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="source.path: expected a directory"):
+        list(LocalSource(tmp_path / "absent").list_objects())
+
+
+def test_s3_listing_by_prefix_pages_and_ranges(s3_bucket):
+    client, bucket = s3_bucket
+    keys = [f"videos/{folder}/clip-{index:04d}.mp4" for folder in ("a", "b [2]") for index in range(520)]
+    keys += ["videos/top level.mp4", "videos/top level.txt", "videos/a/clip-0000.txt", "elsewhere/x.mp4"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: client.put_object(Bucket=bucket, Key=key, Body=key.encode()), keys))
+
+    source = open_source(
+        {"kind": "s3", "bucket": bucket, "prefix": "videos/", "endpoint_url": client.meta.endpoint_url}
+    )
+    objects = {obj.key: obj for obj in source.list_objects()}
+
+    # 1043 objects under the prefix: more than one ListObjectsV2 page, across two sub-prefixes.
+    assert len(objects) == 1043
+    assert "x.mp4" not in objects and "a/clip-0519.mp4" in objects and "b [2]/clip-0000.mp4" in objects
+    assert objects["top level.mp4"].size == len(b"videos/top level.mp4")
+    assert len(objects["top level.mp4"].etag) == 32
+    manifest = build_manifest(source).to_pylist()
+    captioned = {row["key"] for row in manifest if row["caption_key"]}
+    assert captioned == {"top level.mp4", "a/clip-0000.mp4"}
+    assert source.read_range("top level.mp4", 7, 12) == b"top l"
+
+
+def test_s3_read_errors_name_the_object_but_no_secret(s3_bucket):
+    client, bucket = s3_bucket
+    source = S3Source(bucket, "videos", client=client)
+    with pytest.raises(SourceError) as raised:
+        source.read_range("missing.mp4", 0, 10)
+    message = str(raised.value)
+    assert f"s3://{bucket}/videos/missing.mp4" in message
+    assert FAKE_ACCESS_KEY not in message and FAKE_SECRET_KEY not in message
+
+
+def test_sanitize_blanks_presigned_signatures_and_key_ids():
+    url = (
+        "https://b.s3.amazonaws.com/k.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAABCDEFGHIJKLMNOP%2F20260101%2Fus-east-1&X-Amz-Signature=abcdef0123456789"
+    )
+    cleaned = sanitize(f"GET {url} failed")
+    assert "abcdef0123456789" not in cleaned and "AKIAABCDEFGHIJKLMNOP" not in cleaned
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in cleaned and "k.mp4" in cleaned
+
+
+def _put_inventory(client, bucket, file_format, rows):
+    if file_format == "CSV":
+        text = io.StringIO()
+        csv.writer(text, quoting=csv.QUOTE_ALL).writerows(rows)
+        body = gzip.compress(text.getvalue().encode())
+        part = "inventory/data/part-0.csv.gz"
+    else:
+        columns = ["bucket", "key", "size", "last_modified_date", "e_tag"]
+        table = pa.Table.from_pylist([dict(zip(columns, row, strict=True)) for row in rows])
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        body = buffer.getvalue()
+        part = "inventory/data/part-0.parquet"
+    client.put_object(Bucket=bucket, Key=part, Body=body)
+    manifest = {
+        "sourceBucket": bucket,
+        "fileFormat": file_format,
+        "fileSchema": "Bucket, Key, Size, LastModifiedDate, ETag",
+        "files": [{"key": part, "size": len(body), "MD5checksum": "0"}],
+    }
+    client.put_object(Bucket=bucket, Key="inventory/manifest.json", Body=json.dumps(manifest).encode())
+    return f"s3://{bucket}/inventory/manifest.json"
+
+
+@pytest.mark.parametrize("file_format", ["CSV", "Parquet"])
+def test_s3_inventory_replaces_listing(s3_bucket, file_format):
+    client, bucket = s3_bucket
+    # CSV inventories URL-encode keys; Parquet ones do not.
+    encoded = "videos/a+b%5B1%5D.mp4" if file_format == "CSV" else "videos/a b[1].mp4"
+    rows = [
+        [bucket, encoded, "123", "2026-01-02T03:04:05.000Z", "etag1"],
+        [
+            bucket,
+            "videos/a b[1].txt" if file_format == "Parquet" else "videos/a+b%5B1%5D.txt",
+            "7",
+            "2026-01-02T03:04:05.000Z",
+            "etag2",
+        ],
+        [bucket, "other/skip.mp4", "1", "2026-01-02T03:04:05.000Z", "etag3"],
+    ]
+    inventory = _put_inventory(client, bucket, file_format, rows)
+
+    source = S3Source(bucket, "videos/", inventory=inventory, client=client)
+    manifest = build_manifest(source).to_pylist()
+
+    assert [(row["key"], row["caption_key"], row["size"], row["etag"]) for row in manifest] == [
+        ("a b[1].mp4", "a b[1].txt", 123, "etag1")
+    ]
+    assert manifest[0]["last_modified"].year == 2026
+
+
+def test_s3_inventory_location_must_be_a_manifest(s3_bucket):
+    client, bucket = s3_bucket
+    with pytest.raises(SourceError, match="expected s3://BUCKET/.../manifest.json"):
+        list(S3Source(bucket, inventory="s3://b/inventory/data.csv", client=client).list_objects())
+
+
+@pytest.mark.parametrize(
+    ("raw", "text", "encoding", "fixups"),
+    [
+        (b"a red square\n", "a red square", "utf-8", ()),
+        ("ünïcödé 視頻".encode(), "ünïcödé 視頻", "utf-8", ()),
+        (b"\xef\xbb\xbfwith bom", "with bom", "utf-8", ("bom",)),
+        (b"line one\r\nline two\r\n", "line one\nline two", "utf-8", ("crlf",)),
+        ("café au lait".encode("latin-1"), "café au lait", "latin-1", ("latin-1",)),
+        ("\ufeffutf16 text".encode("utf-16-le"), "utf16 text", "utf-16-le", ("bom",)),
+        (b"  \n\t ", "", "utf-8", ("strip",)),
+    ],
+)
+def test_captions_decode_losslessly_and_record_fixups(raw, text, encoding, fixups):
+    caption = decode_caption(raw)
+    assert (caption.text, caption.encoding, caption.fixups) == (text, encoding, fixups)
+
+
+def test_long_captions_are_kept_whole():
+    long_text = "word " * 5000
+    assert decode_caption(long_text.encode()).text == long_text.strip()
+
+
+def test_chunk_assignment_is_stable_and_spread():
+    keys = [f"clip-{index}.mp4" for index in range(400)]
+    chunks = [chunk_of(key, 4) for key in keys]
+    assert chunks == [chunk_of(key, 4) for key in keys]
+    assert {chunks.count(chunk) for chunk in range(4)} <= set(range(70, 130))

@@ -1,0 +1,333 @@
+"""FSDP2 training on 2 gloo processes: overfit, checkpoints, TensorBoard, validation video, export, resume.
+
+The model, FSDP2, DCP, TensorBoard, the pipeline and ffmpeg are real; the cache is an in-memory stand-in
+with the CacheReader interface (the data, not the code under test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from longcat.train.config import RunPaths, TrainConfig
+
+TEXT_DIM = 32
+TINY = {
+    "seed": 0,
+    "hidden_size": 64,
+    "depth": 2,
+    "num_heads": 4,
+    "text_dim": TEXT_DIM,
+    "adaln_tembed_dim": 32,
+}
+PROMPTS = ["a red square moving across a blue background"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    shard: str
+    latent_shape: tuple[int, int, int, int]
+    text_len: int
+
+
+class MemoryCache:
+    """Latents and captions in two shape buckets, with the CacheReader interface.
+
+    Like latents of real clips, samples share structure (a pattern per bucket plus a small variation),
+    which is what makes an overfit run's loss fall.
+    """
+
+    def __init__(self, count: int = 8, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        shapes = [(16, 3, 4, 6), (16, 2, 6, 4)]
+        patterns = {shape: torch.randn(shape, generator=generator) for shape in shapes}
+        self.samples, self._latents, self._texts = [], {}, {}
+        for index in range(count):
+            shape = shapes[index % 2]
+            sample_id = f"clip-{index:03d}"
+            length = 3 + index % 4
+            self.samples.append(Sample(sample_id, f"{index // 4:05d}", shape, length))
+            self._latents[sample_id] = patterns[shape] + 0.1 * torch.randn(shape, generator=generator)
+            self._texts[sample_id] = torch.randn(length, TEXT_DIM, generator=generator)
+
+    def latent(self, sample_id):
+        return self._latents[sample_id]
+
+    def text(self, sample_id):
+        return self._texts[sample_id]
+
+    def empty_text(self):
+        return torch.zeros(1, TEXT_DIM)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_config(**overrides) -> dict:
+    values = {
+        "run": "test",
+        "gpus": 0,
+        "num_processes": 2,
+        "mixed_precision": "no",
+        "learning_rate": 3e-3,
+        "lr_warmup_steps": 2,
+        "max_train_steps": 20,
+        "checkpointing_steps": 10,
+        "checkpoints_total_limit": 2,
+        "validation_every_n_steps": 0,
+        "caption_dropout": 0.1,
+        "flow_shift": 1.0,
+        "dataloader_num_workers": 1,
+        "activation_checkpointing": "every",
+        "collective_timeout_s": 120,
+        "seed": 7,
+        "validation_prompts": PROMPTS,
+        "validation_inference_steps": 2,
+        "validation_guidance_scale": 1.0,
+    }
+    values.update(overrides)
+    return values
+
+
+def _worker(rank: int, world_size: int, port: int, work: str, train: dict, resume: str | None) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    from longcat.train.loop import Trainer
+
+    work = Path(work)
+    cfg = TrainConfig.from_dict(train)
+    paths = RunPaths(work / "run", work / "vae", work / "text", work / "base_model")
+    trainer = Trainer(cfg, paths, MemoryCache())
+    code = trainer.run(Path(resume) if resume else None)
+    if rank == 0:
+        resumed_at = trainer.progress.step - len(trainer.progress.history)
+        (work / "result.json").write_text(
+            json.dumps({"code": code, "resumed_at": resumed_at, "losses": trainer.progress.history})
+        )
+    torch.distributed.destroy_process_group()
+
+
+def run_training(work: Path, world_size: int = 2, resume: Path | None = None, **overrides) -> dict:
+    train = train_config(num_processes=world_size, **overrides)
+    resume_arg = str(resume) if resume else None
+    mp.spawn(
+        _worker, args=(world_size, free_port(), str(work), train, resume_arg), nprocs=world_size, join=True
+    )
+    return json.loads((work / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    from longcat.basemodel import write_tiny_base_model
+
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, PROMPTS)
+
+
+def workdir(tmp_path: Path, base_model: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "base_model").symlink_to(base_model)
+    return tmp_path
+
+
+def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, base_model):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work = workdir(tmp_path, base_model)
+    result = run_training(
+        work, max_train_steps=160, checkpointing_steps=40, validation_every_n_steps=160, caption_dropout=0.0
+    )
+    assert result["code"] == 0
+    losses = result["losses"]
+    assert len(losses) == 160
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert last <= 0.5 * first, f"loss fell from {first:.3f} to {last:.3f}, less than 50%"
+
+    run = work / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-120", "step-160"]
+    assert (run / "checkpoints" / "step-160" / ".metadata").is_file()
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    expected = [
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "perf/samples_per_second",
+        "perf/tokens_per_second",
+    ]
+    expected += ["perf/step_seconds", "perf/data_wait_fraction", "perf/peak_memory_gib"]
+    for tag in expected:
+        assert tag in scalars, tag
+    assert len(events.Scalars("train/loss")) == 160
+    assert any(tag.startswith("loss_by_sigma/") for tag in scalars)
+    assert events.Tags()["images"], "validation frames missing from TensorBoard"
+
+    video = run / "validation" / "step-160" / "video-00.mp4"
+    import ffmpeg
+
+    probe = ffmpeg.probe(str(video))
+    assert int(probe["streams"][0]["nb_frames"]) >= 5
+
+    assert (run / "train.done").is_file()
+    from longcat.pipeline import LongCatVideoPipeline
+
+    pipeline = LongCatVideoPipeline.from_pretrained(run / "final")
+    frames = pipeline(
+        PROMPTS[0],
+        num_frames=5,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        output_type="pt",
+    ).frames
+    assert frames.shape[1:3] == (5, 3) and torch.isfinite(frames).all()
+
+
+def test_resume_continues_the_same_trajectory(tmp_path, base_model):
+    straight = workdir(tmp_path / "straight", base_model)
+    full = run_training(straight, max_train_steps=20)
+    assert full["code"] == 0 and len(full["losses"]) == 20
+
+    resumed = workdir(tmp_path / "resumed", base_model)
+    result = run_training(resumed, resume=straight / "run" / "checkpoints" / "step-10", max_train_steps=20)
+    assert result["resumed_at"] == 10
+    assert len(result["losses"]) == 10
+    torch.testing.assert_close(
+        torch.tensor(result["losses"]), torch.tensor(full["losses"][10:]), rtol=0, atol=1e-6
+    )
+
+
+def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, base_model):
+    two = workdir(tmp_path / "two", base_model)
+    run_training(two, max_train_steps=10, checkpointing_steps=10)
+    one = workdir(tmp_path / "one", base_model)
+    result = run_training(
+        one,
+        world_size=1,
+        resume=two / "run" / "checkpoints" / "step-10",
+        max_train_steps=12,
+        checkpointing_steps=12,
+    )
+    assert result["code"] == 0 and result["resumed_at"] == 10 and len(result["losses"]) == 2
+    assert all(torch.isfinite(torch.tensor(result["losses"])))
+
+
+def _preempted_worker(rank: int, world_size: int, port: int, work: str, train: dict) -> None:
+    """Rank 0 gets a real SIGTERM once step 5 is done, as Slurm signals a job before preempting it."""
+    import signal
+    import threading
+    import time
+
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    torch.set_num_threads(1)
+    from longcat.train.loop import StopRequest, Trainer
+
+    work = Path(work)
+    stop = StopRequest()
+    trainer = Trainer(
+        TrainConfig.from_dict(train),
+        RunPaths(work / "run", work / "v", work / "t", work / "base_model"),
+        MemoryCache(),
+    )
+
+    def signal_when_ready():
+        while trainer.progress.step < 5:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if rank == 0:
+        threading.Thread(target=signal_when_ready, daemon=True).start()
+    code = trainer.run(None, stop)
+    if rank == 0:
+        (work / "result.json").write_text(json.dumps({"code": code, "step": trainer.progress.step}))
+    torch.distributed.destroy_process_group()
+
+
+def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_the_rerun_resumes(tmp_path, base_model):
+    from longcat.train.checkpoint import latest_checkpoint
+    from longcat.train.loop import EXIT_PREEMPTED
+
+    work = workdir(tmp_path, base_model)
+    train = train_config(max_train_steps=1000, checkpointing_steps=500)
+    mp.spawn(_preempted_worker, args=(2, free_port(), str(work), train), nprocs=2, join=True)
+    stopped = json.loads((work / "result.json").read_text())
+    assert stopped["code"] == EXIT_PREEMPTED
+    assert 5 <= stopped["step"] < 1000
+    assert latest_checkpoint(work / "run" / "checkpoints").name == f"step-{stopped['step']}"
+
+    result = run_training(work, max_train_steps=stopped["step"] + 3, checkpointing_steps=500)
+    assert result["code"] == 0 and result["resumed_at"] == stopped["step"] and len(result["losses"]) == 3
+
+
+class PoisonedCache(MemoryCache):
+    """Every latent holds a NaN, as a corrupt sample would."""
+
+    def latent(self, sample_id):
+        latent = super().latent(sample_id).clone()
+        latent[0, 0, 0, 0] = float("nan")
+        return latent
+
+
+def _poisoned_worker(rank: int, world_size: int, port: int, work: str, train: dict) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    from longcat.train.loop import Trainer
+
+    work = Path(work)
+    paths = RunPaths(work / "run", work / "v", work / "t", work / "base_model")
+    Trainer(TrainConfig.from_dict(train), paths, PoisonedCache()).run()
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, base_model):
+    work = workdir(tmp_path, base_model)
+    train = train_config(max_nonfinite_steps=3, collective_timeout_s=60)
+    with pytest.raises(mp.ProcessRaisedException, match="3 steps in a row had a non-finite loss"):
+        mp.spawn(_poisoned_worker, args=(2, free_port(), str(work), train), nprocs=2, join=True)
+    assert not (work / "run" / "checkpoints").exists()
+
+
+def test_conditioned_frames_and_gradient_accumulation(tmp_path, base_model):
+    work = workdir(tmp_path, base_model)
+    result = run_training(
+        work,
+        max_train_steps=3,
+        gradient_accumulation_steps=2,
+        conditioned_fraction=1.0,
+        checkpointing_steps=100,
+    )
+    assert result["code"] == 0 and len(result["losses"]) == 3
+    assert all(torch.isfinite(torch.tensor(result["losses"])))

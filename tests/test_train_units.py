@@ -1,0 +1,160 @@
+"""Training pieces on their own: config, sampler, objective, schedule, estimates and the FSDP plan."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from longcat.train.config import TrainConfig, TrainConfigError
+from longcat.train.data import BucketedSampler
+from longcat.train.estimate import dit_parameter_counts, estimate_run, latent_shape_for
+from longcat.train.objective import make_flow_batch, per_sample_loss, sample_sigmas, shift_sigmas
+from longcat.train.parallelize import analytic_rank_numel, checkpointed_block_indices
+from longcat.train.schedule import lr_factor
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "longcat_dit"
+FULL = json.loads((FIXTURES / "full_state_dict_shapes.json").read_text())
+
+
+def test_config_rejects_bad_values_with_the_key_and_value():
+    with pytest.raises(
+        TrainConfigError, match=r"train\.lr_scheduler: expected one of .* found 'exponential'"
+    ):
+        TrainConfig.from_dict({"lr_scheduler": "exponential"})
+    with pytest.raises(TrainConfigError, match=r"train\.max_train_steps: expected int, found 'many'"):
+        TrainConfig.from_dict({"max_train_steps": "many"})
+    with pytest.raises(TrainConfigError, match=r"unknown keys \['learning_rat'\]"):
+        TrainConfig.from_dict({"learning_rat": 1e-4})
+    with pytest.raises(TrainConfigError, match=r"mixed_precision: CPU training"):
+        TrainConfig.from_dict({"gpus": 0, "mixed_precision": "bf16"})
+    cfg = TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
+    assert cfg.world_size == 16
+
+
+def test_launch_command_one_node_and_several():
+    from longcat.train.launch import launch_command
+
+    one = launch_command(TrainConfig.from_dict({"gpus": 0, "num_processes": 2, "mixed_precision": "no"}))
+    assert "--num_processes 2 --num_machines 1" in one and "--main_process_port 0" in one
+    assert "PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in one
+    assert one.endswith("-m longcat.train")
+    two = launch_command(
+        TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
+    )
+    assert two.startswith("srun --nodes 2 --ntasks-per-node 1 bash -c")
+    assert "--num_processes 16 --num_machines 2" in two
+    assert "$SLURM_NODEID" in two and "scontrol show hostnames" in two
+
+
+def test_sampler_batches_one_shape_split_across_ranks_and_repeats_per_seed():
+    shapes = [(16, 3, 4, 6)] * 7 + [(16, 2, 6, 4)] * 5
+    ranks = [BucketedSampler(shapes, 2, 2, rank, seed=1) for rank in range(2)]
+    epoch0 = [sampler.epoch(0) for sampler in ranks]
+    assert len(epoch0[0]) == len(epoch0[1]) == ranks[0].batches_per_rank == 2
+    seen = [item.index for batches in epoch0 for batch in batches for item in batch]
+    assert len(seen) == len(set(seen)) == 8
+    for batches in epoch0:
+        for batch in batches:
+            assert len({shapes[item.index] for item in batch}) == 1
+    assert epoch0[0] == BucketedSampler(shapes, 2, 2, 0, seed=1).epoch(0)
+    assert epoch0[0] != ranks[0].epoch(1) or epoch0[0] != ranks[0].epoch(2)
+    assert ranks[0].epoch(3, start=1) == ranks[0].epoch(3)[1:]
+
+
+def test_caption_dropout_rate_is_close_to_config():
+    sampler = BucketedSampler([(16, 1, 2, 2)] * 2000, 1, 1, 0, seed=3, caption_dropout=0.1)
+    dropped = sum(batch[0].drop_caption for batch in sampler.epoch(0))
+    assert 150 < dropped < 250
+
+
+def test_flow_batch_matches_longcat_convention():
+    latents = torch.randn(2, 16, 3, 4, 4)
+    noise = torch.randn_like(latents)
+    sigmas = torch.tensor([0.25, 0.75])
+    batch = make_flow_batch(latents, sigmas, noise)
+    torch.testing.assert_close(batch.noisy[1], 0.25 * latents[1] + 0.75 * noise[1])
+    torch.testing.assert_close(batch.target, latents - noise)
+    torch.testing.assert_close(batch.timestep, torch.tensor([250.0, 750.0]))
+    assert per_sample_loss(batch.target, batch).abs().max() == 0
+
+    conditioned = make_flow_batch(latents, sigmas, noise, num_cond_latents=1)
+    torch.testing.assert_close(conditioned.noisy[:, :, 0], latents[:, :, 0])
+    assert conditioned.timestep.shape == (2, 3) and (conditioned.timestep[:, 0] == 0).all()
+    wrong_on_clean_frame = conditioned.target.clone()
+    wrong_on_clean_frame[:, :, 0] += 100
+    assert per_sample_loss(wrong_on_clean_frame, conditioned).abs().max() == 0
+
+
+def test_sigma_sampling_and_shift():
+    generator = torch.Generator().manual_seed(0)
+    sigmas = sample_sigmas(20000, generator, "logit_normal", shift=1.0)
+    assert 0 < sigmas.min() and sigmas.max() < 1 and abs(sigmas.median().item() - 0.5) < 0.02
+    shifted = sample_sigmas(20000, torch.Generator().manual_seed(0), "logit_normal", shift=12.0)
+    assert abs(shifted.median().item() - 12 * 0.5 / (1 + 11 * 0.5)) < 0.02
+    assert shift_sigmas(torch.tensor([0.0, 1.0]), 12.0).tolist() == [0.0, 1.0]
+    uniform = sample_sigmas(20000, generator, "uniform")
+    assert abs(uniform.mean().item() - 0.5) < 0.02
+
+
+def test_lr_schedule_warmup_constant_and_cosine():
+    assert [lr_factor(s, 4, 100, "constant") for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(4, 4, 104, "cosine") == 1.0
+    assert math.isclose(lr_factor(54, 4, 104, "cosine"), 0.5)
+    assert lr_factor(104, 4, 104, "cosine") == 0.0
+
+
+def test_activation_checkpointing_choices():
+    assert checkpointed_block_indices(6, "all", 1) == [0, 1, 2, 3, 4, 5]
+    assert checkpointed_block_indices(6, "every", 2) == [0, 2, 4]
+    assert checkpointed_block_indices(6, "off", 2) == []
+
+
+def test_parameter_count_and_flops_of_the_published_model():
+    counts = dit_parameter_counts(FULL["config"])
+    assert counts["total"] == FULL["num_parameters"] == 13_581_071_424
+    estimate = estimate_run(
+        FULL["config"], latent_shape_for(93, 480, 832), 8, 1, 1, "all", 2, False, "h100", 0.4
+    )
+    assert estimate["tokens_per_sample"] == 37_440
+    assert 6.3 < estimate["pflop_per_sample"] < 6.4
+    assert 15 < estimate["step_seconds"] < 17
+    a100 = estimate_run(
+        FULL["config"], latent_shape_for(93, 480, 832), 8, 1, 1, "all", 2, False, "a100", None
+    )
+    assert 38 < a100["step_seconds"] < 43
+    no_ac = estimate_run(
+        FULL["config"], latent_shape_for(93, 480, 832), 8, 1, 1, "off", 2, False, "h100", 0.4
+    )
+    assert estimate["fits"] and not no_ac["fits"]
+
+
+def _fake_rank_numel(world_size: int, rank: int) -> int:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from longcat.model import LongCatVideoTransformer3DModel
+    from longcat.train.parallelize import apply_activation_checkpointing, apply_fsdp
+
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+    try:
+        with torch.device("meta"):
+            model = LongCatVideoTransformer3DModel.from_config(FULL["config"])
+        apply_activation_checkpointing(model, "all")
+        apply_fsdp(model, init_device_mesh("cpu", (world_size,)), torch.bfloat16)
+        return sum(param.to_local().numel() for param in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("rank", [0, 7])
+def test_fsdp_plan_of_the_full_model_on_8_ranks_matches_the_analytic_shards(rank):
+    shapes = {name: tuple(shape) for name, shape in FULL["state_dict"].items()}
+    expected = analytic_rank_numel(shapes, 8, rank)
+    assert _fake_rank_numel(8, rank) == expected
+    # fp32 master weights: about 1/8 of 13.58B parameters x 4 bytes per rank.
+    assert abs(expected * 4 - FULL["num_parameters"] * 4 / 8) < 1e6
