@@ -1,7 +1,5 @@
 """LongCat-Video full finetuning: clips -> metadata -> shards -> VAE/text caches -> FSDP2 training -> samples."""
 
-from pathlib import Path
-
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -12,12 +10,10 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "rules/common.smk"
-
-
-for stage in ("data", "model", "cache", "train"):
-    if Path(workflow.basedir, "rules", f"{stage}.smk").exists():
-
-        include: f"rules/{stage}.smk"
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/cache.smk"
+include: "rules/train.smk"
 
 
 rule all:

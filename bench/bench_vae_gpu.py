@@ -1,13 +1,15 @@
 """VAE cache throughput on one GPU: clips/s through the real shard encoder, decode overlapped.
 
-Runs longcat.encoders.cache_vae_shard (ffmpeg decode threads ahead of the encoder, posterior mean,
-normalisation, bf16 parts and the final shard) over synthetic 5 s 720p clips made with ffmpeg, with a
-randomly initialised full-size `AutoencoderKLWan()` (the default config is the Wan 2.1 VAE; nothing is
-downloaded) in bf16 at 93x480x832. Also times the encoder alone on one decoded clip, to show whether
-decoding keeps up. Prints one JSON line; finishes inside 5 minutes on one H100.
+Runs longcat.encoders.cache_vae_shard (ffmpeg decode threads ahead of the encoder, batches of same-shape
+clips, posterior mean, normalisation, bf16 parts written in the background, the final shard) over
+synthetic 5 s 720p clips made with ffmpeg, with a randomly initialised full-size `AutoencoderKLWan()`
+(the default config is the Wan 2.1 VAE; nothing is downloaded) in bf16 at 93x480x832. Also times the
+encoder alone on decoded clips, to show whether decoding keeps up. One JSON line per encoder setting.
 
-    python bench/bench_vae_gpu.py --gpu          # the real measurement
-    python bench/bench_vae_gpu.py                # CPU smoke run: tiny VAE, 17x64x112
+    python bench/bench_vae_gpu.py --gpu                 # one setting (flags below), about 1 minute
+    python bench/bench_vae_gpu.py --gpu --matrix        # MATRIX settings, 16 clips each, under 8 minutes
+                                                        # (settings not started by --time-limit are skipped)
+    python bench/bench_vae_gpu.py --matrix              # CPU smoke run of every setting: tiny VAE, 17x64x112
 """
 
 import argparse
@@ -23,7 +25,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from longcat.cache import VAE_INDEX_SCHEMA, ShardWriter
-from longcat.encoders import cache_vae_shard, compute_dtype, encode_frames
+from longcat.encoders import EncodeOptions, cache_vae_shard, compute_dtype, encode_batch, prepare_vae
 from longcat.frames import decode_clip, frame_plan
 from longcat.source import LocalSource
 
@@ -42,6 +44,19 @@ CPU_SETUP = {
     | {"buckets": [[64, 112], [112, 64], [80, 80]]},
 }
 
+# The baseline, the levers one at a time, then together (with and without cuDNN's autotuner, which is
+# not bit-reproducible) at batch sizes 2 and 4.
+MATRIX = [
+    EncodeOptions(batch_size=1),
+    EncodeOptions(batch_size=1, cudnn_benchmark=True),
+    EncodeOptions(batch_size=1, channels_last=True),
+    EncodeOptions(batch_size=1, channels_last=True, fused_rms_norm=True),
+    EncodeOptions(batch_size=4),
+    EncodeOptions(batch_size=4, channels_last=True, fused_rms_norm=True),
+    EncodeOptions(batch_size=4, cudnn_benchmark=True, channels_last=True, fused_rms_norm=True),
+    EncodeOptions(batch_size=2, cudnn_benchmark=True, channels_last=True, fused_rms_norm=True),
+]
+
 
 def make_sources(
     directory: Path, count: int, size: tuple[int, int], seconds: float, rate: int = 30
@@ -59,15 +74,75 @@ def make_sources(
     return paths
 
 
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(vae, options: EncodeOptions, frames, rows, scratch: Path, setup, device, workers: int) -> dict:
+    """Encode-only clips/s on one decoded clip repeated, then clips/s of a whole shard of `rows`."""
+    dtype = compute_dtype(device)
+    vae = prepare_vae(vae, options)
+    batch = [frames] * options.batch_size
+    encode_batch(vae, batch, device, dtype, options.memory_format)  # warm-up: kernels, autotuning, allocator
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    calls = max(1, 4 // options.batch_size)
+    start = time.perf_counter()
+    for _ in range(calls):
+        latents = encode_batch(vae, batch, device, dtype, options.memory_format)
+    synchronize(device)
+    encode_only = calls * options.batch_size / (time.perf_counter() - start)
+
+    out = Path(tempfile.mkdtemp(prefix="shard-", dir=scratch))
+    writer = ShardWriter(
+        out / "shard-00000.safetensors", out / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
+    )
+    start = time.perf_counter()
+    cache_vae_shard(
+        rows,
+        vae,
+        setup["frames"],
+        LocalSource(scratch),
+        writer,
+        store_dtype=torch.bfloat16,
+        device=device,
+        decode_workers=workers,
+        ffmpeg_threads=max(1, (os.cpu_count() or 1) // workers),
+        options=options,
+    )
+    synchronize(device)
+    clips_per_s = len(rows) / (time.perf_counter() - start)
+    return {
+        "latent_shape": list(latents.shape[1:]),
+        "clips_per_s": round(clips_per_s, 3),
+        "encode_only_clips_per_s": round(encode_only, 3),
+        "hours_for_523k_on_8": round(CLIPS_TO_ENCODE_IN_24H_ON_8_GPUS / (8 * clips_per_s) / 3600, 1),
+        "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        if device.type == "cuda"
+        else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="full-size VAE on cuda in bf16 at 93x480x832")
+    parser.add_argument("--matrix", action="store_true", help="every setting in MATRIX, one JSON line each")
     parser.add_argument(
-        "--clips", type=int, default=None, help="clips in the timed shard (24 on GPU, 6 on CPU)"
+        "--clips", type=int, default=None, help="clips per timed shard (GPU: 24, 16 with --matrix; CPU: 4)"
     )
     parser.add_argument("--workers", type=int, default=8, help="decode threads, one ffmpeg process each")
     parser.add_argument(
+        "--batch-size", type=int, default=1, help="clips per encode call (cache.vae_batch_size)"
+    )
+    parser.add_argument(
         "--cudnn-benchmark", action="store_true", help="let cuDNN autotune (not bit-reproducible)"
+    )
+    parser.add_argument("--channels-last", action="store_true", help="channels_last_3d weights and input")
+    parser.add_argument("--fused-rms-norm", action="store_true", help="one rms_norm kernel per encoder norm")
+    parser.add_argument(
+        "--time-limit", type=float, default=380.0, help="seconds after which no new setting starts"
     )
     args = parser.parse_args()
 
@@ -75,8 +150,14 @@ def main() -> None:
         raise SystemExit("--gpu: no CUDA device visible")
     setup = GPU_SETUP if args.gpu else CPU_SETUP
     device = torch.device("cuda" if args.gpu else "cpu")
-    clips = args.clips or (24 if args.gpu else 6)
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    clips = args.clips or ((16 if args.matrix else 24) if args.gpu else 4)
+    if args.matrix:
+        settings = MATRIX
+    else:
+        settings = [
+            EncodeOptions(args.batch_size, args.channels_last, args.cudnn_benchmark, args.fused_rms_norm)
+        ]
+    started = time.perf_counter()
     if args.gpu:
         vae = AutoencoderKLWan()
     else:
@@ -91,62 +172,40 @@ def main() -> None:
         scratch = Path(scratch)
         sources = make_sources(scratch, 4, setup["size"], setup["seconds"])
         plan = frame_plan(row, setup["frames"])
-
         frames = decode_clip(str(sources[0]), plan)
-        encode_frames(vae, frames, device, compute_dtype(device))  # warm-up: kernels, allocator
-        if args.gpu:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        for _ in range(3):
-            latent = encode_frames(vae, frames, device, compute_dtype(device))
-        if args.gpu:
-            torch.cuda.synchronize()
-        encode_only = 3 / (time.perf_counter() - start)
-
-        rows = [{**row, "key": sources[index % len(sources)].name} for index in range(clips)]
         # Each row needs its own key: link the sources under distinct names.
-        for index, shard_row in enumerate(rows):
+        rows = []
+        for index in range(clips):
             name = f"clip-{index:04d}.mp4"
-            os.link(scratch / shard_row["key"], scratch / name)
-            shard_row["key"] = name
-        out = scratch / "out"
-        writer = ShardWriter(
-            out / "shard-00000.safetensors", out / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
-        )
-        start = time.perf_counter()
-        cache_vae_shard(
-            rows,
-            vae,
-            setup["frames"],
-            LocalSource(scratch),
-            writer,
-            store_dtype=torch.bfloat16,
-            device=device,
-            decode_workers=args.workers,
-            ffmpeg_threads=max(1, (os.cpu_count() or 1) // args.workers),
-        )
-        if args.gpu:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
+            os.link(sources[index % len(sources)], scratch / name)
+            rows.append({**row, "key": name})
 
-    clips_per_s = clips / elapsed
-    result = {
-        "bench": "vae_gpu" if args.gpu else "vae_cpu_smoke",
-        "device": torch.cuda.get_device_name() if args.gpu else "cpu",
-        "frames": [plan.num_frames, plan.height, plan.width],
-        "latent_shape": list(latent.shape),
-        "source": f"{width}x{height} {setup['seconds']}s 30fps h264",
-        "clips": clips,
-        "decode_workers": args.workers,
-        "cudnn_benchmark": args.cudnn_benchmark,
-        "clips_per_s": round(clips_per_s, 3),
-        "encode_only_clips_per_s": round(encode_only, 3),
-        "hours_for_523k_on_8": round(CLIPS_TO_ENCODE_IN_24H_ON_8_GPUS / (8 * clips_per_s) / 3600, 1),
-        "peak_gpu_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if args.gpu else None,
-    }
-    json.dump(result, sys.stdout)
-    sys.stdout.write("\n")
+        for options in settings:
+            result = {
+                "bench": "vae_gpu" if args.gpu else "vae_cpu_smoke",
+                "device": torch.cuda.get_device_name() if args.gpu else "cpu",
+                "frames": [plan.num_frames, plan.height, plan.width],
+                "source": f"{width}x{height} {setup['seconds']}s 30fps h264",
+                "clips": clips,
+                "decode_workers": args.workers,
+                "vae_batch_size": options.batch_size,
+                "cudnn_benchmark": options.cudnn_benchmark,
+                "channels_last": options.channels_last,
+                "fused_rms_norm": options.fused_rms_norm,
+            }
+            setting_start = time.perf_counter()
+            if setting_start - started > args.time_limit:
+                result["skipped"] = f"--time-limit {args.time_limit:.0f} s reached"
+            else:
+                try:
+                    result |= measure(vae, options, frames, rows, scratch, setup, device, args.workers)
+                except torch.OutOfMemoryError as error:
+                    result["error"] = f"out of memory: {str(error).splitlines()[0]}"
+                    torch.cuda.empty_cache()
+                result["seconds"] = round(time.perf_counter() - setting_start, 1)
+            json.dump(result, sys.stdout)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

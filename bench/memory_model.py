@@ -22,7 +22,7 @@ def rows() -> list[dict]:
     tokens = video_tokens(latent_shape_for(93, 480, 832))
     table = []
     for batch in (1, 2, 4):
-        for checkpointing, every in (("all", 1), ("every", 2), ("off", 1)):
+        for checkpointing, every in (("all", 1), ("selective", 1), ("every", 2), ("off", 1)):
             for offload in (False, True):
                 memory = memory_per_gpu(
                     counts, 4096, 48, tokens, WORLD_SIZE, batch, checkpointing, every, offload, bf16=True

@@ -11,24 +11,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import ftfy
 import torch
-
-try:
-    import ftfy
-except ImportError:  # ftfy only repairs mojibake; without it captions are encoded as they are
-    ftfy = None
 
 _WHITESPACE = re.compile(r"\s+")
 
 
 def prompt_clean(text: str) -> str:
-    """Fix broken unicode (when ftfy is installed), unescape HTML twice, collapse whitespace.
-
-    The reference's cleaning. Install ftfy on every machine or none: a caption with mojibake is
-    embedded differently with and without it.
-    """
-    if ftfy is not None:
-        text = ftfy.fix_text(text)
+    """Fix broken unicode (ftfy), unescape HTML twice, collapse whitespace: the reference's cleaning."""
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(" ", text).strip()
 

@@ -11,21 +11,6 @@
 import longcat.cache
 
 
-def all_cache_files(wildcards):
-    """Every file training reads: all shards of both caches and the empty-caption embedding."""
-    return [
-        *all_vae_shards(wildcards),
-        *all_text_shards(wildcards),
-        f"{text_cache_dir()}/empty.safetensors",
-    ]
-
-
-def shard_assignments(wildcards):
-    # Depending on the checkpoint's output itself makes Snakemake re-read the shard ids after the
-    # checkpoint reruns in the same invocation (new videos); otherwise the old list would be used.
-    return checkpoints.shard_index.get().output[0]
-
-
 rule cache:
     input:
         shard_assignments,
@@ -48,6 +33,8 @@ rule cache_text:
 rule cache_vae_spec:
     output:
         f"{vae_cache_dir()}/spec.json",
+    log:
+        f"{RESULTS}/logs/cache_vae/{vae_cache_key()}/spec.log",
     localrule: True
     params:
         spec=lambda wildcards: longcat.cache.vae_cache_spec(config),
@@ -58,6 +45,8 @@ rule cache_vae_spec:
 rule cache_text_spec:
     output:
         f"{text_cache_dir()}/spec.json",
+    log:
+        f"{RESULTS}/logs/cache_text/{text_cache_key()}/spec.log",
     localrule: True
     params:
         spec=lambda wildcards: longcat.cache.text_cache_spec(config),
@@ -77,13 +66,15 @@ rule cache_vae_shard:
         f"{RESULTS}/logs/cache_vae/{vae_cache_key()}/shard-{{shard}}.log",
     wildcard_constraints:
         shard=r"\d+",
+    conda:
+        "../envs/gpu.yaml"
     threads: config["cache"]["decode_workers"]
     resources:
         gpu=1,
     params:
         demo_dir=DEMO_CLIPS_DIR,
     script:
-        "../scripts/cache_vae_shard.py"
+        "../scripts/cache_job.py"
 
 
 rule cache_text_shard:
@@ -98,11 +89,13 @@ rule cache_text_shard:
         f"{RESULTS}/logs/cache_text/{text_cache_key()}/shard-{{shard}}.log",
     wildcard_constraints:
         shard=r"\d+",
+    conda:
+        "../envs/gpu.yaml"
     threads: 1
     resources:
         gpu=1,
     script:
-        "../scripts/cache_text_shard.py"
+        "../scripts/cache_job.py"
 
 
 rule cache_text_empty:
@@ -113,8 +106,10 @@ rule cache_text_empty:
         f"{text_cache_dir()}/empty.safetensors",
     log:
         f"{RESULTS}/logs/cache_text/{text_cache_key()}/empty.log",
+    conda:
+        "../envs/gpu.yaml"
     threads: 1
     resources:
         gpu=1,
     script:
-        "../scripts/cache_text_empty.py"
+        "../scripts/cache_job.py"

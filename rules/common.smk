@@ -83,14 +83,28 @@ def all_text_shards(wildcards):
     return [f"{text_cache_dir()}/shard-{shard}.safetensors" for shard in shard_ids()]
 
 
+def all_cache_files(wildcards):
+    """Every file training reads: all shards of both caches and the empty-caption embedding."""
+    return [
+        *all_vae_shards(wildcards),
+        *all_text_shards(wildcards),
+        f"{text_cache_dir()}/empty.safetensors",
+    ]
+
+
+def shard_assignments(wildcards):
+    # Depending on the checkpoint's output itself makes Snakemake re-read the shard ids after the
+    # checkpoint reruns in the same invocation (new videos); otherwise the old list would be used.
+    return checkpoints.shard_index.get().output[0]
+
+
+def sample_settings(wildcards):
+    # Imported here: the pipeline module loads torch and diffusers, too slow for every parse.
+    from longcat.pipeline import sample_settings as settings_from_config
+
+    return settings_from_config(config)
+
+
 def get_final_output():
-    """What `snakemake all` builds: the furthest stage the included rule files provide."""
-    if workflow.is_rule("sample"):
-        return [f"{RUNS_DIR}/{RUN}/samples"]
-    if workflow.is_rule("train"):
-        return [f"{RUNS_DIR}/{RUN}/train.done"]
-    if workflow.is_rule("cache_vae_shard"):
-        return [all_vae_shards, all_text_shards]
-    if workflow.is_rule("shard_list"):
-        return [all_shard_lists]
-    return [f"{RESULTS}/metadata.parquet"]
+    """What `snakemake all` builds: samples from the finetuned model, hence every stage before them."""
+    return [f"{RUNS_DIR}/{RUN}/samples"]

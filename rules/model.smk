@@ -5,19 +5,14 @@
 from longcat.basemodel import base_model_params
 
 
-def sample_settings(wildcards):
-    # Imported here: the pipeline module loads torch and diffusers, too slow for every parse.
-    from longcat.pipeline import sample_settings
-
-    return sample_settings(config)
-
-
 rule base_model:
     output:
         directory(f"{RESULTS}/base_model"),
     log:
         f"{RESULTS}/logs/base_model.log",
     localrule: True
+    conda:
+        "../envs/gpu.yaml"
     params:
         base_model=base_model_params(config),
     script:
@@ -31,6 +26,8 @@ rule sample:
         directory(f"{RUNS_DIR}/{RUN}/samples"),
     log:
         f"{RUNS_DIR}/{RUN}/logs/sample.log",
+    conda:
+        "../envs/gpu.yaml"
     resources:
         gpu=1,
     params:

@@ -2,27 +2,24 @@
 # Checkpoints under {runs_dir}/{run}/checkpoints/ are a param, never an output: Snakemake deletes the
 # outputs of a failed job, and a preempted run must find its checkpoints when it starts again.
 
+import os
+
 from longcat.train.config import TrainConfig, run_config, write_run_config
-from longcat.train.launch import launch_command
+from longcat.train.launch import ignore_usr1, launch_command
+from longcat.train.targets import latest_export_dir
 
 TRAIN = TrainConfig.from_dict(config["train"], where="config train")
 RUN_DIR = f"{RUNS_DIR}/{RUN}"
 
-
-def latest_export(wildcards):
-    from longcat.train.checkpoint import latest_checkpoint
-
-    latest = latest_checkpoint(f"{RUN_DIR}/checkpoints")
-    if latest is None:
-        raise WorkflowError(
-            f"export: no checkpoint under {RUN_DIR}/checkpoints; train first"
-        )
-    return f"{RUN_DIR}/exports/{latest.name}"
+# Slurm's preemption warning (USR1) reaches this process too when it runs the train job; see ignore_usr1.
+ignore_usr1()
 
 
 rule train_config:
     output:
         f"{RUN_DIR}/train_config.yaml",
+    log:
+        f"{RUN_DIR}/logs/train_config.log",
     localrule: True
     params:
         config=run_config(config),
@@ -46,18 +43,24 @@ rule train:
         done=f"{RUN_DIR}/train.done",
     log:
         f"{RUN_DIR}/logs/train.log",
+    conda:
+        "../envs/gpu.yaml"
     threads: TRAIN.num_processes * (1 + TRAIN.dataloader_num_workers)
     resources:
         gpu=TRAIN.gpus * TRAIN.nodes,
         nodes=TRAIN.nodes,
     params:
         launch=launch_command(TRAIN),
-        checkpoints=f"{RUN_DIR}/checkpoints",
+        run_dir=lambda wildcards, output: os.path.dirname(output.done),
         vae_cache=vae_cache_dir(),
         text_cache=text_cache_dir(),
+    # The shell ignores SIGTERM (Slurm's preemption and time limit send it to every process of the
+    # job): it waits for the launcher, which passes the signal on and waits for the training
+    # processes to save a checkpoint and exit.
     shell:
-        "{params.launch} --config {input.config} --run-dir {RUN_DIR} --base-model {input.base_model}"
-        " --vae-cache {params.vae_cache} --text-cache {params.text_cache} > {log} 2>&1"
+        "trap '' TERM; {params.launch} --config {input.config} --run-dir {params.run_dir}"
+        " --base-model {input.base_model} --vae-cache {params.vae_cache} --text-cache {params.text_cache}"
+        " > {log} 2>&1"
 
 
 rule export_checkpoint:
@@ -70,11 +73,15 @@ rule export_checkpoint:
         f"{RUN_DIR}/logs/export-step-{{step}}.log",
     wildcard_constraints:
         step=r"\d+",
+    conda:
+        "../envs/gpu.yaml"
+    params:
+        checkpoint=lambda wildcards, input: os.path.dirname(input.checkpoint),
     shell:
-        "python -m longcat.train.export --checkpoint {RUN_DIR}/checkpoints/step-{wildcards.step}"
+        "python -m longcat.train.export --checkpoint {params.checkpoint}"
         " --base-model {input.base_model} --out {output} > {log} 2>&1"
 
 
 rule export:
     input:
-        latest_export,
+        lambda wildcards: latest_export_dir(RUN_DIR),

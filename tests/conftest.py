@@ -151,3 +151,35 @@ def run_snakemake(
 
 def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
     return "Nothing to be done" in result.stdout + result.stderr
+
+
+def corrupt_first_frame(path):
+    """Overwrite the first video sample of an MP4 file so that it no longer decodes."""
+    from longcat.probe import FetchedBytes, fetch_index, first_video_sample
+    from longcat.source import LocalSource
+
+    data = bytearray(path.read_bytes())
+    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
+    moov_offset, moov_length = fetch_index(fetched)
+    offset, length = first_video_sample(bytes(data[moov_offset : moov_offset + moov_length]))
+    # Keep the NAL length prefix, replace the picture data with noise that is no valid slice.
+    data[offset + 4 : offset + length] = bytes([0x5A]) * (length - 4)
+    path.write_bytes(bytes(data))
+
+
+TINY_MODEL = {
+    "seed": 0,
+    "hidden_size": 64,
+    "depth": 2,
+    "num_heads": 4,
+    "text_dim": 32,
+    "adaln_tembed_dim": 32,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory):
+    """A tiny random base model in the published layout (read-only for the tests that share it)."""
+    from longcat.basemodel import write_tiny_base_model
+
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY_MODEL, ["a red square"])

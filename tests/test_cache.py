@@ -141,6 +141,8 @@ def test_cache_key_follows_what_changes_the_bytes():
     training["train"]["learning_rate"] = 0.5
     training["shards"]["size"] = 99
     training["cache"]["decode_workers"] = 7
+    training["cache"] |= {"vae_batch_size": 4, "cudnn_benchmark": True, "channels_last": True}
+    training["cache"]["fused_rms_norm"] = True
     assert cache_key(vae_cache_spec(training)) == vae_key
     assert cache_key(text_cache_spec(training)) == text_key
 
@@ -364,3 +366,83 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
     ).read_bytes()
     assert FAKE_ACCESS_KEY.encode() not in written and FAKE_SECRET_KEY.encode() not in written
     assert list(scratch.iterdir()) == [], "temp copies are deleted after decoding"
+
+
+def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model, clips):
+    from safetensors.torch import load_file
+
+    from longcat.cache import VAE_INDEX_SCHEMA, ShardWriter
+    from longcat.encoders import EncodeOptions, FusedChannelRMSNorm, cache_vae_shard, prepare_vae
+    from longcat.source import LocalSource
+
+    clips_dir, rows = clips
+    by_key = {row["key"]: row for row in rows}
+    # Runs of one shape broken by a failed clip and by other shapes, so batches fill, split and flush.
+    order = ["land", "land", "broken", "land", "port", "port", "short", "land"]
+    shard_rows = []
+    for index, name in enumerate(order):
+        key = f"{index}-{name}.mp4"
+        os.link(clips_dir / f"{name}.mp4", tmp_path / key)
+        shard_rows.append({**by_key[f"{name}.mp4"], "key": key})
+    config = demo_config(clips_dir)
+
+    def build(name, options):
+        out = tmp_path / name
+        writer = ShardWriter(
+            out / "shard-00000.safetensors", out / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
+        )
+        vae = prepare_vae(load_components(base_model, components=("vae",))["vae"], options)
+        fused = [module for module in vae.modules() if isinstance(module, FusedChannelRMSNorm)]
+        assert bool(fused) == options.fused_rms_norm
+        cache_vae_shard(
+            shard_rows,
+            vae,
+            config["frames"],
+            LocalSource(tmp_path),
+            writer,
+            torch.float32,
+            CPU,
+            options=options,
+        )
+        return out
+
+    single = build("single", EncodeOptions())
+    batched = build("batched", EncodeOptions(batch_size=3, channels_last=True, fused_rms_norm=True))
+    single_index = pq.read_table(single / "shard-00000.index.parquet").to_pylist()
+    assert pq.read_table(batched / "shard-00000.index.parquet").to_pylist() == single_index
+    assert [row["status"] for row in single_index].count("failed") == 1
+    expected = load_file(single / "shard-00000.safetensors")
+    found = load_file(batched / "shard-00000.safetensors")
+    assert (
+        list(found) == list(expected) == [row["sample_id"] for row in single_index if row["status"] == "ok"]
+    )
+    for sample_id, latent in expected.items():
+        torch.testing.assert_close(found[sample_id], latent, rtol=1e-4, atol=1e-4)
+
+
+def test_encode_options_come_from_the_cache_section():
+    from longcat.encoders import EncodeOptions
+
+    assert EncodeOptions.from_config({}) == EncodeOptions(1, channels_last=False, cudnn_benchmark=False)
+    cache = {"vae_batch_size": 4, "channels_last": True, "cudnn_benchmark": True, "fused_rms_norm": True}
+    assert EncodeOptions.from_config(cache) == EncodeOptions(4, True, True, fused_rms_norm=True)
+    with pytest.raises(ValueError, match=r"cache.vae_batch_size: expected a positive integer, found 0"):
+        EncodeOptions.from_config({"vae_batch_size": 0})
+
+
+def test_prepare_vae_switches_the_fused_norms_on_and_off_repeatedly():
+    from diffusers import AutoencoderKLWan
+
+    from longcat.encoders import EncodeOptions, FusedChannelRMSNorm, prepare_vae
+
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
+    pixels = torch.rand(2, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        expected = vae.encode(pixels).latent_dist.mode()
+    for fused in (True, True, False, True):
+        prepare_vae(vae, EncodeOptions(2, channels_last=fused, fused_rms_norm=fused))
+        swapped = sum(isinstance(module, FusedChannelRMSNorm) for module in vae.modules())
+        assert swapped == (14 if fused else 0)
+        with torch.no_grad():
+            found = vae.encode(pixels).latent_dist.mode()
+        torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)

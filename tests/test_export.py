@@ -7,22 +7,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from longcat.basemodel import SUBFOLDERS, load_components, prepare_base_model, write_tiny_base_model
+from longcat.basemodel import SUBFOLDERS, load_components, prepare_base_model
 from longcat.export import export_model
 from longcat.pipeline import LongCatVideoPipeline
 
-TINY = {"seed": 0, "hidden_size": 64, "depth": 2, "num_heads": 4, "text_dim": 32, "adaln_tembed_dim": 32}
-
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, ["a red square"])
-
-
-@pytest.fixture(scope="module")
-def trained(base_dir):
+def trained(tiny_base_model):
     """The base components with the DiT's weights moved, as training would."""
-    components = load_components(base_dir)
+    components = load_components(tiny_base_model)
     generator = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for parameter in components["dit"].parameters():
@@ -51,9 +44,9 @@ def _dit_dtypes(dit_dir):
     return dtypes
 
 
-def test_export_loads_back_and_samples_like_the_model_in_memory(base_dir, trained, tmp_path):
+def test_export_loads_back_and_samples_like_the_model_in_memory(tiny_base_model, trained, tmp_path):
     out = export_model(
-        trained["dit"], base_dir, tmp_path / "export", dtype=torch.float32, max_shard_size="20KB"
+        trained["dit"], tiny_base_model, tmp_path / "export", dtype=torch.float32, max_shard_size="20KB"
     )
 
     assert len(list((out / "dit").glob("diffusion_pytorch_model-*-of-*.safetensors"))) > 1
@@ -65,18 +58,18 @@ def test_export_loads_back_and_samples_like_the_model_in_memory(base_dir, traine
     in_memory = LongCatVideoPipeline(**trained)
     reloaded = LongCatVideoPipeline.from_pretrained(out)
     torch.testing.assert_close(sample(reloaded), sample(in_memory), rtol=0, atol=0)
-    base = LongCatVideoPipeline.from_pretrained(base_dir)
+    base = LongCatVideoPipeline.from_pretrained(tiny_base_model)
     assert not torch.equal(sample(base), sample(in_memory))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
-def test_export_is_self_contained(base_dir, trained, tmp_path):
+def test_export_is_self_contained(tiny_base_model, trained, tmp_path):
     # A Hugging Face cache holds files as links into a blob store, and kind dir links the subfolders:
     # the export still holds real files.
     snapshot, blobs = tmp_path / "snapshot", tmp_path / "blobs"
     blobs.mkdir()
-    for source in base_dir.rglob("*"):
-        target = snapshot / source.relative_to(base_dir)
+    for source in tiny_base_model.rglob("*"):
+        target = snapshot / source.relative_to(tiny_base_model)
         if source.is_dir():
             target.mkdir(parents=True)
         else:
@@ -90,14 +83,14 @@ def test_export_is_self_contained(base_dir, trained, tmp_path):
         for path in (out / name).rglob("*"):
             assert not path.is_symlink(), path
     for name in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        for source in (base_dir / name).iterdir():
+        for source in (tiny_base_model / name).iterdir():
             assert (out / name / source.name).read_bytes() == source.read_bytes()
     vae_config = out / "vae" / "config.json"
     assert vae_config.stat().st_ino == (snapshot / "vae" / "config.json").resolve().stat().st_ino
 
 
-def test_default_export_is_bfloat16_and_leaves_the_model_alone(base_dir, trained, tmp_path):
-    out = export_model(trained["dit"], base_dir, tmp_path / "export")
+def test_default_export_is_bfloat16_and_leaves_the_model_alone(tiny_base_model, trained, tmp_path):
+    out = export_model(trained["dit"], tiny_base_model, tmp_path / "export")
     assert _dit_dtypes(out / "dit") == {torch.bfloat16}
     assert trained["dit"].dtype == torch.float32
     reloaded = LongCatVideoPipeline.from_pretrained(out, torch_dtype=torch.bfloat16)
@@ -105,25 +98,25 @@ def test_default_export_is_bfloat16_and_leaves_the_model_alone(base_dir, trained
     assert torch.isfinite(sample(reloaded)).all()
 
 
-def test_export_from_a_state_dict(base_dir, trained, tmp_path):
+def test_export_from_a_state_dict(tiny_base_model, trained, tmp_path):
     state = {name: tensor.clone() for name, tensor in trained["dit"].state_dict().items()}
-    out = export_model(state, base_dir, tmp_path / "export", dtype=torch.float32)
+    out = export_model(state, tiny_base_model, tmp_path / "export", dtype=torch.float32)
     reloaded = LongCatVideoPipeline.from_pretrained(out)
     torch.testing.assert_close(sample(reloaded), sample(LongCatVideoPipeline(**trained)), rtol=0, atol=0)
 
 
-def test_state_dict_with_a_missing_tensor_fails_before_anything_is_written(base_dir, trained, tmp_path):
+def test_state_dict_with_a_missing_tensor_fails_before_writing(tiny_base_model, trained, tmp_path):
     state = dict(trained["dit"].state_dict())
     del state["blocks.1.attn.qkv.weight"]
     state["blocks.9.extra"] = torch.zeros(1)
     pattern = r"(?s)does not match .*dit/config\.json.*Missing.*blocks\.1\.attn\.qkv\.weight.*Unexpected"
     with pytest.raises(ValueError, match=pattern):
-        export_model(state, base_dir, tmp_path / "export")
+        export_model(state, tiny_base_model, tmp_path / "export")
     assert not list(tmp_path.iterdir())
 
 
-def test_diffusers_loads_the_export_with_trust_remote_code(base_dir, trained, tmp_path):
-    out = export_model(trained["dit"], base_dir, tmp_path / "export", dtype=torch.float32)
+def test_diffusers_loads_the_export_with_trust_remote_code(tiny_base_model, trained, tmp_path):
+    out = export_model(trained["dit"], tiny_base_model, tmp_path / "export", dtype=torch.float32)
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         diffusers.DiffusionPipeline.from_pretrained(out)
     pipe = diffusers.DiffusionPipeline.from_pretrained(out, trust_remote_code=True)

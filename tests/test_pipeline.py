@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from longcat.basemodel import load_components, write_tiny_base_model
+from longcat.basemodel import load_components
 from longcat.pipeline import (
     LongCatVideoPipeline,
     cfg_zero_star,
@@ -20,17 +20,10 @@ from longcat.pipeline import (
 )
 from longcat.video_io import write_mp4
 
-TINY = {"seed": 0, "hidden_size": 64, "depth": 2, "num_heads": 4, "text_dim": 32, "adaln_tembed_dim": 32}
-
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, ["a red square"])
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_dir):
-    return LongCatVideoPipeline(**load_components(tiny_dir))
+def pipe(tiny_base_model):
+    return LongCatVideoPipeline(**load_components(tiny_base_model))
 
 
 def test_flow_sigmas_are_the_shifted_linspace_ending_at_zero():
@@ -207,7 +200,7 @@ def test_write_mp4_refuses_odd_sizes_and_bad_shapes(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_render_samples_writes_one_video_per_prompt(tiny_dir, tmp_path):
+def test_render_samples_writes_one_video_per_prompt(tiny_base_model, tmp_path):
     config = {
         "frames": {"num_frames": 5, "fps": 15, "buckets": [[32, 48], [48, 32]]},
         "sample": {
@@ -221,7 +214,7 @@ def test_render_samples_writes_one_video_per_prompt(tiny_dir, tmp_path):
     settings = sample_settings(config)
     assert (settings["num_frames"], settings["height"], settings["width"], settings["seed"]) == (5, 32, 48, 3)
 
-    paths = render_samples(tiny_dir, tmp_path / "samples", settings)
+    paths = render_samples(tiny_base_model, tmp_path / "samples", settings)
     assert [p.name for p in paths] == ["sample-00.mp4", "sample-01.mp4"]
     prompts = json.loads((tmp_path / "samples" / "prompts.json").read_text())
     assert prompts == {"sample-00.mp4": "a red square", "sample-01.mp4": "a blue circle"}

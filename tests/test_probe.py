@@ -5,13 +5,10 @@ import subprocess
 from fractions import Fraction
 
 import pytest
-from conftest import make_clip
+from conftest import corrupt_first_frame, make_clip
 
 from longcat.probe import (
-    FetchedBytes,
     Reject,
-    fetch_index,
-    first_video_sample,
     probe_object,
     probe_rows,
     probe_video,
@@ -199,15 +196,6 @@ def _encode(path, encoder, pix_fmt="yuv420p"):
     return path
 
 
-def _corrupt_first_sample(path):
-    data = bytearray(path.read_bytes())
-    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
-    moov_offset, moov_length = fetch_index(fetched)
-    offset, length = first_video_sample(bytes(data[moov_offset : moov_offset + moov_length]))
-    data[offset + 4 : offset + length] = bytes([0x5A]) * (length - 4)
-    path.write_bytes(bytes(data))
-
-
 # H.264 and HEVC decode from the index's codec configuration; the rest through FFmpeg's demuxer.
 @pytest.mark.parametrize(
     ("encoder", "pix_fmt", "codec", "decoded_pix_fmt"),
@@ -230,7 +218,7 @@ def test_decode_check_decodes_the_first_frame_of_each_codec(
 @pytest.mark.parametrize("encoder", ["libx264", "libx265", "mpeg4"])
 def test_a_garbled_first_frame_is_undecodable(tmp_path, encoder):
     path = _encode(tmp_path / "clip.mp4", encoder)
-    _corrupt_first_sample(path)
+    corrupt_first_frame(path)
     with pytest.raises(Reject) as rejected:
         probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
     assert rejected.value.reason == "undecodable"

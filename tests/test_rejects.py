@@ -1,20 +1,9 @@
 """Every kind of bad input ends in rejected.parquet with its reason; every good clip is accepted."""
 
 import pyarrow.parquet as pq
-from conftest import make_clip, run_snakemake, write_pair
+from conftest import corrupt_first_frame, make_clip, run_snakemake, write_pair
 
-from longcat.probe import FetchedBytes, fetch_index, first_video_sample
 from longcat.source import LocalSource
-
-
-def _corrupt_first_frame(path):
-    data = bytearray(path.read_bytes())
-    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
-    moov_offset, moov_length = fetch_index(fetched)
-    offset, length = first_video_sample(bytes(data[moov_offset : moov_offset + moov_length]))
-    # Keep the NAL length prefix, replace the picture data with noise that is no valid slice.
-    data[offset + 4 : offset + length] = bytes([0x5A]) * (length - 4)
-    path.write_bytes(bytes(data))
 
 
 def _cut_in_half(path):
@@ -47,7 +36,7 @@ def make_bad_inputs(root):
     expected["truncated-tail.mp4"] = "truncated"
     _cut_in_half(write_pair(root, "truncated-head", "index first, data cut", faststart=True))
     expected["truncated-head.mp4"] = "truncated"
-    _corrupt_first_frame(write_pair(root, "undecodable", "garbage frames"))
+    corrupt_first_frame(write_pair(root, "undecodable", "garbage frames"))
     expected["undecodable.mp4"] = "undecodable"
     write_pair(root, "short", "too few frames", seconds=0.3)
     expected["short.mp4"] = "too_short"

@@ -45,7 +45,9 @@ def test_launch_command_one_node_and_several():
     two = launch_command(
         TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
     )
-    assert two.startswith("srun --nodes 2 --ntasks-per-node 1 bash -c")
+    assert two.startswith(
+        "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --overlap --kill-on-bad-exit=1 --gres gpu:8 bash -c"
+    )
     assert "--num_processes 16 --num_machines 2" in two
     assert "$SLURM_NODEID" in two and "scontrol show hostnames" in two
 
@@ -111,6 +113,13 @@ def test_activation_checkpointing_choices():
     assert checkpointed_block_indices(6, "all", 1) == [0, 1, 2, 3, 4, 5]
     assert checkpointed_block_indices(6, "every", 2) == [0, 2, 4]
     assert checkpointed_block_indices(6, "off", 2) == []
+    assert checkpointed_block_indices(6, "selective", 2) == [0, 1, 2, 3, 4, 5]
+    cfg = TrainConfig.from_dict(
+        {"activation_checkpointing": "selective", "compile": True, "mixed_precision": "no"}
+    )
+    assert cfg.activation_checkpointing == "selective" and cfg.compile
+    with pytest.raises(TrainConfigError, match=r"train\.compile: expected bool, found 'yes'"):
+        TrainConfig.from_dict({"compile": "yes", "mixed_precision": "no"})
 
 
 def test_parameter_count_and_flops_of_the_published_model():
@@ -130,6 +139,12 @@ def test_parameter_count_and_flops_of_the_published_model():
         FULL["config"], latent_shape_for(93, 480, 832), 8, 1, 1, "off", 2, False, "h100", 0.4
     )
     assert estimate["fits"] and not no_ac["fits"]
+    selective = estimate_run(
+        FULL["config"], latent_shape_for(93, 480, 832), 8, 1, 1, "selective", 2, False, "h100", 0.4
+    )
+    # 48 kept self-attention outputs of 37,440 x 4096 bf16 values each, plus their logsumexp.
+    extra = selective["memory_gib"]["activations"] - estimate["memory_gib"]["activations"]
+    assert 13.5 < extra < 14.0 and selective["fits"]
 
 
 def _fake_rank_numel(world_size: int, rank: int) -> int:

@@ -137,7 +137,8 @@ def test_cluster_profile_follows_the_plugin_rules():
             assert "tasks" not in resources, f"{rule}: tasks on a GPU rule becomes --ntasks-per-gpu"
     train = data["set-resources"]["train"]
     assert train["gres"] == "gpu:8"
-    assert "--exclusive" in train["slurm_extra"] and "--signal=B:USR1@600" in train["slurm_extra"]
+    # USR1 to every process of the job's steps (not "B:", the batch shell alone) reaches the launcher.
+    assert "--exclusive" in train["slurm_extra"] and "--signal=USR1@600" in train["slurm_extra"]
 
 
 def test_make_test_fails_when_pytest_collects_nothing():

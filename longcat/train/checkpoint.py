@@ -3,14 +3,20 @@
 A checkpoint is written to `step-N.partial/` by every rank and renamed to `step-N/` by rank 0 once all
 ranks are done, so a directory named `step-N` is always complete. DCP reshards on load: a checkpoint
 written by 8 ranks resumes on 4, or on 1.
+
+Asynchronous checkpoints (`dcp.async_save`) copy the state to host memory during the step that saves,
+then write it from a background thread while training goes on; the rename and the pruning of old
+checkpoints follow once every rank's write is done.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import re
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,37 +66,78 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_checkpoint(
-    root: str | Path,
-    step: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trainer_state: dict[str, Any],
-    keep_last: int,
-) -> Path:
-    """Save model, optimiser and trainer state (step, scheduler, loader) for every rank; collective."""
-    root = Path(root)
-    final = root / f"step-{step}"
-    partial = root / f"step-{step}.partial"
-    rank = dist.get_rank()
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    dist.barrier()
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state, "trainer": trainer_state}, checkpoint_id=partial)
-    # Per-rank RNG streams are not sharded state; each rank keeps its own file.
-    torch.save(rng_state(), partial / f"rng-rank{rank}.pt")
-    dist.barrier()
-    if rank == 0:
+class Checkpointer:
+    """Saves checkpoints under `root`, keeping the last `keep_last`; every method is collective.
+
+    With `asynchronous`, `save` returns once the state is staged in host memory and DCP writes it in a
+    background thread over a gloo group of its own, so its collectives never interleave with the
+    training's. At most one save is in flight: the next `save` waits for it, and so must the caller
+    before it exports or exits (`wait`).
+    """
+
+    def __init__(self, root: str | Path, keep_last: int, asynchronous: bool, timeout: datetime.timedelta):
+        self.root = Path(root)
+        self.keep_last = keep_last
+        self.asynchronous = asynchronous and hasattr(dcp, "async_save")
+        self.rank = dist.get_rank()
+        self.group = dist.new_group(backend="gloo", timeout=timeout) if self.asynchronous else None
+        self.pending: Future | None = None
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-finish")
+
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+    ) -> Path:
+        """Save model, optimiser and trainer state (step, scheduler, loader) as `step-N`."""
+        self.wait()
+        final = self.root / f"step-{step}"
+        partial = self.root / f"step-{step}.partial"
+        if self.rank == 0:
+            # With no save in flight, any partial directory is the remains of a run that died.
+            for stale in self.root.glob("step-*.partial"):
+                shutil.rmtree(stale)
+            partial.mkdir(parents=True)
+        dist.barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optim": optim_state, "trainer": trainer_state}
+        # Per-rank RNG streams are not sharded state; each rank keeps its own file. Written before
+        # DCP's final gather, so rank 0's completed save implies every rank's file is there.
+        torch.save(rng_state(), partial / f"rng-rank{self.rank}.pt")
+        if self.asynchronous:
+            written = dcp.async_save(state, checkpoint_id=partial, process_group=self.group)
+            self.pending = self._finisher.submit(self._finish, written, partial, final)
+        else:
+            dcp.save(state, checkpoint_id=partial)
+            self._finish(None, partial, final)
+            dist.barrier()
+        return final
+
+    def wait(self) -> None:
+        """Block until the save in flight, if any, is complete and renamed; collective."""
+        if self.pending is None:
+            return
+        pending, self.pending = self.pending, None
+        pending.result()
+        dist.barrier()
+
+    def _finish(self, written: Future | None, partial: Path, final: Path) -> None:
+        if written is not None:
+            try:
+                written.result()
+            except Exception:
+                log.exception("writing checkpoint %s failed", partial)
+                raise
+        if self.rank != 0:
+            return
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
-        for old in checkpoint_dirs(root)[:-keep_last]:
+        for old in checkpoint_dirs(self.root)[: -self.keep_last]:
             shutil.rmtree(old)
         log.info("checkpoint saved: %s", final)
-    dist.barrier()
-    return final
 
 
 def load_checkpoint(

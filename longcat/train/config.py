@@ -11,7 +11,7 @@ import yaml
 
 SIGMA_SAMPLERS = ("logit_normal", "uniform")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-ACTIVATION_CHECKPOINTING = ("all", "every", "off")
+ACTIVATION_CHECKPOINTING = ("all", "selective", "every", "off")
 MIXED_PRECISION = ("no", "bf16")
 
 
@@ -43,6 +43,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     checkpointing_steps: int = 2500
     checkpoints_total_limit: int = 3
+    async_checkpoint: bool = True
     validation_every_n_steps: int = 0
     num_validation_videos: int = 1
     caption_dropout: float = 0.1
@@ -54,6 +55,7 @@ class TrainConfig:
     num_cond_latents: int = 1
     activation_checkpointing: str = "all"
     activation_checkpointing_every: int = 2
+    compile: bool = False
     reshard_after_forward: bool = True
     cpu_offload: bool = False
     dataloader_num_workers: int = 2

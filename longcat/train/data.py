@@ -3,12 +3,18 @@
 Batches never mix latent shapes. The order of an epoch is a pure function of (seed, epoch), every rank
 takes every world_size-th batch, and the state is (epoch, batches consumed), so a run resumed from a
 checkpoint sees exactly the batches it would have seen without the interruption.
+
+Worker processes read and collate ahead; a thread of the training process takes their batches in
+(unpickling, mapping the shared memory the tensors travel in, pinning them on CUDA) while the step
+runs, so the step itself only takes a ready batch from a queue.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,6 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 60
 
 
 class CacheSample(Protocol):
@@ -135,6 +143,7 @@ class TrainLoader:
         seed: int,
         caption_dropout: float = 0.0,
         num_workers: int = 2,
+        prefetch_batches: int = 4,
     ):
         self.dataset = CacheBatches(source)
         self.sampler = BucketedSampler(
@@ -152,6 +161,7 @@ class TrainLoader:
                 "expected at least batch_size x world_size samples of one latent shape"
             )
         self.num_workers = num_workers
+        self.prefetch_batches = prefetch_batches
         self.epoch = 0
         self.position = 0
 
@@ -176,9 +186,11 @@ class TrainLoader:
             batch_size=None,
             sampler=_EpochsFrom(self.sampler, self.epoch, self.position),
             num_workers=self.num_workers,
-            prefetch_factor=4 if self.num_workers else None,
+            prefetch_factor=self.prefetch_batches if self.num_workers else None,
+            pin_memory=torch.cuda.is_available(),
         )
-        for batch in loader:
+        # The position counts batches handed to the step, not those taken in ahead of it.
+        for batch in _in_background(iter(loader), self.prefetch_batches):
             self.position += 1
             if self.position == self.sampler.batches_per_rank:
                 self.epoch += 1
@@ -199,3 +211,53 @@ class _EpochsFrom:
         while True:
             yield from self.sampler.epoch(epoch, start)
             epoch, start = epoch + 1, 0
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+def _in_background(batches: Iterator[Any], depth: int) -> Iterator[Any]:
+    """The items of `batches`, taken `depth` ahead by a thread; its errors are raised here.
+
+    The iterator is made by the caller, in the main thread: a DataLoader sets its signal handlers then.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                put(batch)
+                if stop.is_set():
+                    return
+            put(_END)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(_Failed(error))
+
+    filler = threading.Thread(target=fill, name="batch-prefetch", daemon=True)
+    filler.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        # The thread ends after the batch it is reading and closes the loader with it; left running,
+        # it would be stopped inside torch's C++ code at interpreter exit, which aborts the process.
+        stop.set()
+        filler.join(timeout=STOP_TIMEOUT_S)
+        if filler.is_alive():
+            log.warning("the batch prefetch thread did not stop within %d s", STOP_TIMEOUT_S)

@@ -119,6 +119,11 @@ def memory_per_gpu(
     full_block = ACTIVATION_BYTES_PER_TOKEN_WIDTH * tokens * hidden * batch_size
     block_input = tokens * hidden * compute_bytes * batch_size
     activations = checkpointed * block_input + (depth - checkpointed) * full_block
+    if activation_checkpointing == "selective":
+        # Kept self-attention output plus its fp32 logsumexp per head (head width 128), per block.
+        activations += (
+            checkpointed * batch_size * (tokens * hidden * compute_bytes + tokens * (hidden // 128) * 4)
+        )
     if checkpointed:
         activations += full_block  # one block recomputed at a time in backward
     # Output, target and loss in fp32 plus allocator slack.

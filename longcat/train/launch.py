@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import signal
+import threading
 
 from longcat.train.config import TrainConfig
 
@@ -47,6 +49,32 @@ def launch_command(cfg: TrainConfig, python: str = "python") -> str:
     address = shlex.quote(cfg.main_process_ip) if cfg.main_process_ip else FIRST_NODE
     per_node = f'{shlex.join(launcher)} --main_process_ip {address} --machine_rank "$SLURM_NODEID"'
     per_node += ' -m longcat.train "$@"'
-    return shlex.join(
-        ["srun", "--nodes", str(cfg.nodes), "--ntasks-per-node", "1", "bash", "-c", per_node, "launch"]
-    )
+    return shlex.join([*srun_per_node(cfg), "bash", "-c", per_node, "launch"])
+
+
+def srun_per_node(cfg: TrainConfig) -> list[str]:
+    """`srun` for one launcher per node, run from the job's shell on the allocation's first node.
+
+    That shell is itself inside a job step (Snakemake's job process runs under `srun`), which holds
+    the first node's CPUs and GPUs: `--overlap` lets the launchers' step share them instead of
+    waiting for them forever. `--kill-on-bad-exit` ends every node's launcher when one fails, so a
+    lost node fails the job at once rather than at the collective timeout.
+    """
+    command = ["srun", "--nodes", str(cfg.nodes), "--ntasks", str(cfg.nodes), "--ntasks-per-node", "1"]
+    command += ["--overlap", "--kill-on-bad-exit=1"]
+    if cfg.gpus:
+        command += ["--gres", f"gpu:{cfg.gpus}"]
+    return command
+
+
+def ignore_usr1() -> None:
+    """Let SIGUSR1 pass by this process and the commands it starts, unless they handle it themselves.
+
+    Slurm delivers `--signal=USR1@SECONDS` (and `scancel --signal=USR1`) to every process of the job
+    step: the Snakemake process that runs the `train` job and the job's shell are among them, and USR1
+    ends a process that does not handle it. Were they to exit, the step would end and take the training
+    processes with it before their checkpoint is written. An ignored signal stays ignored in child
+    processes; the launcher and the training processes install handlers of their own.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)

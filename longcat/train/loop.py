@@ -17,17 +17,22 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 from longcat.train.checkpoint import (
+    Checkpointer,
     full_model_state_dict,
     latest_checkpoint,
     load_checkpoint,
-    save_checkpoint,
 )
 from longcat.train.config import RunPaths, TrainConfig
 from longcat.train.data import CacheSource, TrainLoader
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
 from longcat.train.metrics import Metrics, peak_memory_gib
 from longcat.train.objective import make_flow_batch, per_sample_loss, sample_sigmas, sigma_bucket
-from longcat.train.parallelize import apply_activation_checkpointing, apply_fsdp, load_sharded_from_rank0
+from longcat.train.parallelize import (
+    apply_activation_checkpointing,
+    apply_compile,
+    apply_fsdp,
+    load_sharded_from_rank0,
+)
 from longcat.train.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,8 @@ def build_model(base_model: Path, cfg: TrainConfig, device: torch.device) -> tor
             LongCatVideoTransformer3DModel.load_config(dit_dir)
         )
     apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_every)
+    if cfg.compile:
+        apply_compile(model)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     param_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
     apply_fsdp(model, mesh, param_dtype, cfg.reshard_after_forward, cfg.cpu_offload)
@@ -141,6 +148,12 @@ class Trainer:
             self.optimizer, cfg.lr_warmup_steps, cfg.max_train_steps, cfg.lr_scheduler
         )
         self.progress = Progress()
+        self.checkpointer = Checkpointer(
+            paths.checkpoints,
+            cfg.checkpoints_total_limit,
+            cfg.async_checkpoint,
+            datetime.timedelta(seconds=cfg.collective_timeout_s),
+        )
         dit_config = dict(self.model.config)
         self.hidden, self.depth = dit_config["hidden_size"], dit_config["depth"]
         self.patch = tuple(dit_config["patch_size"])
@@ -169,14 +182,7 @@ class Trainer:
             log.info("resumed from %s at step %d", path, self.progress.step)
 
     def save(self) -> Path:
-        return save_checkpoint(
-            self.paths.checkpoints,
-            self.progress.step,
-            self.model,
-            self.optimizer,
-            self.trainer_state(),
-            self.cfg.checkpoints_total_limit,
-        )
+        return self.checkpointer.save(self.progress.step, self.model, self.optimizer, self.trainer_state())
 
     def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         cfg = self.cfg
@@ -227,8 +233,10 @@ class Trainer:
                 if cfg.validation_every_n_steps and step % cfg.validation_every_n_steps == 0:
                     self.validate(metrics)
                 if stopping:
+                    self.checkpointer.wait()
                     log.warning("stopped by signal at step %d; exit %d to be run again", step, EXIT_PREEMPTED)
                     return EXIT_PREEMPTED
+            self.checkpointer.wait()
             self.export()
             return 0
         finally:

@@ -42,17 +42,18 @@ def slurm_cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def slurm_snakemake(slurm_cluster):
-    """Run Snakemake from the repository root (where `--profile slurm` resolves) against the test cluster."""
+def slurm_snakemake_command(slurm_cluster):
+    """(command, env) that run Snakemake from the repository root (where `--profile slurm` resolves)
+    against the test cluster."""
 
-    def run(*args, timeout=900):
+    def command(*args):
         env = {
             **slurm_cluster.env,
             "LONGCAT_SLURM_PARTITION": PARTITION,
             "LONGCAT_SLURM_GPU_PARTITION": PARTITION,
         }
         env.pop("LONGCAT_SLURM_ACCOUNT", None)
-        command = [
+        argv = [
             sys.executable,
             "-m",
             "snakemake",
@@ -64,9 +65,26 @@ def slurm_snakemake(slurm_cluster):
             "--slurm-init-seconds-before-status-checks",
             "2",
         ]
+        return argv, env
+
+    return command
+
+
+@pytest.fixture
+def slurm_snakemake(slurm_snakemake_command):
+    """Run Snakemake against the test cluster and wait for it."""
+
+    def run(*args, timeout=900):
+        command, env = slurm_snakemake_command(*args)
         return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """One working directory per test module: later tests reuse the demo outputs of earlier ones."""
+    return tmp_path_factory.mktemp("demo")
 
 
 @pytest.fixture

@@ -135,7 +135,8 @@ class SlurmCluster:
                     "SlurmdParameters=config_overrides",
                     "ReturnToService=2",
                     "MinJobAge=600",
-                    "KillWait=5",
+                    # Seconds between SIGTERM and SIGKILL (requeue, preemption): time to save a checkpoint.
+                    "KillWait=30",
                     "InactiveLimit=0",
                     f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} RealMemory={NODE_MEMORY_MB} "
                     f"Gres=gpu:{NUM_GPUS} State=UNKNOWN",

@@ -1,11 +1,17 @@
 """The cluster profile against a real Slurm: what each rule asks for, and that jobs really run there."""
 
 import re
+import shlex
+import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from longcat.train.config import TrainConfig
+from longcat.train.launch import launch_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,8 +69,8 @@ def test_gpu_requests_reach_slurm(tmp_path, slurm_snakemake, submitted_jobs):
 
 
 @pytest.mark.skipif(not (REPO / "rules" / "data.smk").exists(), reason="rules/data.smk not written yet")
-def test_metadata_runs_every_job_on_slurm(tmp_path, slurm_snakemake, submitted_jobs):
-    result = slurm_snakemake("--directory", str(tmp_path), "--profile", "slurm", "metadata")
+def test_metadata_runs_every_job_on_slurm(demo_dir, slurm_snakemake, submitted_jobs):
+    result = slurm_snakemake("--directory", str(demo_dir), "--profile", "slurm", "metadata")
     assert result.returncode == 0, result.stderr[-3000:]
 
     jobs = submitted_jobs()
@@ -75,16 +81,16 @@ def test_metadata_runs_every_job_on_slurm(tmp_path, slurm_snakemake, submitted_j
     assert on_slurm == announced
     assert on_slurm["probe_chunk"] == 4  # probe.chunks in the embedded default
 
-    metadata = pd.read_parquet(tmp_path / "results" / "metadata.parquet")
-    rejected = pd.read_parquet(tmp_path / "results" / "rejected.parquet")
+    metadata = pd.read_parquet(demo_dir / "results" / "metadata.parquet")
+    rejected = pd.read_parquet(demo_dir / "results" / "rejected.parquet")
     assert len(metadata) + len(rejected) == 12  # source.demo.num_clips in the embedded default
     assert len(metadata) > 0
 
 
 @pytest.mark.skipif(not (REPO / "rules" / "train.smk").exists(), reason="rules/train.smk not written yet")
-def test_train_on_slurm_then_incremental_reruns(tmp_path, slurm_snakemake, submitted_jobs):
+def test_train_on_slurm_then_incremental_reruns(demo_dir, slurm_snakemake, submitted_jobs):
     def run(target):
-        result = slurm_snakemake("--directory", str(tmp_path), "--profile", "slurm", "--jobs", "3", target)
+        result = slurm_snakemake("--directory", str(demo_dir), "--profile", "slurm", "--jobs", "3", target)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         return result
 
@@ -93,7 +99,7 @@ def test_train_on_slurm_then_incremental_reruns(tmp_path, slurm_snakemake, submi
     assert all(job["JobState"] == "COMPLETED" for job in jobs), jobs
     on_slurm = Counter(_rule_of(job) for job in jobs)
     assert on_slurm == Counter(re.findall(r"^rule (\w+):$", first.stderr, flags=re.MULTILINE))
-    shards = sorted((tmp_path / "results" / "shards").glob("shard-*.parquet"))
+    shards = sorted((demo_dir / "results" / "shards").glob("shard-*.parquet"))
     assert len(shards) == 3  # 12 demo clips, 4 per shard
     assert on_slurm["cache_vae_shard"] == on_slurm["cache_text_shard"] == len(shards)
     assert on_slurm["train"] == 1
@@ -101,7 +107,7 @@ def test_train_on_slurm_then_incremental_reruns(tmp_path, slurm_snakemake, submi
     assert (
         train["TresPerNode"] == "gres:gpu:8" and train["NumNodes"] == "1" and train["OverSubscribe"] == "NO"
     )
-    assert (tmp_path / "runs" / "demo" / "train.done").exists()
+    assert (demo_dir / "runs" / "demo" / "train.done").exists()
 
     def submitted_since(ids):
         return [job for job in submitted_jobs() if job["JobId"] not in ids]
@@ -112,7 +118,7 @@ def test_train_on_slurm_then_incremental_reruns(tmp_path, slurm_snakemake, submi
     assert submitted_since(seen) == []
 
     # A missing cache shard is not rebuilt for a training that is up to date...
-    latents = sorted((tmp_path / "cache" / "vae").glob("*/shard-*.safetensors"))
+    latents = sorted((demo_dir / "cache" / "vae").glob("*/shard-*.safetensors"))
     latents[1].unlink()
     run("train")
     assert submitted_since(seen) == []
@@ -122,3 +128,137 @@ def test_train_on_slurm_then_incremental_reruns(tmp_path, slurm_snakemake, submi
     assert [_rule_of(job) for job in new] == ["cache_vae_shard"]
     assert new[0]["Comment"].endswith("_wildcards_" + latents[1].name[len("shard-") : -len(".safetensors")])
     assert latents[1].exists()
+
+
+PREEMPT_CONFIG = """
+train:
+  run: preempt
+  max_train_steps: 200
+  checkpointing_steps: 20
+  validation_every_n_steps: 0
+"""
+
+
+def _wait_for(condition, what, timeout, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace")
+            pytest.fail(
+                f"Snakemake exited ({process.returncode}) while waiting for {what}:\n{output[-4000:]}"
+            )
+        time.sleep(1)
+    pytest.fail(f"no {what} after {timeout} s")
+
+
+@pytest.mark.skipif(not (REPO / "rules" / "train.smk").exists(), reason="rules/train.smk not written yet")
+def test_training_stopped_by_slurm_signal_resumes_from_checkpoint(
+    demo_dir, slurm_cluster, slurm_snakemake_command, submitted_jobs
+):
+    # The signal Slurm sends ten minutes before the time limit (`--signal=USR1@600`): every process
+    # of the job's steps, not the batch shell. Reuses the caches of the tests above; a new run name.
+    configfile = demo_dir / "preempt.yaml"
+    configfile.write_text(PREEMPT_CONFIG)
+    run = demo_dir / "runs" / "preempt"
+    command, env = slurm_snakemake_command(
+        "train", "--directory", str(demo_dir), "--profile", "slurm", "--configfile", str(configfile)
+    )
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as sm:
+
+        def running_train_job():
+            jobs = [job for job in submitted_jobs() if _rule_of(job) == "train"]
+            return next((job["JobId"] for job in jobs if job["JobState"] == "RUNNING"), None)
+
+        job_id = _wait_for(running_train_job, "running train job", 600, sm)
+        _wait_for(lambda: list(run.glob("checkpoints/step-*/.metadata")), "first checkpoint", 300, sm)
+        slurm_cluster.run("scancel", "--signal=USR1", job_id)
+        output, _ = sm.communicate(timeout=600)
+    output = output.decode(errors="replace")
+    assert sm.returncode == 0, output[-4000:]
+
+    trains = [job for job in submitted_jobs() if _rule_of(job) == "train"]
+    assert [job["JobState"] for job in trains] == ["FAILED", "COMPLETED"], trains
+    assert (run / "train.done").is_file() and (run / "final" / "model_index.json").is_file()
+
+    # One TensorBoard event file per training process: the second starts after a checkpoint, not at 0.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def loss_steps(path):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        return [event.step for event in events.Scalars("train/loss")]
+
+    first, resumed = (loss_steps(path) for path in sorted((run / "tb").glob("events.out.tfevents.*")))
+    assert 20 <= first[-1] < 200 and resumed[0] == first[-1] + 1, (first[-3:], resumed[:3])
+    assert resumed[-1] == 200
+
+
+def test_multi_node_training_is_one_job_of_n_nodes(
+    demo_dir, slurm_cluster, slurm_snakemake, slurm_snakemake_command, submitted_jobs
+):
+    # The test cluster has one node: a two-node job is accepted but stays pending, so the test reads
+    # it from Slurm and the plugin's log, then cancels it. The job's shell command is from a dry run.
+    # The caches the tests above built (a quick "Nothing to be done" after them).
+    assert slurm_snakemake("cache", "--directory", str(demo_dir), "--profile", "slurm").returncode == 0
+    configfile = demo_dir / "two-nodes.yaml"
+    configfile.write_text(
+        "train: {run: two-nodes, gpus: 8, num_processes: 8, nodes: 2, mixed_precision: bf16}\n"
+    )
+    # `--configfile` takes several files: the target goes first.
+    args = ("train", "--directory", str(demo_dir), "--profile", "slurm", "--configfile", str(configfile))
+    dry = slurm_snakemake(*args, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    cfg = TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
+    srun = "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --overlap --kill-on-bad-exit=1 --gres gpu:8 bash -c"
+    assert launch_command(cfg).startswith(srun)
+    (line,) = [line for line in (dry.stdout + dry.stderr).splitlines() if srun in line]
+    shell = line.strip().removeprefix("Shell command: ")
+    assert shell == (
+        f"trap '' TERM; {launch_command(cfg)} --config runs/two-nodes/train_config.yaml"
+        " --run-dir runs/two-nodes --base-model results/base_model"
+        f" --vae-cache {_cache_dir(demo_dir, 'vae')} --text-cache {_cache_dir(demo_dir, 'text')}"
+        " > runs/two-nodes/logs/train.log 2>&1"
+    )
+
+    command, env = slurm_snakemake_command(*args, "--retries", "0", "--verbose")
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as sm:
+
+        def pending_train_job():
+            jobs = [job for job in submitted_jobs() if _rule_of(job) == "train"]
+            return next((job for job in jobs if job["Reason"] not in ("", "None")), None)
+
+        job = _wait_for(pending_train_job, "pending train job", 300, sm)
+        slurm_cluster.run("scancel", job["JobId"])
+        output, _ = sm.communicate(timeout=300)
+    output = output.decode(errors="replace")
+    assert sm.returncode != 0  # cancelled
+    assert job["JobState"] == "PENDING" and job["Reason"].startswith("Partition"), job  # NodeLimit or Config
+    assert job["NumNodes"] == "2-2" and job["TresPerNode"] == "gres:gpu:8" and job["OverSubscribe"] == "NO"
+
+    call = re.search(r"sbatch call: (sbatch .*?) --wrap=", output)
+    assert call, output[-3000:]
+    options = shlex.split(call.group(1))
+    assert options[options.index("--comment") + 1] == "rule_train"
+    assert options[options.index("--comment") + 2 :] == [
+        "-p",
+        "debug",
+        "-t",
+        "2880",
+        "--mem",
+        "512000",
+        "--nodes=2",
+        "--cpus-per-task=64",
+        "--exclusive",
+        "--signal=USR1@600",
+        "-D",
+        str(demo_dir),
+        "--gres=gpu:8",
+    ]
+
+
+def _cache_dir(demo_dir, kind):
+    (key,) = [path.name for path in (demo_dir / "cache" / kind).iterdir() if path.is_dir()]
+    return f"cache/{kind}/{key}"

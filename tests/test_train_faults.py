@@ -1,0 +1,230 @@
+"""Faults and background work of training: asynchronous checkpoints, and a rank that dies mid-run.
+
+Real gloo process groups, FSDP2, DCP and the real launcher (`accelerate launch`, torchrun underneath)
+over a real on-disk cache; the one rank is killed with a real SIGKILL, as the kernel's OOM killer would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+from test_train_loop import PROMPTS, TINY, MemoryCache, free_port, train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _async_worker(rank: int, world_size: int, port: int, root: str) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from longcat.train.checkpoint import Checkpointer, checkpoint_dirs, load_model_weights_offline
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 64))
+    fully_shard(model, mesh=init_device_mesh("cpu", (world_size,)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    checkpointer = Checkpointer(root, keep_last=2, asynchronous=True, timeout=datetime.timedelta(seconds=60))
+    assert checkpointer.asynchronous
+
+    saved = {}
+    for step in (1, 2, 3):
+        model(torch.randn(8, 64)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        saved[step] = {name: value.full_tensor().clone() for name, value in model.state_dict().items()}
+        checkpointer.save(step, model, optimizer, {"step": step})
+        # Training goes on while the checkpoint is written: the weights change in place and the
+        # default group carries collectives beside the checkpoint's own group.
+        assert checkpointer.pending is not None
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(1.0)
+        for _ in range(20):
+            dist.all_reduce(torch.ones(1000))
+    checkpointer.wait()
+    assert checkpointer.pending is None
+
+    if rank == 0:
+        root = Path(root)
+        assert [path.name for path in checkpoint_dirs(root)] == ["step-2", "step-3"]
+        assert not list(root.glob("*.partial")), "a finished save leaves no .partial directory"
+        for step in (2, 3):
+            plain = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.Linear(256, 64))
+            load_model_weights_offline(root / f"step-{step}", plain)
+            for name, value in plain.state_dict().items():
+                torch.testing.assert_close(value, saved[step][name], rtol=0, atol=0)
+    dist.destroy_process_group()
+
+
+def test_async_checkpoints_hold_the_state_of_their_step_and_prune(tmp_path):
+    """The staged copy is the step's state, not what training changes while the write goes on."""
+    mp.spawn(_async_worker, args=(2, free_port(), str(tmp_path / "checkpoints")), nprocs=2, join=True)
+
+
+def write_cache(root: Path) -> tuple[Path, Path]:
+    """The MemoryCache samples as an on-disk VAE and text cache, as `snakemake cache` lays them out."""
+    from longcat.cache import (
+        TEXT_INDEX_SCHEMA,
+        VAE_INDEX_SCHEMA,
+        ShardWriter,
+        cache_key,
+        write_empty_text,
+        write_spec,
+    )
+
+    memory = MemoryCache()
+    dirs = []
+    for kind, schema in (("vae", VAE_INDEX_SCHEMA), ("text", TEXT_INDEX_SCHEMA)):
+        spec = {"kind": kind, "test": "faults"}
+        directory = root / kind / cache_key(spec)
+        directory.mkdir(parents=True)
+        write_spec(directory / "spec.json", spec)
+        metadata = {"cache_key": directory.name}
+        writer = ShardWriter(
+            directory / "shard-00000.safetensors", directory / "shard-00000.index.parquet", schema, metadata
+        )
+        for sample in memory.samples:
+            row = {"sample_id": sample.sample_id, "status": "ok", "reason": ""}
+            if kind == "vae":
+                row.update(num_frames=5, fps=8.0, bucket_height=32, bucket_width=48)
+                row["latent_shape"] = list(sample.latent_shape)
+                writer.add(row, memory.latent(sample.sample_id))
+            else:
+                writer.add(row | {"text_len": sample.text_len}, memory.text(sample.sample_id))
+        writer.finish(sample.sample_id for sample in memory.samples)
+        if kind == "text":
+            write_empty_text(directory / "empty.safetensors", memory.empty_text(), metadata)
+        dirs.append(directory)
+    return dirs[0], dirs[1]
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def training_process(launcher: int, rank: int) -> int | None:
+    """The training process of `rank` (not one of its loader workers, which share its environment)."""
+    tagged = set()
+    for pid in descendants(launcher):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            tagged.add(pid)
+    ranks = [pid for pid in tagged if int(Path(f"/proc/{pid}/stat").read_text().split()[3]) not in tagged]
+    return ranks[0] if len(ranks) == 1 else None
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> Path:
+    from longcat.basemodel import write_tiny_base_model
+
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, PROMPTS)
+
+
+def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subprocess.Popen:
+    from longcat.train.config import TrainConfig
+    from longcat.train.launch import launch_command
+
+    config = {"train": train_config(**train)}
+    config_file = work / f"train-{config['train']['max_train_steps']}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    command = launch_command(TrainConfig.from_dict(config["train"]), sys.executable)
+    command += (
+        f" --config {config_file} --run-dir {work / 'run'} --base-model {base_model}"
+        f" --vae-cache {vae} --text-cache {text}"
+    )
+    log = open(work / "train.log", "a")  # noqa: SIM115 - the process owns it until it ends
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, shell=True, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env)
+
+
+def test_a_dead_rank_fails_the_launcher_fast_and_the_rerun_resumes(tmp_path, base_model):
+    from longcat.train.checkpoint import latest_checkpoint
+
+    vae, text = write_cache(tmp_path / "cache")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    job = launch(tmp_path, base_model, vae, text, max_train_steps=100_000, checkpointing_steps=3)
+    try:
+        deadline = time.monotonic() + 120
+        while (checkpoints / "step-3").is_dir() is False:
+            assert job.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.2)
+        victim, survivor = training_process(job.pid, rank=1), training_process(job.pid, rank=0)
+        assert victim is not None and survivor is not None, "training processes not found"
+        os.kill(victim, 9)
+        killed = time.monotonic()
+        code = job.wait(timeout=90)
+        took = time.monotonic() - killed
+    finally:
+        if job.poll() is None:
+            for pid in [*descendants(job.pid), job.pid]:
+                os.kill(pid, 9)
+    log = (tmp_path / "train.log").read_text()
+    assert code != 0, log[-3000:]
+    assert took < 60, f"the launcher took {took:.0f} s to fail after rank 1 died"
+    assert not Path(f"/proc/{survivor}").exists(), "rank 0 outlived the launcher"
+
+    last = latest_checkpoint(checkpoints)
+    resumed_at = int(last.name.removeprefix("step-"))
+    assert resumed_at >= 3
+    rerun = launch(tmp_path, base_model, vae, text, max_train_steps=resumed_at + 2, checkpointing_steps=3)
+    assert rerun.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    log = (tmp_path / "train.log").read_text()
+    assert f"resumed from {last} at step {resumed_at}" in log
+    assert (tmp_path / "run" / "train.done").read_text() == f"step {resumed_at + 2}\n"
+    assert not list(checkpoints.glob("*.partial")), "the rerun removes the dead run's partial checkpoint"
+
+
+class BrokenCache(MemoryCache):
+    def latent(self, sample_id):
+        raise ValueError(f"{sample_id}: truncated latent")
+
+
+def test_a_loader_error_reaches_the_step_and_positions_count_only_batches_handed_over():
+    from longcat.train.data import TrainLoader
+
+    loader = TrainLoader(MemoryCache(), 1, 1, 0, seed=3, num_workers=1, prefetch_batches=2)
+    batches = iter(loader)
+    first = [next(batches)["sample_ids"] for _ in range(3)]
+    assert loader.state_dict()["position"] == 3, "batches taken in ahead are not consumed"
+    again = TrainLoader(MemoryCache(), 1, 1, 0, seed=3, num_workers=0)
+    again.load_state_dict({"epoch": 0, "position": 2, "num_samples": 8})
+    assert next(iter(again))["sample_ids"] == first[2]
+
+    with pytest.raises(ValueError, match="truncated latent"):
+        next(iter(TrainLoader(BrokenCache(), 1, 1, 0, seed=3, num_workers=1)))
