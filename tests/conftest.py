@@ -140,7 +140,9 @@ def run_snakemake(
         "2",
         *args,
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    # Jobs run `python` from PATH: this interpreter's environment comes first, as if activated.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({result.returncode}):\n"

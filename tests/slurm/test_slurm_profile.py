@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from conftest import run_snakemake
+from safetensors.torch import load_file
 
 from longcat.train.config import TrainConfig
 from longcat.train.launch import launch_command
@@ -128,6 +131,16 @@ def test_train_on_slurm_then_incremental_reruns(demo_dir, slurm_snakemake, submi
     assert [_rule_of(job) for job in new] == ["cache_vae_shard"]
     assert new[0]["Comment"].endswith("_wildcards_" + latents[1].name[len("shard-") : -len(".safetensors")])
     assert latents[1].exists()
+
+    # The same final model as a local run of the same config (another run name, same caches).
+    run_snakemake(demo_dir, "train", config={"train": {"run": "local"}})
+    on_cluster, local = (
+        load_file(demo_dir / "runs" / run / "final" / "dit" / "diffusion_pytorch_model.safetensors")
+        for run in ("demo", "local")
+    )
+    assert on_cluster.keys() == local.keys()
+    for name, tensor in on_cluster.items():
+        torch.testing.assert_close(tensor, local[name], rtol=0, atol=0, msg=name)
 
 
 PREEMPT_CONFIG = """
