@@ -1,12 +1,13 @@
 """Header-only probing of MP4/MOV clips through bounded range reads.
 
 ffprobe pointed at a URL reads open-ended ranges and the server streams far more than the header.
-Instead the top-level ISO-BMFF boxes are walked with small ranged reads: the head, then the `moov`
-index wherever it sits (also at the end of the file). Size, rate, frame count, duration, codec and
-rotation come from its sample tables, exactly and without decoding. For the decode check, the bytes
-of the first video sample are read too, and FFmpeg's demuxer and decoder (PyAV, in this process: no
-ffprobe to start per clip) decode that first frame from a sparse view of the object, which holds the
-fetched pieces at their offsets and zeros elsewhere.
+Instead the object's head and tail are read at once (two ranged GETs in flight, so the `moov` index
+arrives in one round trip whether it sits at the start or the end), and the top-level ISO-BMFF boxes
+are walked from there; a larger index is read where the walk finds it. Size, rate, frame count,
+duration, codec and rotation come from its sample tables, exactly and without decoding. The decode
+check hands FFmpeg's decoder (PyAV, in this process: no ffprobe to start per clip) the start of the
+first picture: the codec configuration, the first sample's leading NAL units and up to
+DECODE_CHECK_BYTES of its first slice, which the head read already holds in the usual layouts.
 
 Each object ends as one record: probed facts, or a reject with one of REJECT_REASONS and a detail.
 """
@@ -30,8 +31,14 @@ from longcat.source import Source, SourceError, sanitize
 
 log = logging.getLogger(__name__)
 
+# The first reads, at once: a short clip's whole index sits in one of them, at the start or at the end.
 HEAD_BYTES = 16 * 1024
+TAIL_BYTES = 16 * 1024
 BOX_READ_BYTES = 64 * 1024
+# The first slice's leading bytes that the decode check decodes: its header and first macroblock rows.
+# A broken configuration or slice header fails there; damage further in is concealed by FFmpeg's decoder
+# whether it gets these bytes or the whole picture, so reading the rest would cost bytes, not rejects.
+DECODE_CHECK_BYTES = 8 * 1024
 MAX_TOP_LEVEL_BOXES = 64
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 CONTAINER_BOXES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin", b"uuid", b"meta"}
@@ -87,9 +94,13 @@ class Reject(Exception):
         self.detail = detail
 
 
+# Caption reads in flight beside the video's own.
+_caption_reads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="probe-caption")
+
+
 @dataclass
 class FetchedBytes:
-    """Pieces of one object, by offset, and how many bytes the reads returned."""
+    """Pieces of one object, by offset (disjoint, merged where they touch), and the bytes reads returned."""
 
     source: Source
     key: str
@@ -102,19 +113,45 @@ class FetchedBytes:
         self.bytes_read += len(data)
         return data
 
-    def read(self, start: int, end: int, read_ahead: int = 0) -> bytes:
-        """Bytes [start, end); when some are missing, reads them plus up to `read_ahead` bytes more."""
-        end = min(end, self.size)
-        for offset, data in self.pieces.items():
-            held_end = offset + len(data)
-            if offset <= start <= held_end:
-                if end > held_end:
-                    data += self._get(held_end, max(end, min(self.size, held_end + read_ahead)))
-                    self.pieces[offset] = data
-                return data[start - offset : end - offset]
-        data = self._get(start, max(end, min(self.size, start + read_ahead)))
+    def _add(self, start: int, data: bytes) -> None:
         self.pieces[start] = data
-        return data[: end - start]
+        merged: dict[int, bytes] = {}
+        for offset, piece in sorted(self.pieces.items()):
+            last = max(merged, default=None)
+            if last is not None and last + len(merged[last]) >= offset:
+                merged[last] += piece[last + len(merged[last]) - offset :]
+            else:
+                merged[offset] = piece
+        self.pieces = merged
+
+    def read_ends(self, head: int, tail: int) -> None:
+        """Reads the first `head` and the last `tail` bytes at once: one round trip for both ends."""
+        if self.size <= head + tail:
+            self.read(0, self.size)
+            return
+        tail_start = self.size - tail
+        head_data, tail_data = self.source.read_ranges(self.key, [(0, head), (tail_start, self.size)])
+        self.bytes_read += len(head_data) + len(tail_data)
+        self._add(0, head_data)
+        self._add(tail_start, tail_data)
+
+    def read(self, start: int, end: int, read_ahead: int = 0) -> bytes:
+        """Bytes [start, end); missing ones are read, the last gap with up to `read_ahead` bytes more."""
+        end = min(end, self.size)
+        cursor = start
+        for offset, data in sorted(self.pieces.items()):
+            if offset >= end:
+                break
+            if offset > cursor:
+                self._add(cursor, self._get(cursor, offset))
+            cursor = max(cursor, offset + len(data))
+        if cursor < end:
+            next_piece = min((offset for offset in self.pieces if offset >= end), default=self.size)
+            self._add(cursor, self._get(cursor, min(next_piece, max(end, start + read_ahead))))
+        for offset, data in self.pieces.items():
+            if offset <= start and end <= offset + len(data):
+                return data[start - offset : end - offset]
+        raise Reject("truncated", f"the object returned fewer bytes than its size ({self.size}) promises")
 
 
 def _box_header(data: bytes, size_left: int) -> tuple[bytes, int, int]:
@@ -138,7 +175,7 @@ def _looks_like_box_type(box_type: bytes) -> bool:
 def fetch_index(fetched: FetchedBytes) -> tuple[int, int]:
     """Walk the top-level boxes with bounded reads; returns the (offset, length) of `moov`."""
     size = fetched.size
-    head = fetched.read(0, min(size, HEAD_BYTES))
+    head = fetched.read(0, min(size, 8))
     if len(head) < 8:
         raise Reject("not_a_video", f"only {len(head)} bytes, too few for an MP4 box")
     first_type = struct.unpack(">4s", head[4:8])[0]
@@ -399,26 +436,71 @@ def _first_frames(frames_of_packets) -> list:
         raise Reject("undecodable", f"FFmpeg could not decode the first video frame: {error}") from None
 
 
-def decoded_pixel_format(fetched: FetchedBytes, track: VideoTrack) -> tuple[str, str]:
-    """Decode the first video frame from the fetched pieces (index and first sample): (pixel format, codec).
+def _nal_length_size(track: VideoTrack) -> int:
+    """Bytes of the length prefix before each NAL unit in a sample, from the avcC/hvcC configuration."""
+    at = 4 if track.codec == "h264" else 21
+    if len(track.codec_config) <= at:
+        raise Reject(
+            "undecodable", f"{track.codec} configuration of {len(track.codec_config)} bytes is cut off"
+        )
+    return (track.codec_config[at] & 3) + 1
 
-    H.264 and HEVC decode the sample straight from the index's codec configuration; others are opened
-    with FFmpeg's demuxer over the sparse view, which also names their codec from the descriptors
-    (`mp4v` holds MPEG-4 Part 2 or MJPEG). Either way nothing outside the fetched pieces is read.
-    """
+
+def _is_picture_nal(codec: str, first_byte: int) -> bool:
+    if codec == "h264":
+        return 1 <= first_byte & 0x1F <= 5
+    return (first_byte >> 1) & 0x3F < 32  # HEVC: NAL unit types 0-31 carry slice data
+
+
+def first_picture_bytes(fetched: FetchedBytes, track: VideoTrack, budget: int = DECODE_CHECK_BYTES) -> bytes:
+    """The first sample's NAL units up to its first slice, that slice cut to `budget` bytes (its length
+    prefix rewritten to match): a packet FFmpeg decodes into the first frame's leading macroblocks."""
     start, length = track.first_sample
+    prefix = _nal_length_size(track)
+    packet, offset = [], 0
+    while offset + prefix < length:
+        header = fetched.read(start + offset, start + offset + prefix + 1)
+        nal_length = int.from_bytes(header[:prefix], "big")
+        if nal_length == 0 or offset + prefix + nal_length > length:
+            raise Reject(
+                "undecodable",
+                f"NAL unit at byte {offset} of the first {track.codec} sample claims {nal_length} bytes "
+                f"of the {length - offset - prefix} left",
+            )
+        picture = _is_picture_nal(track.codec, header[prefix])
+        keep = min(nal_length, budget) if picture else nal_length
+        body_at = start + offset + prefix
+        packet += [keep.to_bytes(prefix, "big"), fetched.read(body_at, body_at + keep)]
+        if picture:
+            return b"".join(packet)
+        offset += prefix + nal_length
+    raise Reject("undecodable", f"the first {track.codec} sample holds no picture (slice) NAL unit")
+
+
+def decoded_pixel_format(fetched: FetchedBytes, track: VideoTrack) -> tuple[str, str]:
+    """Decode the first video frame from the fetched pieces: (pixel format, codec).
+
+    H.264 and HEVC decode the start of the first picture straight from the index's codec configuration,
+    with error concealment off (it would fill in the rest of the frame, which costs more than the
+    decode). Others are opened with FFmpeg's demuxer over the sparse view of the index and the whole
+    first sample, which also names their codec from the descriptors (`mp4v` holds MPEG-4 Part 2 or
+    MJPEG). Either way nothing outside the fetched pieces is read.
+    """
     codec = track.codec
     if track.codec_config is not None:
+        packet = av.Packet(first_picture_bytes(fetched, track))
 
         def decode():
             decoder = av.CodecContext.create(track.codec, "r")
             decoder.extradata = track.codec_config
             decoder.thread_count = 1  # one small frame; the probe pool already runs clips in parallel
-            sample = av.Packet(fetched.read(start, start + length))
-            return decoder.decode(sample) or decoder.decode(None)
+            decoder.options = {"ec": "0"}
+            return decoder.decode(packet) or decoder.decode(None)
 
         frames = _first_frames(decode)
     else:
+        start, length = track.first_sample
+        fetched.read(start, start + length)
 
         def demux_and_decode():
             options = {"probesize": "32", "analyzeduration": "0"}
@@ -440,15 +522,18 @@ def decoded_pixel_format(fetched: FetchedBytes, track: VideoTrack) -> tuple[str,
 
 
 def probe_video(source: Source, key: str, size: int, decode_check: bool = True) -> tuple[dict, int]:
-    """Probe one object from its index (and first sample); returns (columns, bytes read) or raises Reject.
+    """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
 
-    Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the first frame, which
-    rejects undecodable streams and fills in the pixel format.
+    Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the start of the first
+    frame, which rejects undecodable streams and fills in the pixel format.
     """
     if size == 0:
         raise Reject("zero_bytes", "the object is empty")
     fetched = FetchedBytes(source, key, size)
     try:
+        # In the usual layouts the head holds the first picture's start too: after a short `ftyp` when
+        # the index is at the end, after the index when it is at the start.
+        fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
         moov_offset, moov_length = fetch_index(fetched)
         track = parse_video_track(fetched.read(moov_offset, moov_offset + moov_length))
         columns = track_columns(track)
@@ -458,7 +543,6 @@ def probe_video(source: Source, key: str, size: int, decode_check: bool = True) 
             start, length = track.first_sample
             if start + length > size:
                 raise Reject("truncated", f"the first video sample ends at {start + length}, past {size}")
-            fetched.read(start, start + length)
             columns["pix_fmt"], columns["codec"] = decoded_pixel_format(fetched, track)
     except Reject as reject:
         reject.bytes_read = fetched.bytes_read
@@ -484,13 +568,21 @@ def probe_object(source: Source, row: Mapping, decode_check: bool = True) -> dic
         if not row.get("caption_key"):
             stem = os.path.splitext(key)[0]
             raise Reject("missing_caption", f"no caption {stem}.txt beside the video")
-        caption = decode_caption(source.read_all(row["caption_key"]))
+        # The caption is read beside the video's first reads; its rejects come first.
+        caption_read = _caption_reads.submit(source.read_all, row["caption_key"])
+        try:
+            video, video_reject = probe_video(source, key, int(row["size"]), decode_check), None
+        except Reject as reject:
+            video, video_reject = None, reject
+        caption = decode_caption(caption_read.result())
         if not caption.text:
             raise Reject("empty_caption", f"{row['caption_key']} holds no text")
         record.update(
             caption=caption.text, caption_encoding=caption.encoding, caption_fixups=caption.fixups_text
         )
-        columns, bytes_read = probe_video(source, key, int(row["size"]), decode_check)
+        if video_reject is not None:
+            raise video_reject
+        columns, bytes_read = video
         record.update(columns)
         record["probe_bytes"] = bytes_read
     except Reject as reject:

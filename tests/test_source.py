@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
+from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, make_clip
 
 from longcat.captions import decode_caption
 from longcat.source import (
@@ -19,6 +19,7 @@ from longcat.source import (
     build_manifest,
     chunk_of,
     open_source,
+    s3_client,
     sanitize,
 )
 
@@ -91,6 +92,24 @@ def test_s3_read_errors_name_the_object_but_no_secret(s3_bucket):
     message = str(raised.value)
     assert f"s3://{bucket}/videos/missing.mp4" in message
     assert FAKE_ACCESS_KEY not in message and FAKE_SECRET_KEY not in message
+
+
+def test_ranged_reads_and_probes_from_a_server_that_answers_ranges_with_200(rclone_s3, tmp_path):
+    from longcat.probe import probe_video
+
+    path = make_clip(tmp_path / "clip.mp4", width=320, height=192, seconds=2)
+    data = path.read_bytes()
+    client = s3_client("us-east-1", rclone_s3)
+    client.create_bucket(Bucket="videos")
+    client.put_object(Bucket="videos", Key="v/clip.mp4", Body=data)
+    source = S3Source("videos", "v/", client=client)
+
+    assert source.read_range("clip.mp4", 100, 200) == data[100:200]
+    assert source.read_range("clip.mp4", len(data) - 50, len(data) + 10) == data[-50:]
+    assert source.read_ranges("clip.mp4", [(0, 8), (len(data) - 8, len(data))]) == [data[:8], data[-8:]]
+    assert probe_video(source, "clip.mp4", len(data)) == probe_video(
+        LocalSource(tmp_path), "clip.mp4", len(data)
+    )
 
 
 def test_sanitize_blanks_presigned_signatures_and_key_ids():
