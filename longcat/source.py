@@ -127,11 +127,16 @@ class LocalSource(Source):
 
 
 def s3_client(region: str | None = None, endpoint_url: str | None = None, max_pool: int = 32):
-    """A boto3 S3 client with adaptive retries; credentials come from boto3's standard chain."""
+    """A boto3 S3 client with adaptive retries; credentials come from boto3's standard chain.
+
+    Its presigned URLs are SigV4: botocore's default for them is SigV2 where S3 still accepts it, which
+    S3 refuses for SSE-KMS encrypted objects.
+    """
     import boto3
     from botocore.config import Config
 
     config = Config(
+        signature_version="s3v4",
         retries={"mode": "adaptive", "max_attempts": 10},
         max_pool_connections=max_pool,
         connect_timeout=10,

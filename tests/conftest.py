@@ -66,8 +66,9 @@ def s3_bucket(s3_endpoint):
 
 @pytest.fixture
 def rclone_s3(s3_endpoint, tmp_path):
-    """A second S3 implementation on loopback: rclone's S3 server (over a temp directory), which answers
-    a ranged GET with 200 and a Content-Range header where S3 answers 206. Yields its endpoint URL."""
+    """A second S3 implementation on loopback: rclone's S3 server (over a temp directory), which checks
+    signatures (SigV4 only) and answers a ranged GET with 200 and a Content-Range header where S3
+    answers 206. Yields its endpoint URL; the fake credentials are in the environment."""
     import shutil
 
     rclone = shutil.which("rclone", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -75,7 +76,10 @@ def rclone_s3(s3_endpoint, tmp_path):
     root = tmp_path / "rclone-s3"
     root.mkdir()
     port = free_port()
-    server = subprocess.Popen([rclone, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "-q"])
+    keys = f"{FAKE_ACCESS_KEY},{FAKE_SECRET_KEY}"
+    server = subprocess.Popen(
+        [rclone, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--auth-key", keys, "-q"]
+    )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         _wait_for_s3(endpoint)
