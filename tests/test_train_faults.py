@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from test_train_loop import PROMPTS, TINY, MemoryCache, free_port, train_config
+from conftest import free_port
+from test_train_loop import PROMPTS, TINY, MemoryCache, train_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from longcat.train.config import RunPaths, TrainConfig
 
@@ -66,12 +66,6 @@ class MemoryCache:
 
     def empty_text(self):
         return torch.zeros(1, TEXT_DIM)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_config(**overrides) -> dict:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
-import socket
 
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from longcat.model import LongCatVideoTransformer3DModel
-from longcat.train.parallelize import apply_activation_checkpointing, apply_compile, keeps_attention_output
+from longcat.train.parallelize import (
+    apply_activation_checkpointing,
+    apply_compile,
+    keeps_attention_output,
+    published_name,
+)
 
 # 48 video tokens against width 32: self-attention is kept, cross-attention to 8 text tokens recomputed.
 TINY = {
@@ -64,7 +69,7 @@ def loss_and_grads(model: torch.nn.Module, count: bool = False) -> tuple[torch.T
     grads = {}
     for name, param in model.named_parameters():
         grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
-        grads[name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")] = grad
+        grads[published_name(name)] = grad
     return loss.detach(), grads, counter.calls
 
 
@@ -137,7 +142,4 @@ def _fsdp_worker(rank: int, world_size: int, port: int) -> None:
 
 
 def test_selective_checkpointing_under_fsdp2_on_two_ranks():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_fsdp_worker, args=(2, port), nprocs=2, join=True)
+    mp.spawn(_fsdp_worker, args=(2, free_port()), nprocs=2, join=True)
