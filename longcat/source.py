@@ -10,17 +10,21 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import logging
 import os
 import re
+import ssl
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote_plus, urlparse
+from urllib.parse import parse_qs, quote, unquote_plus, urlparse, urlsplit
 
 import pyarrow as pa
 
@@ -146,16 +150,47 @@ def s3_client(region: str | None = None, endpoint_url: str | None = None, max_po
 
 
 PRESIGNED_SECONDS = 3600
+# Object reads bypass botocore: a dropped connection, throttling or a 5xx is retried, the first time at once,
+# then after RETRY_BACKOFF_SECONDS doubling.
+RETRY_ATTEMPTS = 8
+RETRY_BACKOFF_SECONDS = 0.25
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
+MAX_IDLE_CONNECTIONS = 64
 
 
-def _http_pool(max_connections: int):
-    import urllib3
+class Connections:
+    """Keep-alive HTTP(S) connections to one host: each carries one request at a time."""
 
-    # Retries for the ranged reads, which bypass botocore: connection errors, throttling and 5xx.
-    retries = urllib3.Retry(
-        total=8, backoff_factor=0.25, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=["GET"]
-    )
-    return urllib3.PoolManager(maxsize=max_connections, retries=retries, timeout=urllib3.Timeout(10, 60))
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.idle: deque[http.client.HTTPConnection] = deque()
+        self.tls = None
+        if self.scheme == "https":
+            self.tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE"))
+
+    def take(self) -> http.client.HTTPConnection:
+        try:
+            return self.idle.pop()
+        except IndexError:
+            pass
+        if self.tls is not None:
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=CONNECT_TIMEOUT_SECONDS, context=self.tls
+            )
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT_SECONDS)
+        connection.connect()
+        connection.sock.settimeout(READ_TIMEOUT_SECONDS)
+        return connection
+
+    def give_back(self, connection: http.client.HTTPConnection) -> None:
+        if len(self.idle) < MAX_IDLE_CONNECTIONS:
+            self.idle.append(connection)
+        else:
+            connection.close()
 
 
 def _strip_etag(etag: str | None) -> str:
@@ -181,8 +216,10 @@ class S3Source(Source):
         self.inventory = inventory
         self.list_workers = list_workers
         self.client = client or s3_client(region, endpoint_url)
-        self._http = _http_pool(max(32, list_workers))
-        self._range_reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="s3-range")
+        # The URL base of objects (the quoted key follows) and the signing region, from one presigned URL;
+        # then connections to that host.
+        self._endpoint: tuple[str, str] | None = None
+        self._connections: Connections | None = None
         self.description = f"s3://{bucket}/{self.prefix}"
 
     def _call(self, what: str, key: str, function, **kwargs):
@@ -287,53 +324,121 @@ class S3Source(Source):
                 )
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        """A bounded ranged GET on a presigned URL (cheaper per request than a botocore call)."""
         return self.read_ranges(key, [(start, end)])[0]
 
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Ranged GETs in flight at once on one presigned URL: the time of one round trip for all."""
+        """Ranged GETs in flight at once on one presigned URL: the time of one round trip for all.
+
+        Each request goes out on its own connection before any answer is read, so no thread is needed.
+        """
         full_key = self.prefix + key
-        url = self._call(
-            "presigning",
-            full_key,
-            self.client.generate_presigned_url,
-            ClientMethod="get_object",
-            Params={"Bucket": self.bucket, "Key": full_key},
-            ExpiresIn=PRESIGNED_SECONDS,
-        )
-        first, *others = ranges
-        pending = [self._range_reads.submit(self._get_range, url, full_key, *other) for other in others]
-        try:
-            return [self._get_range(url, full_key, *first)] + [read.result() for read in pending]
-        finally:
-            for read in pending:
-                read.cancel()
-
-    def _get_range(self, url: str, full_key: str, start: int, end: int) -> bytes:
-        if end <= start:
-            return b""
-        import urllib3
-
-        where = f"s3://{self.bucket}/{full_key}"
-        try:
-            response = self._http.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"})
-        except urllib3.exceptions.HTTPError as error:
-            raise SourceError(f"ranged read of {where} failed: {sanitize(error)}") from None
-        if response.status not in (200, 206):
-            # Only the error code: S3's error bodies can echo the access key id and the signature.
-            code = re.search(rb"<Code>([^<]{1,64})</Code>", response.data)
-            reason = code.group(1).decode("ascii", "replace") if code else "no error code"
-            raise SourceError(f"ranged read of {where} failed: HTTP {response.status} {reason}")
-        data = response.data
-        # A 200 without Content-Range is the whole object (a server that ignores ranges); some S3-compatible
-        # servers answer a range with 200 and a Content-Range, which holds just the range.
-        whole_object = response.status == 200 and "Content-Range" not in response.headers
-        return data[start:end] if whole_object else data
+        target = self._presigned_target(full_key)
+        sent = [self._send_early(target, start, end) if end > start else None for start, end in ranges]
+        return [
+            self._get(full_key, target, start, end, connection) if end > start else b""
+            for (start, end), connection in zip(ranges, sent, strict=True)
+        ]
 
     def read_all(self, key: str) -> bytes:
         full_key = self.prefix + key
-        response = self._call("reading", full_key, self.client.get_object, Bucket=self.bucket, Key=full_key)
-        return self._call("reading", full_key, response["Body"].read)
+        return self._get(full_key, self._presigned_target(full_key))
+
+    def _presigned_target(self, full_key: str) -> str:
+        """Path and query of a presigned GET of the object: SigV4 query authentication, as botocore's
+        generate_presigned_url makes it, without resolving the endpoint again for every key."""
+        from botocore.auth import S3SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+
+        if self._endpoint is None:
+            base, region = self._learn_endpoint()
+            self._connections = Connections(base)
+            self._endpoint = base, region
+        base, region = self._endpoint
+        credentials = self.client._get_credentials()
+        if credentials is None:
+            raise SourceError(
+                f"reading s3://{self.bucket}/{full_key}: no AWS credentials found (boto3 looks in the "
+                "environment, ~/.aws and the instance role)"
+            )
+        request = AWSRequest("GET", base + quote(full_key, safe="/~"))
+        signer = S3SigV4QueryAuth(credentials.get_frozen_credentials(), "s3", region, PRESIGNED_SECONDS)
+        signer.add_auth(request)
+        parts = urlsplit(request.prepare().url)
+        return f"{parts.path}?{parts.query}"
+
+    def _learn_endpoint(self) -> tuple[str, str]:
+        """(URL base of the bucket's objects, signing region) from botocore's presigned URL of one key:
+        the endpoint depends on the bucket, not the key."""
+        sample = self.prefix + "sample"
+        url = self._call(
+            "presigning",
+            sample,
+            self.client.generate_presigned_url,
+            ClientMethod="get_object",
+            Params={"Bucket": self.bucket, "Key": sample},
+            ExpiresIn=PRESIGNED_SECONDS,
+        )
+        base, _, query = url.partition("?")
+        scope = parse_qs(query).get("X-Amz-Credential", [""])[0].split("/")
+        if not base.endswith("/" + quote(sample, safe="/~")) or len(scope) != 5:
+            raise SourceError(
+                f"presigning s3://{self.bucket}/{sample}: expected a SigV4 URL ending in the key, "
+                f"found {sanitize(url)}"
+            )
+        return base[: -len(quote(sample, safe="/~"))], scope[2]
+
+    def _send(self, target: str, start: int | None = None, end: int | None = None):
+        """A connection carrying the GET of `target` (of bytes [start, end) when given)."""
+        connection = self._connections.take()
+        try:
+            connection.request(
+                "GET", target, headers={} if start is None else {"Range": f"bytes={start}-{end - 1}"}
+            )
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            raise
+        return connection
+
+    def _send_early(self, target: str, start: int, end: int):
+        try:
+            return self._send(target, start, end)
+        except (OSError, http.client.HTTPException):
+            return None  # `_get` sends it again and reports what went wrong
+
+    def _get(self, full_key: str, target: str, start=None, end=None, connection=None) -> bytes:
+        """The answer to the GET of `target` (of bytes [start, end) when given), sent on `connection`
+        unless it is None; retried on dropped connections, throttling and server errors."""
+        where = f"s3://{self.bucket}/{full_key}"
+        for attempt in range(RETRY_ATTEMPTS):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 2) if attempt > 1 else 0)
+            try:
+                connection = connection or self._send(target, start, end)
+                response = connection.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as error:
+                if connection is not None:
+                    connection.close()
+                connection, failure = None, f"{type(error).__name__}: {error}"
+                continue
+            if response.will_close:
+                connection.close()
+            else:
+                self._connections.give_back(connection)
+            connection = None
+            if response.status in (200, 206):
+                # A 200 without Content-Range is the whole object (a server that ignores ranges); some
+                # S3-compatible servers answer a range with 200 and a Content-Range, which holds the range.
+                if start is not None and response.status == 200 and not response.getheader("Content-Range"):
+                    return data[start:end]
+                return data
+            # Only the error code: S3's error bodies can echo the access key id and the signature.
+            code = re.search(rb"<Code>([^<]{1,64})</Code>", data)
+            reason = code.group(1).decode("ascii", "replace") if code else "no error code"
+            failure = f"HTTP {response.status} {reason}"
+            if response.status not in RETRY_STATUSES:
+                raise SourceError(f"reading {where} failed: {failure}")
+        raise SourceError(f"reading {where} failed after {RETRY_ATTEMPTS} attempts: {sanitize(failure)}")
 
 
 _INVENTORY_FIELDS = {

@@ -4,13 +4,17 @@ import csv
 import gzip
 import io
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, make_clip
 
+import longcat.source as source_module
 from longcat.captions import decode_caption
 from longcat.source import (
     LocalSource,
@@ -107,9 +111,122 @@ def test_ranged_reads_and_probes_from_a_server_that_answers_ranges_with_200(rclo
     assert source.read_range("clip.mp4", 100, 200) == data[100:200]
     assert source.read_range("clip.mp4", len(data) - 50, len(data) + 10) == data[-50:]
     assert source.read_ranges("clip.mp4", [(0, 8), (len(data) - 8, len(data))]) == [data[:8], data[-8:]]
+    assert source.read_all("clip.mp4") == data
     assert probe_video(source, "clip.mp4", len(data)) == probe_video(
         LocalSource(tmp_path), "clip.mp4", len(data)
     )
+
+
+def test_presigned_reads_of_awkward_keys_pass_a_signature_check(rclone_s3):
+    """Object URLs are signed without botocore's per-key presigning: a signature-checking server accepts
+    them for keys that need quoting, and their paths are the ones botocore presigns."""
+    client = s3_client("us-east-1", rclone_s3)
+    client.create_bucket(Bucket="awkward")
+    keys = [*AWKWARD, "a+b/c=d;e,f@g~h!.mp4", "x/ä ö/$'()*.mp4"]
+    for key in keys:
+        client.put_object(Bucket="awkward", Key=f"in/{key}", Body=key.encode() * 3)
+    source = S3Source("awkward", "in", client=client)
+
+    for key in keys:
+        body = key.encode() * 3
+        assert source.read_all(key) == body
+        assert source.read_ranges(key, [(1, 4), (len(body) - 2, len(body))]) == [body[1:4], body[-2:]]
+        ours = urlsplit(source._presigned_target(f"in/{key}"))
+        botocores = urlsplit(
+            client.generate_presigned_url("get_object", Params={"Bucket": "awkward", "Key": f"in/{key}"})
+        )
+        assert ours.path == botocores.path
+        assert FAKE_SECRET_KEY not in ours.query and "X-Amz-Signature=" in ours.query
+    with pytest.raises(SourceError, match=r"s3://awkward/in/absent\.mp4 failed: HTTP 404 NoSuchKey"):
+        source.read_range("absent.mp4", 0, 10)
+
+
+class FlakyS3:
+    """An HTTP/1.1 server on loopback that answers GETs of one object from a script of behaviours:
+    "ok" (206 with the range, connection kept), "ok+close" (206, then the connection is closed without
+    notice, as an idle keep-alive connection ends), "drop" (closed without an answer), or an HTTP status
+    (with an S3 error body that echoes the request, as S3's can)."""
+
+    BODY = bytes(range(256)) * 4
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        flaky = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                flaky.requests.append((self.path, self.headers.get("Range")))
+                behaviour = flaky.script.pop(0) if flaky.script else "ok"
+                if behaviour == "drop":
+                    self.close_connection = True
+                    return
+                if behaviour.startswith("ok"):
+                    start, end = map(int, self.headers["Range"].removeprefix("bytes=").split("-"))
+                    body, status = flaky.BODY[start : end + 1], 206
+                else:
+                    code = {"503": "SlowDown", "403": "AccessDenied"}[behaviour]
+                    body = f"<Error><Code>{code}</Code><Request>{self.path}</Request></Error>".encode()
+                    status = int(behaviour)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = behaviour == "ok+close"
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def source(self) -> S3Source:
+        return S3Source("flaky", client=s3_client("us-east-1", self.endpoint))
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """Retries without waiting, and credentials to sign with."""
+    monkeypatch.setattr(source_module, "RETRY_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
+
+
+def test_object_reads_retry_throttling_and_dropped_connections(no_backoff):
+    flaky = FlakyS3(["503", "drop", "ok+close", "ok", "ok"])
+    source = flaky.source()
+    body = FlakyS3.BODY
+
+    assert source.read_range("clip.mp4", 10, 20) == body[10:20]  # 503, dropped, then an answer
+    # The kept connection was closed by the server meanwhile: both reads go out again on new ones.
+    assert source.read_ranges("clip.mp4", [(0, 4), (1000, 1024)]) == [body[:4], body[1000:]]
+    ranges = [requested for _, requested in flaky.requests]
+    assert ranges[:3] == ["bytes=10-19"] * 3 and sorted(ranges[3:]) == ["bytes=0-3", "bytes=1000-1023"]
+    assert all("X-Amz-Signature=" in path for path, _ in flaky.requests)
+    flaky.server.shutdown()
+
+
+def test_object_reads_give_up_naming_the_object_and_no_secret(no_backoff):
+    attempts = source_module.RETRY_ATTEMPTS
+    flaky = FlakyS3(["503"] * attempts)
+    with pytest.raises(SourceError) as raised:
+        flaky.source().read_range("a/clip.mp4", 0, 10)
+    # The error bodies echo the signed request; the message keeps only their code.
+    assert (
+        str(raised.value)
+        == f"reading s3://flaky/a/clip.mp4 failed after {attempts} attempts: HTTP 503 SlowDown"
+    )
+    assert len(flaky.requests) == attempts
+
+    denied = FlakyS3(["403"])
+    with pytest.raises(SourceError, match=r"^reading s3://flaky/b\.mp4 failed: HTTP 403 AccessDenied$"):
+        denied.source().read_range("b.mp4", 0, 10)
+    assert len(denied.requests) == 1  # refusals are not retried
+    flaky.server.shutdown()
+    denied.server.shutdown()
 
 
 def test_sanitize_blanks_presigned_signatures_and_key_ids():
