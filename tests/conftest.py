@@ -199,15 +199,21 @@ def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
     return "Nothing to be done" in result.stdout + result.stderr
 
 
-def corrupt_first_frame(path):
-    """Overwrite the first video sample of an MP4 file so that it no longer decodes."""
+def first_video_sample_of(path) -> tuple[int, int]:
+    """(file offset, byte length) of the first video sample of an MP4 file, from its index."""
     from longcat.probe import FetchedBytes, fetch_index, first_video_sample
     from longcat.source import LocalSource
 
-    data = bytearray(path.read_bytes())
+    data = path.read_bytes()
     fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
     moov_offset, moov_length = fetch_index(fetched)
-    offset, length = first_video_sample(bytes(data[moov_offset : moov_offset + moov_length]))
+    return first_video_sample(data[moov_offset : moov_offset + moov_length])
+
+
+def corrupt_first_frame(path):
+    """Overwrite the first video sample of an MP4 file so that it no longer decodes."""
+    offset, length = first_video_sample_of(path)
+    data = bytearray(path.read_bytes())
     # Keep the NAL length prefix, replace the picture data with noise that is no valid slice.
     data[offset + 4 : offset + length] = bytes([0x5A]) * (length - 4)
     path.write_bytes(bytes(data))
@@ -229,3 +235,15 @@ def tiny_base_model(tmp_path_factory):
     from longcat.basemodel import write_tiny_base_model
 
     return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY_MODEL, ["a red square"])
+
+
+TRAIN_PROMPTS = ["a red square moving across a blue background"]
+
+
+@pytest.fixture(scope="session")
+def train_base_model(tmp_path_factory):
+    """The tiny base model that the training tests start from (read-only), its tokenizer fit to
+    TRAIN_PROMPTS, their validation prompts."""
+    from longcat.basemodel import write_tiny_base_model
+
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY_MODEL, TRAIN_PROMPTS)

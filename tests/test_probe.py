@@ -5,16 +5,13 @@ import subprocess
 from fractions import Fraction
 
 import pytest
-from conftest import corrupt_first_frame, make_clip
+from conftest import corrupt_first_frame, first_video_sample_of, make_clip
 
 from longcat.probe import (
     DECODE_CHECK_BYTES,
     HEAD_BYTES,
     TAIL_BYTES,
-    FetchedBytes,
     Reject,
-    fetch_index,
-    parse_video_track,
     probe_object,
     probe_rows,
     probe_video,
@@ -84,13 +81,6 @@ def test_probe_never_reads_a_whole_video_and_bounds_each_read(tmp_path):
     assert record["probe_bytes"] == sum(min(end, row["size"]) - start for _, start, end in source.ranges)
 
 
-def _first_sample(path):
-    data = path.read_bytes()
-    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
-    moov_offset, moov_length = fetch_index(fetched)
-    return parse_video_track(data[moov_offset : moov_offset + moov_length]).first_sample
-
-
 @pytest.mark.parametrize("faststart", [False, True], ids=["moov-at-end", "moov-at-head"])
 def test_one_round_trip_brings_the_index_and_the_first_picture(tmp_path, faststart):
     # A first picture that does not fit in the head read: the decode check reads only its start.
@@ -98,7 +88,7 @@ def test_one_round_trip_brings_the_index_and_the_first_picture(tmp_path, faststa
         tmp_path / "clip.mp4", width=1280, height=720, seconds=1, bitrate="8M", faststart=faststart
     )
     size = path.stat().st_size
-    first_offset, first_length = _first_sample(path)
+    first_offset, first_length = first_video_sample_of(path)
     head = HEAD_BYTES + DECODE_CHECK_BYTES
     assert first_offset + first_length > head
     source = CountingSource(tmp_path)
@@ -113,7 +103,7 @@ def test_one_round_trip_brings_the_index_and_the_first_picture(tmp_path, faststa
 
 def test_a_nal_unit_longer_than_its_sample_is_undecodable(tmp_path):
     path = make_clip(tmp_path / "clip.mp4", width=96, height=64)
-    offset, length = _first_sample(path)
+    offset, length = first_video_sample_of(path)
     data = bytearray(path.read_bytes())
     data[offset : offset + 4] = (length + 100).to_bytes(4, "big")
     path.write_bytes(bytes(data))

@@ -188,15 +188,26 @@ class FlakyS3:
 
 
 @pytest.fixture
-def no_backoff(monkeypatch):
-    """Retries without waiting, and credentials to sign with."""
+def flaky_s3(monkeypatch):
+    """Starts FlakyS3 servers, stopped after the test; reads retry without waiting, and have credentials
+    to sign with."""
     monkeypatch.setattr(source_module, "RETRY_BACKOFF_SECONDS", 0.0)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
+    started = []
+
+    def start(script) -> FlakyS3:
+        started.append(FlakyS3(script))
+        return started[-1]
+
+    yield start
+    for flaky in started:
+        flaky.server.shutdown()
+        flaky.server.server_close()
 
 
-def test_object_reads_retry_throttling_and_dropped_connections(no_backoff):
-    flaky = FlakyS3(["503", "drop", "ok+close", "ok", "ok"])
+def test_object_reads_retry_throttling_and_dropped_connections(flaky_s3):
+    flaky = flaky_s3(["503", "drop", "ok+close", "ok", "ok"])
     source = flaky.source()
     body = FlakyS3.BODY
 
@@ -206,12 +217,11 @@ def test_object_reads_retry_throttling_and_dropped_connections(no_backoff):
     ranges = [requested for _, requested in flaky.requests]
     assert ranges[:3] == ["bytes=10-19"] * 3 and sorted(ranges[3:]) == ["bytes=0-3", "bytes=1000-1023"]
     assert all("X-Amz-Signature=" in path for path, _ in flaky.requests)
-    flaky.server.shutdown()
 
 
-def test_object_reads_give_up_naming_the_object_and_no_secret(no_backoff):
+def test_object_reads_give_up_naming_the_object_and_no_secret(flaky_s3):
     attempts = source_module.RETRY_ATTEMPTS
-    flaky = FlakyS3(["503"] * attempts)
+    flaky = flaky_s3(["503"] * attempts)
     with pytest.raises(SourceError) as raised:
         flaky.source().read_range("a/clip.mp4", 0, 10)
     # The error bodies echo the signed request; the message keeps only their code.
@@ -221,12 +231,10 @@ def test_object_reads_give_up_naming_the_object_and_no_secret(no_backoff):
     )
     assert len(flaky.requests) == attempts
 
-    denied = FlakyS3(["403"])
+    denied = flaky_s3(["403"])
     with pytest.raises(SourceError, match=r"^reading s3://flaky/b\.mp4 failed: HTTP 403 AccessDenied$"):
         denied.source().read_range("b.mp4", 0, 10)
     assert len(denied.requests) == 1  # refusals are not retried
-    flaky.server.shutdown()
-    denied.server.shutdown()
 
 
 def test_sanitize_blanks_presigned_signatures_and_key_ids():

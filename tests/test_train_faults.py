@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from conftest import free_port
-from test_train_loop import PROMPTS, TINY, MemoryCache, train_config
+from test_train_loop import MemoryCache, train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,13 +149,6 @@ def training_process(launcher: int, rank: int) -> int | None:
     return ranks[0] if len(ranks) == 1 else None
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    from longcat.basemodel import write_tiny_base_model
-
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, PROMPTS)
-
-
 def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subprocess.Popen:
     from longcat.train.config import TrainConfig
     from longcat.train.launch import launch_command
@@ -173,12 +166,12 @@ def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subp
     return subprocess.Popen(command, shell=True, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env)
 
 
-def test_a_dead_rank_fails_the_launcher_fast_and_the_rerun_resumes(tmp_path, base_model):
+def test_a_dead_rank_fails_the_launcher_fast_and_the_rerun_resumes(tmp_path, train_base_model):
     from longcat.train.checkpoint import latest_checkpoint
 
     vae, text = write_cache(tmp_path / "cache")
     checkpoints = tmp_path / "run" / "checkpoints"
-    job = launch(tmp_path, base_model, vae, text, max_train_steps=100_000, checkpointing_steps=3)
+    job = launch(tmp_path, train_base_model, vae, text, max_train_steps=100_000, checkpointing_steps=3)
     try:
         deadline = time.monotonic() + 120
         while (checkpoints / "step-3").is_dir() is False:
@@ -203,7 +196,9 @@ def test_a_dead_rank_fails_the_launcher_fast_and_the_rerun_resumes(tmp_path, bas
     last = latest_checkpoint(checkpoints)
     resumed_at = int(last.name.removeprefix("step-"))
     assert resumed_at >= 3
-    rerun = launch(tmp_path, base_model, vae, text, max_train_steps=resumed_at + 2, checkpointing_steps=3)
+    rerun = launch(
+        tmp_path, train_base_model, vae, text, max_train_steps=resumed_at + 2, checkpointing_steps=3
+    )
     assert rerun.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()[-3000:]
     log = (tmp_path / "train.log").read_text()
     assert f"resumed from {last} at step {resumed_at}" in log

@@ -14,20 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import TINY_MODEL, TRAIN_PROMPTS, free_port
 
 from longcat.train.config import RunPaths, TrainConfig
 
-TEXT_DIM = 32
-TINY = {
-    "seed": 0,
-    "hidden_size": 64,
-    "depth": 2,
-    "num_heads": 4,
-    "text_dim": TEXT_DIM,
-    "adaln_tembed_dim": 32,
-}
-PROMPTS = ["a red square moving across a blue background"]
+TEXT_DIM = TINY_MODEL["text_dim"]
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ def train_config(**overrides) -> dict:
         "activation_checkpointing": "every",
         "collective_timeout_s": 120,
         "seed": 7,
-        "validation_prompts": PROMPTS,
+        "validation_prompts": TRAIN_PROMPTS,
         "validation_inference_steps": 2,
         "validation_guidance_scale": 1.0,
     }
@@ -129,23 +120,16 @@ def run_training(work: Path, world_size: int = 2, resume: Path | None = None, **
     return json.loads((work / "result.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory) -> Path:
-    from longcat.basemodel import write_tiny_base_model
-
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, PROMPTS)
-
-
 def workdir(tmp_path: Path, base_model: Path) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "base_model").symlink_to(base_model)
     return tmp_path
 
 
-def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, base_model):
+def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, train_base_model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    work = workdir(tmp_path, base_model)
+    work = workdir(tmp_path, train_base_model)
     result = run_training(
         work, max_train_steps=160, checkpointing_steps=40, validation_every_n_steps=160, caption_dropout=0.0
     )
@@ -187,7 +171,7 @@ def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, base_mo
 
     pipeline = LongCatVideoPipeline.from_pretrained(run / "final")
     frames = pipeline(
-        PROMPTS[0],
+        TRAIN_PROMPTS[0],
         num_frames=5,
         height=32,
         width=32,
@@ -198,12 +182,12 @@ def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, base_mo
     assert frames.shape[1:3] == (5, 3) and torch.isfinite(frames).all()
 
 
-def test_resume_continues_the_same_trajectory(tmp_path, base_model):
-    straight = workdir(tmp_path / "straight", base_model)
+def test_resume_continues_the_same_trajectory(tmp_path, train_base_model):
+    straight = workdir(tmp_path / "straight", train_base_model)
     full = run_training(straight, max_train_steps=20)
     assert full["code"] == 0 and len(full["losses"]) == 20
 
-    resumed = workdir(tmp_path / "resumed", base_model)
+    resumed = workdir(tmp_path / "resumed", train_base_model)
     result = run_training(resumed, resume=straight / "run" / "checkpoints" / "step-10", max_train_steps=20)
     assert result["resumed_at"] == 10
     assert len(result["losses"]) == 10
@@ -212,10 +196,10 @@ def test_resume_continues_the_same_trajectory(tmp_path, base_model):
     )
 
 
-def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, base_model):
-    two = workdir(tmp_path / "two", base_model)
+def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, train_base_model):
+    two = workdir(tmp_path / "two", train_base_model)
     run_training(two, max_train_steps=10, checkpointing_steps=10)
-    one = workdir(tmp_path / "one", base_model)
+    one = workdir(tmp_path / "one", train_base_model)
     result = run_training(
         one,
         world_size=1,
@@ -265,11 +249,11 @@ def _preempted_worker(rank: int, world_size: int, port: int, work: str, train: d
     torch.distributed.destroy_process_group()
 
 
-def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_the_rerun_resumes(tmp_path, base_model):
+def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_the_rerun_resumes(tmp_path, train_base_model):
     from longcat.train.checkpoint import latest_checkpoint
     from longcat.train.loop import EXIT_PREEMPTED
 
-    work = workdir(tmp_path, base_model)
+    work = workdir(tmp_path, train_base_model)
     train = train_config(max_train_steps=1000, checkpointing_steps=500)
     mp.spawn(_preempted_worker, args=(2, free_port(), str(work), train), nprocs=2, join=True)
     stopped = json.loads((work / "result.json").read_text())
@@ -306,16 +290,16 @@ def _poisoned_worker(rank: int, world_size: int, port: int, work: str, train: di
     Trainer(TrainConfig.from_dict(train), paths, PoisonedCache()).run()
 
 
-def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, base_model):
-    work = workdir(tmp_path, base_model)
+def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, train_base_model):
+    work = workdir(tmp_path, train_base_model)
     train = train_config(max_nonfinite_steps=3, collective_timeout_s=60)
     with pytest.raises(mp.ProcessRaisedException, match="3 steps in a row had a non-finite loss"):
         mp.spawn(_poisoned_worker, args=(2, free_port(), str(work), train), nprocs=2, join=True)
     assert not (work / "run" / "checkpoints").exists()
 
 
-def test_conditioned_frames_and_gradient_accumulation(tmp_path, base_model):
-    work = workdir(tmp_path, base_model)
+def test_conditioned_frames_and_gradient_accumulation(tmp_path, train_base_model):
+    work = workdir(tmp_path, train_base_model)
     result = run_training(
         work,
         max_train_steps=3,
