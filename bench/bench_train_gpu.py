@@ -1,10 +1,11 @@
 """Training step time and MFU of a depth-reduced, full-width LongCat-Video DiT on one GPU.
 
 `--gpu`: 4 blocks at hidden 4096 (the published width), latent [16, 24, 60, 104] (93x480x832, 37,440
-tokens) and 512 text tokens, bf16 compute with fp32 master weights and AdamW through FSDP2 at world size 1,
-random weights. `--ac` picks the activation checkpointing (all, selective: all but the self-attention
-outputs, off) and `--compile` compiles each block. `--matrix` runs (all, eager), (selective, eager),
-(all, compile), (selective, compile) in one process. One JSON line per case: measured step time,
+tokens; `--latent-frames 19` for 73 frames, what a 5 s clip holds at 15 fps: 29,640 tokens) and 512 text
+tokens, bf16 compute with fp32 master weights and AdamW through FSDP2 at world size 1, random weights.
+`--ac` picks the activation checkpointing (all, selective: all but the self-attention outputs, off) and
+`--compile` compiles each block. `--matrix` runs (all, eager), (selective, eager), (all, compile),
+(selective, compile) in one process. One JSON line per case: measured step time,
 model-FLOPs MFU (recomputation not counted), peak memory, the warm-up time (compilation included) and the
 48-block step time this extrapolates to on 8 GPUs at batch 1 per GPU (per-block time x 48; FSDP
 communication assumed overlapped). `--cpu`: the same code at a tiny size.
@@ -25,8 +26,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
+from longcat.flow import noise_latents, training_sigmas
 from longcat.train.estimate import CARDS, dit_parameter_counts, train_flops_per_sample, video_tokens
-from longcat.train.objective import make_flow_batch, per_sample_loss, sample_sigmas
+from longcat.train.objective import per_sample_loss
 from longcat.train.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
 GPU_SIZE = {"hidden_size": 4096, "num_heads": 32, "caption_channels": 4096, "adaln_tembed_dim": 512}
@@ -47,7 +49,13 @@ def card_for(name: str) -> str:
 
 
 def measure(
-    activation_checkpointing: str, compile_blocks: bool, depth: int, steps: int, warmup: int, on_gpu: bool
+    activation_checkpointing: str,
+    compile_blocks: bool,
+    depth: int,
+    steps: int,
+    warmup: int,
+    on_gpu: bool,
+    latent_frames: int | None = None,
 ) -> dict:
     """Build a fresh model for one case, run `warmup` then `steps` timed training steps."""
     from longcat.model import LongCatVideoTransformer3DModel
@@ -56,6 +64,8 @@ def measure(
     size, latent_shape, text_len = (
         (GPU_SIZE, GPU_LATENT, GPU_TEXT) if on_gpu else (CPU_SIZE, CPU_LATENT, CPU_TEXT)
     )
+    if latent_frames is not None:
+        latent_shape = (latent_shape[0], latent_frames, *latent_shape[2:])
     config = {**size, "depth": depth, "mlp_ratio": 4, "text_tokens_zero_pad": True}
     torch.manual_seed(0)
     with torch.device(device):
@@ -73,9 +83,9 @@ def measure(
     mask = torch.ones(1, text_len, dtype=torch.long, device=device)
 
     def step() -> float:
-        sigmas = sample_sigmas(1, generator, "logit_normal", 12.0, device=device)
+        sigmas = training_sigmas(1, generator, "uniform", 12.0, device=device)
         noise = torch.randn(latents.shape, generator=generator, device=device)
-        batch = make_flow_batch(latents, sigmas, noise)
+        batch = noise_latents(latents, sigmas, noise)
         prediction = model(
             hidden_states=batch.noisy,
             timestep=batch.timestep,
@@ -163,6 +173,9 @@ def main() -> int:
         "--warmup", type=int, default=2, help="untimed steps first (compilation happens here)"
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument(
+        "--latent-frames", type=int, help="latent frames (default 24 = 93 frames; 19 = 73, a 5 s clip)"
+    )
     args = parser.parse_args()
 
     on_gpu = args.gpu
@@ -178,7 +191,13 @@ def main() -> int:
     for activation_checkpointing, compile_blocks in cases:
         try:
             result = measure(
-                activation_checkpointing, compile_blocks, args.depth, args.steps, args.warmup, on_gpu
+                activation_checkpointing,
+                compile_blocks,
+                args.depth,
+                args.steps,
+                args.warmup,
+                on_gpu,
+                args.latent_frames,
             )
         except Exception as err:  # one failing case (e.g. out of memory) must not hide the others
             failed += 1

@@ -33,7 +33,7 @@ CLIPS_TO_ENCODE_IN_24H_ON_8_GPUS = 523_325
 
 GPU_SETUP = {
     "size": (1280, 720),
-    "seconds": 5.0,
+    "seconds": 6.2,  # 93 frames at 15 fps need 6.2 s of source
     "frames": {"num_frames": 93, "fps": 15, "frame_buckets": [93], "short_clip": "fallback"}
     | {"buckets": [[480, 832], [832, 480], [624, 624]]},
 }

@@ -101,6 +101,8 @@ def vae_cache_spec(config: Mapping) -> dict:
             "fps": float(frames["fps"]),
             "frame_buckets": sorted({int(count) for count in frames.get("frame_buckets") or []}),
             "short_clip": frames.get("short_clip", "fallback"),
+            # The largest time stretch allowed (1.0: clips are sampled at exactly fps).
+            "max_stretch": float(frames["max_stretch"]) if frames.get("short_clip") == "stretch" else 1.0,
             "resolution": frames.get("resolution"),
             "buckets": [list(bucket) for bucket in resolution_buckets(frames)],
         },
@@ -494,6 +496,16 @@ class CacheReader:
         if sample_id not in self._shard_of:
             raise KeyError(f"{sample_id!r} is not an ok sample of {self.text_dir}")
         return self._get(self.text_dir, self._shard_of[sample_id], sample_id)
+
+    @property
+    def max_tokens(self) -> int:
+        """The token limit the captions were encoded with (the text spec's `max_tokens`)."""
+        max_tokens = read_spec(self.text_dir).get("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise CacheError(
+                f"{self.text_dir / SPEC_FILE}: max_tokens: expected an integer >= 1, found {max_tokens!r}"
+            )
+        return max_tokens
 
     def empty_text(self):
         """The embedding [L0, C] of the empty caption (caption dropout, unconditional sampling)."""

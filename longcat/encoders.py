@@ -37,6 +37,7 @@ from longcat.cache import (
     vae_cache_spec,
     write_empty_text,
 )
+from longcat.flow import normalize_latents
 from longcat.frames import ClipRejected, FramePlan, decode_clip, frame_plan
 from longcat.source import SourceError, sanitize
 
@@ -120,16 +121,6 @@ def decode_ahead(
 
 
 # ---------------------------------------------------------------- VAE
-
-
-def normalise_latents(latents: torch.Tensor, vae) -> torch.Tensor:
-    """`(z - mean) * (1 / std)` with the VAE config's statistics, as the LongCat pipeline does."""
-    shape = (1, -1, 1, 1, 1)
-    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=latents.device).view(shape)
-    inverse_std = 1.0 / torch.tensor(vae.config.latents_std, dtype=torch.float32, device=latents.device).view(
-        shape
-    )
-    return (latents.float() - mean) * inverse_std
 
 
 @dataclass(frozen=True)
@@ -236,7 +227,7 @@ def encode_batch(
     # Scale in float32, then round to the compute dtype once.
     pixels = (pixels.float() / 127.5 - 1.0).to(dtype).contiguous(memory_format=memory_format)
     posterior = vae.encode(pixels).latent_dist
-    return normalise_latents(posterior.mode(), vae)
+    return normalize_latents(posterior.mode(), vae.config)
 
 
 @dataclass

@@ -8,6 +8,7 @@ and with `diffusers.DiffusionPipeline.from_pretrained(dir, trust_remote_code=Tru
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -40,6 +41,15 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
+def write_scheduler_shift(scheduler_dir: Path, flow_shift: float) -> None:
+    """Set `shift` in `scheduler_dir/scheduler_config.json`, a new file (never through a hard link)."""
+    path = scheduler_dir / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["shift"] = float(flow_shift)
+    path.unlink()
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def build_dit(state_dict: Mapping[str, torch.Tensor], config: Mapping, where: str = "the config"):
     """A DiT of architecture `config` holding the tensors of `state_dict`; names and shapes must match."""
     from longcat.model import LongCatVideoTransformer3DModel
@@ -59,10 +69,13 @@ def export_model(
     out_dir: str | Path,
     dtype: torch.dtype = torch.bfloat16,
     max_shard_size: str = "5GB",
+    flow_shift: float | None = None,
 ) -> Path:
     """Write `out_dir` in the published layout with `dit` (a model or a full state dict) as the transformer.
 
     A state dict must match the base model's `dit/config.json` exactly; a model brings its own config.
+    `flow_shift`, when given, is the shift the model was trained with: the exported scheduler samples with
+    it (the base model's scheduler is kept otherwise).
     The model itself is left as it is (tensors are converted to `dtype` one at a time while writing).
     `out_dir` appears complete or not at all; an existing `out_dir` is replaced.
     """
@@ -77,6 +90,8 @@ def export_model(
         save_dit(dit, tmp / "dit", max_shard_size=max_shard_size, dtype=dtype)
         for name in COPIED_SUBFOLDERS:
             shutil.copytree(base_dir / name, tmp / name, copy_function=_link_or_copy)
+        if flow_shift is not None:
+            write_scheduler_shift(tmp / "scheduler", flow_shift)
         write_pipeline_files(tmp, tokenizer_class=tokenizer_class_name(base_dir))
 
     logger.info("exporting the model to %s (dit in %s, other parts from %s)", out_dir, dtype, base_dir)

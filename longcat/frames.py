@@ -5,7 +5,6 @@ rotation (ffmpeg applies the display matrix itself), resize to cover the bucket 
 centre crop, conversion to RGB. Python only reads the raw pipe into one array.
 """
 
-import math
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -20,12 +19,17 @@ class ClipRejected(Exception):
     """A clip that the sampling policy or the decoder cannot turn into a sample; the text is the reason."""
 
 
+# Durations are exact fractions of the container's timescale; a clip of exactly N/fps seconds holds N frames.
+DURATION_TOLERANCE_S = 1e-6
+
+
 @dataclass(frozen=True)
 class FramePlan:
     num_frames: int  # frames to decode, 4k+1
-    fps: float  # effective sampling rate, recorded per sample
+    fps: float  # sampling rate, recorded per sample: frames.fps unless the clip is time-stretched
     height: int  # bucket
     width: int
+    time_stretch: float = 1.0  # fps over frames.fps: how much faster than real time motion plays
 
 
 def frame_counts(frames_cfg: dict) -> list[int]:
@@ -41,37 +45,55 @@ def frame_counts(frames_cfg: dict) -> list[int]:
 
 
 def frame_plan(row: dict, frames_cfg: dict) -> FramePlan:
-    """The sampling plan of one metadata row (fps, frame_count, duration, aspect_ratio or size and rotation).
+    """The sampling plan of one metadata row (fps, duration, aspect_ratio or size and rotation).
 
-    A clip long enough is sampled at `frames.fps` from its start. A shorter one is sampled evenly across its
-    whole length, at no more than its own rate. One with fewer frames than `frames.num_frames` falls to the
-    largest allowed frame bucket, or is rejected when `frames.short_clip` is `reject`.
+    Frames are taken from the clip's start at exactly `frames.fps` (the model has no fps input, so any
+    other rate would teach it motion at the wrong speed). N frames need N / fps seconds of source; a clip
+    gets the largest allowed frame count it holds. A source slower than `frames.fps` is still sampled at
+    `frames.fps` (ffmpeg repeats frames; time stays right). A clip too short for the smallest count, or
+    for `frames.num_frames` when `frames.short_clip` is `reject`, is rejected. Only with `short_clip:
+    stretch` may a clip be sampled faster, at N / duration but at most at its own rate and
+    `frames.max_stretch` times `frames.fps`; the plan records the factor.
     """
     source_fps = float(row["fps"])
     duration = float(row["duration"])
-    frame_count = (
-        int(row["frame_count"]) if row.get("frame_count") else int(math.floor(duration * source_fps))
-    )
-    if source_fps <= 0 or duration <= 0 or frame_count <= 0:
-        raise ClipRejected(
-            f"no usable video timing (fps={source_fps}, duration={duration}, frames={frame_count})"
-        )
+    if source_fps <= 0 or duration <= 0:
+        raise ClipRejected(f"no usable video timing (fps={source_fps}, duration={duration})")
 
     counts = frame_counts(frames_cfg)
-    fitting = [count for count in counts if count <= frame_count]
-    if frame_count < counts[0] and frames_cfg.get("short_clip", "fallback") == "reject":
-        raise ClipRejected(
-            f"{frame_count} frames, fewer than frames.num_frames={counts[0]} (short_clip: reject)"
-        )
-    if not fitting:
-        raise ClipRejected(f"{frame_count} frames, fewer than the smallest frame bucket {counts[-1]}")
-    num_frames = fitting[0]
-
     target_fps = float(frames_cfg["fps"])
-    fps = target_fps if num_frames / target_fps <= duration else min(num_frames / duration, source_fps)
+    short_clip = frames_cfg.get("short_clip", "fallback")
+    if short_clip == "reject":
+        counts = counts[:1]
+    # The fastest rate a clip may be sampled at: frames.fps, or with `stretch` up to max_stretch times
+    # that, but never faster than the source's own frames.
+    max_stretch = float(frames_cfg["max_stretch"]) if short_clip == "stretch" else 1.0
+    fastest = max(target_fps, min(source_fps, target_fps * max_stretch))
+    for num_frames in counts:
+        if num_frames / target_fps <= duration + DURATION_TOLERANCE_S:
+            fps = target_fps
+            break
+        if num_frames / duration <= fastest * (1 + DURATION_TOLERANCE_S):
+            fps = num_frames / duration
+            break
+    else:
+        needs = f"{counts[-1]} frames at {target_fps:g} fps need {counts[-1] / target_fps:.3f} s"
+        if short_clip == "reject":
+            needs += " (frames.num_frames, short_clip: reject)"
+        elif fastest > target_fps:
+            needs += f", {counts[-1] / fastest:.3f} s at most stretched ({fastest / target_fps:.3g}x)"
+        else:
+            needs += " (the smallest frame bucket)"
+        raise ClipRejected(f"{duration:.3f} s at {source_fps:.3g} fps is too short: {needs}")
 
     bucket_height, bucket_width = closest_bucket(display_aspect_ratio(row), resolution_buckets(frames_cfg))
-    return FramePlan(num_frames=num_frames, fps=round(fps, 6), height=bucket_height, width=bucket_width)
+    return FramePlan(
+        num_frames=num_frames,
+        fps=round(fps, 6),
+        height=bucket_height,
+        width=bucket_width,
+        time_stretch=round(fps / target_fps, 6),
+    )
 
 
 def display_aspect_ratio(row: dict) -> float:

@@ -26,6 +26,7 @@ PLAN_FIELDS = [
     ("frame_count", pa.int64()),
     ("plan_num_frames", pa.int32()),
     ("plan_fps", pa.float64()),
+    ("plan_time_stretch", pa.float64()),  # plan_fps over frames.fps: 1.0 unless short_clip is stretch
     ("plan_height", pa.int32()),
     ("plan_width", pa.int32()),
     ("filename", pa.string()),
@@ -159,6 +160,7 @@ def _acceptance(record: dict, probe_cfg: Mapping, frames_cfg: Mapping) -> tuple[
         "frame_count": record["num_frames"],
         "plan_num_frames": plan.num_frames,
         "plan_fps": plan.fps,
+        "plan_time_stretch": plan.time_stretch,
         "plan_height": plan.height,
         "plan_width": plan.width,
         "filename": record["key"],

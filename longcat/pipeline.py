@@ -1,10 +1,13 @@
 """Text-to-video sampling with LongCat-Video: flow matching, Euler steps, CFG-Zero* guidance.
 
-The schedule and the update follow the reference pipeline: sigmas `linspace(1, 0.001, N)` shifted by the
-scheduler's `shift` and ending at 0, DiT timestep `1000·σ`, and an Euler step on the negated model output
-(the DiT predicts `x0 − noise`). Latents live normalised by the VAE's `latents_mean`/`latents_std` and are
-denormalised just before decoding. With a conditioning video, its leading latent frames stay clean
-(timestep 0, `num_cond_latents`) and only the frames after them are denoised.
+The schedule, the update, the guidance, the latent normalisation and the caption padding come from
+`longcat.flow`, the definitions training uses too: sigmas `linspace(1, 0.001, N)` shifted by the
+scheduler's `shift` and ending at 0, DiT timestep `1000·σ`, an Euler step on the negated model output (the
+DiT predicts `x0 − noise`), CFG-Zero* over the whole latent. Latents live normalised by the VAE's
+`latents_mean`/`latents_std` and are denormalised just before decoding. With a conditioning video, the
+latents of its last `num_cond_frames` frames lead the sample, stay clean (timestep 0, `num_cond_latents`)
+and only the frames after them are denoised, as the official pipeline does for image-to-video and video
+continuation.
 """
 
 from __future__ import annotations
@@ -23,58 +26,20 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
+from longcat.flow import (
+    cfg_zero_star,
+    denormalize_latents,
+    euler_step,
+    normalize_latents,
+    sampling_sigmas,
+    timesteps,
+)
 from longcat.model import LongCatVideoTransformer3DModel
 from longcat.text import encode_prompts
 
 logger = logging.getLogger(__name__)
 
-SIGMA_MIN = 0.001
-NUM_TRAIN_TIMESTEPS = 1000
 PATCH_SIZE = 2
-
-
-def flow_sigmas(num_steps: int, shift: float) -> torch.Tensor:
-    """`num_steps` shifted sigmas from 1 down to shift(0.001), plus the terminal 0 (float32, length N+1)."""
-    if num_steps < 1:
-        raise ValueError(f"num_inference_steps: expected at least 1, found {num_steps}")
-    sigmas = torch.linspace(1.0, SIGMA_MIN, num_steps, dtype=torch.float32)
-    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
-    return torch.cat([sigmas, sigmas.new_zeros(1)])
-
-
-def cfg_zero_star(cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """CFG-Zero*: scale the unconditional prediction by `st = <cond, uncond> / ||uncond||²` per sample."""
-    batch = cond.shape[0]
-    cond_flat = cond.reshape(batch, -1).float()
-    uncond_flat = uncond.reshape(batch, -1).float()
-    st = (cond_flat * uncond_flat).sum(dim=1) / (uncond_flat.square().sum(dim=1) + 1e-8)
-    st = st.view(batch, *([1] * (cond.ndim - 1)))
-    uncond_scaled = uncond.float() * st
-    return uncond_scaled + guidance_scale * (cond.float() - uncond_scaled)
-
-
-def euler_step(latents: torch.Tensor, model_output: torch.Tensor, sigma: float, sigma_next: float):
-    """One Euler step of the flow ODE; the DiT's `x0 − noise` output is negated into the velocity."""
-    return latents + (sigma_next - sigma) * (-model_output)
-
-
-def _latent_stats(vae_config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (1, vae_config.z_dim, 1, 1, 1)
-    mean = torch.tensor(vae_config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
-    std = torch.tensor(vae_config.latents_std, device=like.device, dtype=like.dtype).view(shape)
-    return mean, std
-
-
-def normalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
-    """VAE latents to the DiT's space: `(z − mean) / std` per channel."""
-    mean, std = _latent_stats(vae_config, latents)
-    return (latents - mean) / std
-
-
-def denormalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
-    """The DiT's latents back to the VAE's space: `z·std + mean` per channel."""
-    mean, std = _latent_stats(vae_config, latents)
-    return latents * std + mean
 
 
 def denoise(
@@ -104,9 +69,7 @@ def denoise(
     model_batch = 2 * batch if guided else batch
     for index in range(len(sigmas) - 1):
         sigma, sigma_next = float(sigmas[index]), float(sigmas[index + 1])
-        timestep = torch.full(
-            (model_batch, num_latent_frames), NUM_TRAIN_TIMESTEPS * sigma, device=latents.device
-        )
+        timestep = timesteps(torch.full((model_batch, num_latent_frames), sigma, device=latents.device))
         timestep[:, :num_cond_latents] = 0
         model_input = torch.cat([latents, latents]) if guided else latents
         prediction = dit(
@@ -116,14 +79,13 @@ def denoise(
             encoder_attention_mask=text_mask,
             num_cond_latents=num_cond_latents,
         ).float()
-        prediction = prediction[:, :, num_cond_latents:]
         if guided:
+            # CFG-Zero*'s scale is taken over the whole latent, conditioning frames included (official).
             uncond, cond = prediction.chunk(2)
             prediction = cfg_zero_star(cond, uncond, guidance_scale)
         noisy = latents[:, :, num_cond_latents:]
-        latents = torch.cat(
-            [latents[:, :, :num_cond_latents], euler_step(noisy, prediction, sigma, sigma_next)], 2
-        )
+        stepped = euler_step(noisy, prediction[:, :, num_cond_latents:], sigma, sigma_next)
+        latents = torch.cat([latents[:, :, :num_cond_latents], stepped], 2)
         if progress is not None:
             progress(1)
     return latents
@@ -194,6 +156,29 @@ class LongCatVideoPipeline(DiffusionPipeline):
         device = self._execution_device
         return embeddings.padded.to(device=device, dtype=dtype), embeddings.mask.to(device)
 
+    def encode_prompt(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = "",
+        max_sequence_length: int = 512,
+        dtype: torch.dtype | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What the DiT receives for the captions: `(text, mask, negative_text, negative_mask)`, text
+        `[B, 1, max_sequence_length, C]` in `dtype` (the DiT's by default) and masks `[B, L]`; the
+        negative pair is None when `negative_prompt` is None (no guidance)."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        dtype = dtype or self.dit.dtype
+        text, mask = self._encode_text(prompts, max_sequence_length, dtype)
+        if negative_prompt is None:
+            return text, mask, None, None
+        negatives = (
+            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        )
+        if len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt: expected {len(prompts)} prompts, found {len(negatives)}")
+        negative_text, negative_mask = self._encode_text(negatives, max_sequence_length, dtype)
+        return text, mask, negative_text, negative_mask
+
     def _encode_video(self, video: torch.Tensor, generator) -> torch.Tensor:
         pixels = (video.to(device=self._execution_device, dtype=self.vae.dtype) * 2 - 1).clamp(-1, 1)
         latents = self.vae.encode(pixels).latent_dist.sample(generator)
@@ -219,27 +204,22 @@ class LongCatVideoPipeline(DiffusionPipeline):
     ):
         """Sample videos for `prompt`.
 
-        `video` (optional, `[B, 3, F, H, W]` or `[3, F, H, W]` in [0, 1]) conditions the sample on its first
-        `num_cond_frames` frames (4k+1; all of them by default), kept clean as the reference does for image-
-        to-video (1 frame) and video continuation. `latents` replaces the initial noise (normalised space).
+        `video` (optional, `[B, 3, F, H, W]` or `[3, F, H, W]` in [0, 1]) conditions the sample on its last
+        `num_cond_frames` frames (4k+1; all of them by default), which lead the sample and stay clean, as
+        the reference does for image-to-video (1 frame) and video continuation. `latents` replaces the
+        initial noise (normalised space).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negatives = (
-            [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
-        )
-        if len(negatives) != len(prompts):
-            raise ValueError(f"negative_prompt: expected {len(prompts)} prompts, found {len(negatives)}")
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type: expected one of np, pt, latent, found {output_type!r}")
         self._check_size(num_frames, height, width)
         device = self._execution_device
         model_dtype = self.dit.dtype
 
-        text, text_mask = self._encode_text(prompts, max_sequence_length, model_dtype)
         guided = guidance_scale > 1.0
-        negative_text = negative_mask = None
-        if guided:
-            negative_text, negative_mask = self._encode_text(negatives, max_sequence_length, model_dtype)
+        text, text_mask, negative_text, negative_mask = self.encode_prompt(
+            prompts, (negative_prompt or "") if guided else None, max_sequence_length, model_dtype
+        )
 
         shape = (
             len(prompts),
@@ -273,12 +253,12 @@ class LongCatVideoPipeline(DiffusionPipeline):
                     f"video: expected [1 or {len(prompts)}, 3, F, {height}, {width}], "
                     f"found {list(video.shape)}"
                 )
-            cond = self._encode_video(video[:, :, :num_cond_frames], generator)
+            cond = self._encode_video(video[:, :, video.shape[2] - num_cond_frames :], generator)
             num_cond_latents = cond.shape[2]
             cond = cond.expand(len(prompts), -1, -1, -1, -1)
             latents = torch.cat([cond, latents[:, :, num_cond_latents:]], dim=2)
 
-        sigmas = flow_sigmas(num_inference_steps, float(self.scheduler.config.shift))
+        sigmas = sampling_sigmas(num_inference_steps, float(self.scheduler.config.shift))
         with self.progress_bar(total=num_inference_steps) as bar:
             latents = denoise(
                 self.dit,

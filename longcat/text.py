@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import ftfy
 import torch
 
+from longcat.flow import pad_captions
+
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -29,34 +31,13 @@ class PromptEmbeddings:
     """Text embeddings in both forms the project uses.
 
     `unpadded[i]` is `[L_i, C]`: the caption's real tokens, end-of-sequence included (what caches store).
-    `padded` is `[B, 1, max_tokens, C]` with `mask` `[B, max_tokens]` (what the DiT takes); pads are zero.
+    `padded` is `[B, 1, max_tokens, C]` with `mask` `[B, max_tokens]` (what the DiT takes; see
+    `longcat.flow.pad_captions`, which the training loader calls on the cached `unpadded` ones).
     """
 
     unpadded: list[torch.Tensor]
     padded: torch.Tensor
     mask: torch.Tensor
-
-
-def pad_embeddings(unpadded: Sequence[torch.Tensor], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack `[L_i, C]` embeddings into the DiT's `[B, 1, max_tokens, C]` input and `[B, max_tokens]` mask."""
-    if not unpadded:
-        raise ValueError("pad_embeddings: expected at least one embedding, found none")
-    channels = unpadded[0].shape[-1]
-    padded = unpadded[0].new_zeros(len(unpadded), 1, max_tokens, channels)
-    mask = torch.zeros(len(unpadded), max_tokens, dtype=torch.long, device=unpadded[0].device)
-    for row, embedding in enumerate(unpadded):
-        if embedding.ndim != 2 or embedding.shape[-1] != channels:
-            raise ValueError(
-                f"pad_embeddings: row {row}: expected an embedding [L, {channels}], "
-                f"found {list(embedding.shape)}"
-            )
-        if embedding.shape[0] > max_tokens:
-            raise ValueError(
-                f"pad_embeddings: row {row}: {embedding.shape[0]} tokens exceed max_tokens={max_tokens}"
-            )
-        padded[row, 0, : embedding.shape[0]] = embedding
-        mask[row, : embedding.shape[0]] = 1
-    return padded, mask
 
 
 @torch.no_grad()
@@ -81,7 +62,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_tokens: 
     device = text_encoder.device
     mask = tokens.attention_mask.to(device)
     hidden = text_encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
-    hidden = hidden * mask.unsqueeze(-1).to(hidden.dtype)
     lengths = mask.sum(dim=1).tolist()
     unpadded = [hidden[row, :length].clone() for row, length in enumerate(lengths)]
-    return PromptEmbeddings(unpadded=unpadded, padded=hidden.unsqueeze(1), mask=mask)
+    padded, padded_mask = pad_captions(unpadded, max_tokens)
+    return PromptEmbeddings(unpadded=unpadded, padded=padded, mask=padded_mask)

@@ -77,9 +77,12 @@ rule export_checkpoint:
         "../envs/gpu.yaml"
     params:
         checkpoint=lambda wildcards, input: os.path.dirname(input.checkpoint),
+        flow_shift=(
+            "" if TRAIN.flow_shift is None else f"--flow-shift {TRAIN.flow_shift}"
+        ),
     shell:
         "python -m longcat.train.export --checkpoint {params.checkpoint}"
-        " --base-model {input.base_model} --out {output} > {log} 2>&1"
+        " --base-model {input.base_model} --out {output} {params.flow_shift} > {log} 2>&1"
 
 
 rule export:

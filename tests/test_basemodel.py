@@ -25,8 +25,9 @@ from longcat.basemodel import (
     resolve,
     write_tiny_base_model,
 )
+from longcat.flow import pad_captions
 from longcat.model import LongCatVideoTransformer3DModel
-from longcat.text import encode_prompts, pad_embeddings, prompt_clean
+from longcat.text import encode_prompts, prompt_clean
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"seed": 0, "hidden_size": 64, "depth": 2, "num_heads": 4, "text_dim": 32, "adaln_tembed_dim": 32}
@@ -209,7 +210,7 @@ def test_encode_prompts_gives_unpadded_and_padded_forms(components):
     assert embeddings.padded.shape == (3, 1, 24, 32) and embeddings.mask.shape == (3, 24)
     assert embeddings.mask.sum(dim=1).tolist() == lengths
     assert tokenizer(prompts[:1], max_length=24, truncation=True).input_ids[0][-1] == tokenizer.eos_token_id
-    padded, mask = pad_embeddings(embeddings.unpadded, 24)
+    padded, mask = pad_captions(embeddings.unpadded, 24)
     torch.testing.assert_close(padded, embeddings.padded)
     assert torch.equal(mask, embeddings.mask)
 
@@ -221,11 +222,11 @@ def test_encode_prompts_gives_unpadded_and_padded_forms(components):
     assert truncated.unpadded[0].shape == (4, 32)
 
 
-def test_pad_embeddings_names_the_bad_row():
+def test_pad_captions_names_the_bad_row():
     with pytest.raises(ValueError, match="row 1: 5 tokens exceed max_tokens=4"):
-        pad_embeddings([torch.zeros(2, 8), torch.zeros(5, 8)], 4)
+        pad_captions([torch.zeros(2, 8), torch.zeros(5, 8)], 4)
     with pytest.raises(ValueError, match=r"row 1: expected an embedding \[L, 8\]"):
-        pad_embeddings([torch.zeros(2, 8), torch.zeros(2, 6)], 4)
+        pad_captions([torch.zeros(2, 8), torch.zeros(2, 6)], 4)
     with pytest.raises(TypeError, match="single string"):
         encode_prompts(None, None, "a prompt", 8)
 

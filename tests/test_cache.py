@@ -26,9 +26,12 @@ from longcat.cache import (
     vae_cache_spec,
     write_spec,
 )
-from longcat.encoders import normalise_latents, run_empty_text, run_text_shard, run_vae_shard
+from longcat.encoders import run_empty_text, run_text_shard, run_vae_shard
+from longcat.flow import normalize_latents
 from longcat.frames import decode_clip, frame_plan
+from longcat.pipeline import LongCatVideoPipeline
 from longcat.text import encode_prompts
+from longcat.train.data import BatchItem, CacheBatches
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -38,7 +41,7 @@ CLIPS = [
     ("land", "160x90", 2.0),
     ("port", "90x160", 2.0),
     ("square", "100x96", 1.5),
-    ("short", "160x90", 0.4),
+    ("short", "160x90", 0.8),  # holds 9 frames at 15 fps (0.6 s), not 17 (1.13 s)
 ]
 
 
@@ -189,6 +192,7 @@ def test_index_records_every_sample_with_status_and_reason(built):
     assert by_id["port.mp4"]["latent_shape"] == [16, 5, 14, 8]
     assert by_id["square.mp4"]["latent_shape"] == [16, 5, 10, 10]
     assert by_id["short.mp4"]["num_frames"] == 9 and by_id["short.mp4"]["latent_shape"] == [16, 3, 8, 14]
+    assert by_id["short.mp4"]["fps"] == 15.0  # sampled at frames.fps, not stretched to fill 17 frames
 
     text_index = {
         row["sample_id"]: row for row in pq.read_table(text_dir / "shard-00000.index.parquet").to_pylist()
@@ -218,7 +222,7 @@ def test_latents_equal_a_direct_normalised_vae_encode(built, base_model):
     cached = reader.latent("port.mp4")
     assert cached.dtype == torch.float32 and cached.shape == (16, 5, 14, 8)
     torch.testing.assert_close(cached, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(normalise_latents(raw, vae)[0], expected)
+    torch.testing.assert_close(normalize_latents(raw, vae.config)[0], expected)
 
 
 def test_text_embeddings_are_unpadded_and_match_the_encoder(built, base_model):
@@ -236,6 +240,34 @@ def test_text_embeddings_are_unpadded_and_match_the_encoder(built, base_model):
     torch.testing.assert_close(reader.empty_text(), empty)
     with pytest.raises(KeyError, match="broken.mp4"):
         reader.latent("broken.mp4")
+
+
+def test_training_captions_reach_the_dit_as_the_pipeline_hands_them(built, base_model):
+    """Train = infer: the loader's caption tensors and mask equal the pipeline's, dropped caption included.
+
+    The official DiT attends to zero-padded caption positions (`text_tokens_zero_pad`), so the pad count
+    is part of the input: both sides pad to the text cache's max_tokens.
+    """
+    config, rows, vae_dir, text_dir = built
+    reader = CacheReader(vae_dir, text_dir)
+    max_tokens = config["cache"]["max_tokens"]
+    assert reader.max_tokens == max_tokens
+    pipe = LongCatVideoPipeline(**load_components(base_model))
+    ids = [sample.sample_id for sample in reader.samples]
+    captions = {row["key"]: row["caption"] for row in rows}
+    batches = CacheBatches(reader)
+    for index, sample_id in enumerate(ids):
+        batch = batches[[BatchItem(index, False), BatchItem(index, True)]]
+        text, mask, negative, negative_mask = pipe.encode_prompt(
+            captions[sample_id], "", max_sequence_length=max_tokens, dtype=torch.float32
+        )
+        assert batch["text_states"].shape == (2, 1, max_tokens, 32)
+        assert batch["text_mask"].shape == (2, max_tokens)
+        assert batch["text_states"].dtype == text.dtype and batch["text_mask"].dtype == mask.dtype
+        torch.testing.assert_close(batch["text_states"][:1], text, rtol=0, atol=0)
+        assert torch.equal(batch["text_mask"][:1], mask)
+        torch.testing.assert_close(batch["text_states"][1:], negative, rtol=0, atol=0)
+        assert torch.equal(batch["text_mask"][1:], negative_mask)
 
 
 def test_bfloat16_cache(tmp_path, base_model, clips):

@@ -1,12 +1,22 @@
 """Frame plans, resolution buckets and ffmpeg decoding, on real clips made with ffmpeg."""
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from conftest import make_clip as make_h264_clip
 
 from longcat.buckets import closest_bucket, default_buckets, resolution_buckets
+from longcat.config import load_config
 from longcat.frames import ClipRejected, FramePlan, decode_clip, frame_counts, frame_plan
+from longcat.metadata import merge_metadata
+from longcat.probe import PROBE_SCHEMA, probe_video
+from longcat.source import LocalSource
+
+REPO = Path(__file__).resolve().parent.parent
 
 FRAMES = {"num_frames": 17, "fps": 15, "frame_buckets": [17, 9], "short_clip": "fallback", "resolution": 64}
 FRAMES["buckets"] = [[64, 112], [112, 64], [80, 80]]
@@ -32,18 +42,21 @@ def test_long_clip_is_sampled_at_the_target_rate():
     assert plan == FramePlan(num_frames=17, fps=15.0, height=64, width=112)
 
 
-def test_short_clip_is_sampled_evenly_across_its_length():
-    # 17 frames at 15 fps need 1.13 s; a 1 s clip at 30 fps is spread over its whole length.
+def test_short_clip_keeps_the_target_rate_in_a_smaller_bucket():
+    # 17 frames at 15 fps need 1.13 s: a 1 s clip at 30 fps is not stretched to fill them, it holds 9.
     plan = frame_plan(row(frame_count=30, duration=1.0), FRAMES)
-    assert plan.num_frames == 17 and plan.fps == pytest.approx(17.0)
+    assert (plan.num_frames, plan.fps, plan.time_stretch) == (9, 15.0, 1.0)
 
 
-def test_clip_with_too_few_frames_falls_to_a_frame_bucket_or_is_rejected():
-    assert frame_plan(row(frame_count=12, duration=0.4), FRAMES).num_frames == 9
-    with pytest.raises(ClipRejected, match="short_clip: reject"):
-        frame_plan(row(frame_count=12, duration=0.4), {**FRAMES, "short_clip": "reject"})
-    with pytest.raises(ClipRejected, match="smallest frame bucket 9"):
-        frame_plan(row(frame_count=5, duration=0.2), FRAMES)
+def test_clip_too_short_falls_to_a_frame_bucket_or_is_rejected():
+    assert frame_plan(row(frame_count=24, duration=0.8), FRAMES).num_frames == 9
+    with pytest.raises(ClipRejected, match="17 frames at 15 fps need 1.133 s .*short_clip: reject"):
+        frame_plan(row(frame_count=24, duration=0.8), {**FRAMES, "short_clip": "reject"})
+    # 9 frames at 15 fps need 0.6 s, which a 0.5 s clip does not hold, whatever its frame count.
+    with pytest.raises(
+        ClipRejected, match=r"0.500 s at 30 fps is too short: 9 frames .* smallest frame bucket"
+    ):
+        frame_plan(row(frame_count=15, duration=0.5), FRAMES)
 
 
 def test_frame_counts_must_be_4k_plus_1():
@@ -141,3 +154,132 @@ def test_clip_shorter_than_its_metadata_is_rejected(tmp_path):
     clip = make_clip(tmp_path / "short.mp4", seconds=0.5)
     with pytest.raises(ClipRejected, match="decoded .* frames, the plan needs 17"):
         decode_clip(str(clip), FramePlan(17, 15.0, 64, 112))
+
+
+# ---------------------------------------------------------------- the real job's frame settings on real clips
+
+
+@pytest.fixture(scope="module")
+def real_frames():
+    """The real job's frame settings (93 frames, buckets [93, 73, 49], 15 fps, schema defaults filled in),
+    with one tiny resolution bucket so the clips stay small."""
+    frames = load_config(REPO / "config" / "longcat-13b.yaml")["frames"]
+    assert (frames["num_frames"], frames["frame_buckets"], frames["fps"]) == (93, [93, 73, 49], 15)
+    assert frames["short_clip"] == "fallback"
+    return {**frames, "buckets": [[48, 64]]}
+
+
+SECONDS = (3.5, 5.0, 6.2, 10.0)
+RATES = (24, 25, 30, 60)
+# The largest bucket a clip holds at 15 fps: N frames need N/15 s (49: 3.27 s, 73: 4.87 s, 93: 6.2 s).
+EXPECTED_BUCKET = {3.5: 49, 5.0: 73, 6.2: 93, 10.0: 93}
+
+
+@pytest.fixture(scope="module")
+def probed_clips(tmp_path_factory):
+    """64x48 H.264 clips of each length and rate, and one variable-rate clip (30 fps for 2 s, then 10 fps
+    to 5 s), with the probe's columns: {name: (path, probe row)}."""
+    directory = tmp_path_factory.mktemp("rates")
+    for seconds in SECONDS:
+        for rate in RATES:
+            make_h264_clip(
+                directory / f"{seconds}s-{rate}fps.mp4", width=64, height=48, rate=rate, seconds=seconds
+            )
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi"]
+        + ["-i", "testsrc2=size=64x48:rate=30:duration=5", "-vf", r"select='lt(t\,2)+not(mod(n\,3))'"]
+        + ["-vsync", "vfr", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+        + [str(directory / "vfr.mp4")],
+        check=True,
+    )
+    source = LocalSource(directory)
+    clips = {}
+    for path in sorted(directory.glob("*.mp4")):
+        columns, _ = probe_video(source, path.name, path.stat().st_size)
+        clips[path.name] = (path, {**columns, "key": path.name, "frame_count": columns["num_frames"]})
+    return clips
+
+
+def test_real_clips_take_the_largest_bucket_they_hold_at_exactly_15_fps(probed_clips, real_frames):
+    for seconds in SECONDS:
+        for rate in RATES:
+            _, probed = probed_clips[f"{seconds}s-{rate}fps.mp4"]
+            plan = frame_plan(probed, real_frames)
+            assert (plan.num_frames, plan.fps, plan.time_stretch) == (EXPECTED_BUCKET[seconds], 15.0, 1.0), (
+                f"{seconds} s at {rate} fps (probed {probed['duration']} s)"
+            )
+    _, vfr = probed_clips["vfr.mp4"]
+    assert vfr["fps"] != vfr["fps_real"]  # the average rate is not the stream's nominal rate
+    assert frame_plan(vfr, real_frames) == FramePlan(73, 15.0, 48, 64, 1.0)
+
+
+def test_planned_frames_arrive_at_real_time(probed_clips, real_frames):
+    # A 5 s clip at 30 fps holds 73 frames at 15 fps: every second source frame, not a stretched pick.
+    path, probed = probed_clips["5.0s-30fps.mp4"]
+    plan = frame_plan(probed, real_frames)
+    frames = decode_clip(str(path), plan)
+    assert frames.shape == (73, 48, 64, 3)
+    every_source_frame = decode_clip(str(path), FramePlan(146, 30.0, 48, 64))
+    np.testing.assert_array_equal(frames, every_source_frame[::2])
+    # Clips of exactly 6.2 s (and the variable-rate one) decode to the full plan too.
+    for name in [f"6.2s-{rate}fps.mp4" for rate in RATES] + ["vfr.mp4"]:
+        path, probed = probed_clips[name]
+        plan = frame_plan(probed, real_frames)
+        assert decode_clip(str(path), plan).shape[0] == plan.num_frames, name
+
+
+def test_stretch_is_opt_in_limited_and_recorded(real_frames):
+    stretch = {**real_frames, "short_clip": "stretch", "max_stretch": 1.25}
+    five_seconds = row(fps=30.0, frame_count=150, duration=5.0, width=64, height=48)
+    assert frame_plan(five_seconds, real_frames).time_stretch == 1.0
+    # 93 frames over 5 s: 18.6 fps, 1.24x faster than real time, within 1.25.
+    plan = frame_plan(five_seconds, stretch)
+    assert (plan.num_frames, plan.fps, plan.time_stretch) == (93, 18.6, 1.24)
+    # With at most 1.2x, 93 frames would need 5.17 s: the clip fills 73 at 15 fps instead.
+    plan = frame_plan(five_seconds, {**stretch, "max_stretch": 1.2})
+    assert (plan.num_frames, plan.fps, plan.time_stretch) == (73, 15.0, 1.0)
+    # 3 s holds no bucket at 15 fps; 49 frames over 3 s are 16.33 fps (1.09x).
+    plan = frame_plan(row(fps=30.0, frame_count=90, duration=3.0), stretch)
+    assert (plan.num_frames, plan.time_stretch) == (49, pytest.approx(49 / 3 / 15, abs=1e-6))
+    assert plan.fps * 3.0 == pytest.approx(49)
+    # Never faster than the source's own frames: a 16 fps source stretches at most 16/15.
+    with pytest.raises(ClipRejected, match="too short"):
+        frame_plan(row(fps=16.0, frame_count=48, duration=3.0), stretch)
+    # A 10 fps source is never stretched: it is sampled at 15 fps (ffmpeg repeats frames).
+    plan = frame_plan(row(fps=10.0, frame_count=50, duration=5.0), stretch)
+    assert (plan.num_frames, plan.fps, plan.time_stretch) == (73, 15.0, 1.0)
+
+
+def test_too_short_clip_is_a_recorded_reject_and_stretch_is_a_metadata_column(tmp_path, real_frames):
+    clips = tmp_path / "clips"
+    for name, seconds in (("long", 5.0), ("short", 3.0)):
+        make_h264_clip(clips / f"{name}.mp4", width=64, height=48, rate=30, seconds=seconds)
+    source = LocalSource(clips)
+    records = []
+    for name in ("long.mp4", "short.mp4"):
+        columns, probe_bytes = probe_video(source, name, (clips / name).stat().st_size)
+        records.append(
+            {"key": name, "etag": name, "size": (clips / name).stat().st_size, "caption": "a test card"}
+            | columns
+            | {"probe_bytes": probe_bytes}
+        )
+    manifest, part = tmp_path / "manifest.parquet", tmp_path / "part-000.parquet"
+    pq.write_table(pa.table({"key": [record["key"] for record in records]}), manifest)
+    pq.write_table(pa.Table.from_pylist(records, schema=PROBE_SCHEMA), part)
+    probe_cfg = {"min_width": 16, "min_height": 16}
+
+    def merge(frames_cfg):
+        outputs = (tmp_path / "metadata.parquet", tmp_path / "rejected.parquet")
+        tables = merge_metadata(manifest, [part], probe_cfg, frames_cfg, *outputs)
+        return [{row["key"]: row for row in table.to_pylist()} for table in tables]
+
+    accepted, rejected = merge(real_frames)
+    assert (accepted["long.mp4"]["plan_num_frames"], accepted["long.mp4"]["plan_fps"]) == (73, 15.0)
+    assert accepted["long.mp4"]["plan_time_stretch"] == 1.0
+    assert rejected["short.mp4"]["reason"] == "too_short"
+    assert "49 frames at 15 fps need 3.267 s" in rejected["short.mp4"]["detail"]
+
+    accepted, rejected = merge({**real_frames, "short_clip": "stretch"})
+    assert not rejected and accepted["long.mp4"]["plan_time_stretch"] == pytest.approx(1.24)
+    assert accepted["short.mp4"]["plan_num_frames"] == 49
+    assert accepted["short.mp4"]["plan_time_stretch"] == pytest.approx(49 / 3 / 15, abs=1e-6)

@@ -9,15 +9,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from longcat.basemodel import load_components
-from longcat.pipeline import (
-    LongCatVideoPipeline,
-    cfg_zero_star,
-    denoise,
-    flow_sigmas,
-    normalize_latents,
-    render_samples,
-    sample_settings,
-)
+from longcat.flow import cfg_zero_star, normalize_latents, sampling_sigmas
+from longcat.pipeline import LongCatVideoPipeline, denoise, render_samples, sample_settings
 from longcat.video_io import write_mp4
 
 
@@ -26,8 +19,8 @@ def pipe(tiny_base_model):
     return LongCatVideoPipeline(**load_components(tiny_base_model))
 
 
-def test_flow_sigmas_are_the_shifted_linspace_ending_at_zero():
-    sigmas = flow_sigmas(5, shift=12.0)
+def test_sampling_sigmas_are_the_shifted_linspace_ending_at_zero():
+    sigmas = sampling_sigmas(5, shift=12.0)
     base = np.linspace(1.0, 0.001, 5)
     expected = np.append(12.0 * base / (1 + 11.0 * base), 0.0)
     np.testing.assert_allclose(sigmas.numpy(), expected, rtol=1e-6)
@@ -71,7 +64,7 @@ def test_euler_trajectory_matches_hand_computation():
     start = torch.randn(1, 16, 3, 2, 2, generator=torch.Generator().manual_seed(0))
     text = torch.zeros(1, 1, 4, 8)
     mask = torch.ones(1, 4, dtype=torch.long)
-    sigmas = flow_sigmas(4, shift=3.0)
+    sigmas = sampling_sigmas(4, shift=3.0)
 
     result = denoise(model, start, sigmas, text, mask)
 
@@ -90,7 +83,7 @@ def test_guided_denoise_batches_negative_first_and_keeps_condition_frames_clean(
     text = torch.full((1, 1, 4, 8), 1.0)
     negative = torch.full((1, 1, 4, 8), -1.0)
     mask = torch.ones(1, 4, dtype=torch.long)
-    sigmas = flow_sigmas(3, shift=12.0)
+    sigmas = sampling_sigmas(3, shift=12.0)
 
     result = denoise(model, start, sigmas, text, mask, negative, mask, guidance_scale=4.0, num_cond_latents=1)
 
@@ -99,8 +92,9 @@ def test_guided_denoise_batches_negative_first_and_keeps_condition_frames_clean(
         timestep = torch.full((1, 1, 3, 1, 1), float(sigma), dtype=torch.float64)
         timestep[:, :, :1] = 0
         base = model.a * expected + model.b * timestep
-        guided = cfg_zero_star((base + 1.0)[:, :, 1:], (base - 1.0)[:, :, 1:], 4.0).double()
-        expected[:, :, 1:] = expected[:, :, 1:] + (sigma_next - sigma) * (-guided)
+        # The guidance scale is taken over the whole latent, conditioning frame included (official).
+        guided = cfg_zero_star(base + 1.0, base - 1.0, 4.0).double()
+        expected[:, :, 1:] = expected[:, :, 1:] + (sigma_next - sigma) * (-guided[:, :, 1:])
     torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result[:, :, :1], start[:, :, :1])
     for hidden_states, timestep, num_cond_latents in model.calls:
@@ -153,7 +147,7 @@ def test_pipeline_is_deterministic_for_a_seed(pipe):
     assert not torch.equal(sample(3), sample(4))
 
 
-def test_conditioning_video_keeps_its_latents(pipe):
+def test_conditioning_video_keeps_the_latents_of_its_last_frames(pipe):
     video = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(2))
     generator = torch.Generator().manual_seed(5)
     latents = pipe(
@@ -171,7 +165,8 @@ def test_conditioning_video_keeps_its_latents(pipe):
     # Noise is drawn first, then the VAE samples the condition latent from the same generator.
     replay = torch.Generator().manual_seed(5)
     torch.randn(latents.shape, generator=replay)
-    encoded = pipe.vae.encode(video[:, :, :1] * 2 - 1).latent_dist.sample(replay)
+    # Continuation conditions on the video's last frames (official `prepare_latents`).
+    encoded = pipe.vae.encode(video[:, :, -1:] * 2 - 1).latent_dist.sample(replay)
     torch.testing.assert_close(latents[:, :, :1], normalize_latents(encoded, pipe.vae.config))
 
 

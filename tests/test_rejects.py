@@ -75,6 +75,7 @@ def test_each_reject_kind_is_recorded_and_good_clips_pass(tmp_path):
     for row in metadata:
         assert row["filename"] == row["key"] and row["num_frames"] == row["frame_count"] == 18
         assert row["plan_num_frames"] == 17 and row["width"] == row["height"] == 64
+        assert row["plan_fps"] == 15.0 and row["plan_time_stretch"] == 1.0
 
 
 def test_corrupted_indexes_become_records_not_crashes(tmp_path):

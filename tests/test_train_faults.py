@@ -95,7 +95,9 @@ def write_cache(root: Path) -> tuple[Path, Path]:
     memory = MemoryCache()
     dirs = []
     for kind, schema in (("vae", VAE_INDEX_SCHEMA), ("text", TEXT_INDEX_SCHEMA)):
-        spec = {"kind": kind, "test": "faults"}
+        spec = {"kind": kind, "test": "faults"} | (
+            {"max_tokens": memory.max_tokens} if kind == "text" else {}
+        )
         directory = root / kind / cache_key(spec)
         directory.mkdir(parents=True)
         write_spec(directory / "spec.json", spec)

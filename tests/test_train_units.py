@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from longcat.flow import noise_latents, sampling_sigmas, shift_sigmas, training_sigmas
 from longcat.train.config import TrainConfig, TrainConfigError
 from longcat.train.data import BucketedSampler
 from longcat.train.estimate import dit_parameter_counts, estimate_run, latent_shape_for
-from longcat.train.objective import make_flow_batch, per_sample_loss, sample_sigmas, shift_sigmas
+from longcat.train.objective import per_sample_loss
 from longcat.train.parallelize import analytic_rank_numel, checkpointed_block_indices
 from longcat.train.schedule import lr_factor
 
@@ -77,13 +78,13 @@ def test_flow_batch_matches_longcat_convention():
     latents = torch.randn(2, 16, 3, 4, 4)
     noise = torch.randn_like(latents)
     sigmas = torch.tensor([0.25, 0.75])
-    batch = make_flow_batch(latents, sigmas, noise)
+    batch = noise_latents(latents, sigmas, noise)
     torch.testing.assert_close(batch.noisy[1], 0.25 * latents[1] + 0.75 * noise[1])
     torch.testing.assert_close(batch.target, latents - noise)
     torch.testing.assert_close(batch.timestep, torch.tensor([250.0, 750.0]))
     assert per_sample_loss(batch.target, batch).abs().max() == 0
 
-    conditioned = make_flow_batch(latents, sigmas, noise, num_cond_latents=1)
+    conditioned = noise_latents(latents, sigmas, noise, num_cond_latents=1)
     torch.testing.assert_close(conditioned.noisy[:, :, 0], latents[:, :, 0])
     assert conditioned.timestep.shape == (2, 3) and (conditioned.timestep[:, 0] == 0).all()
     wrong_on_clean_frame = conditioned.target.clone()
@@ -93,13 +94,30 @@ def test_flow_batch_matches_longcat_convention():
 
 def test_sigma_sampling_and_shift():
     generator = torch.Generator().manual_seed(0)
-    sigmas = sample_sigmas(20000, generator, "logit_normal", shift=1.0)
+    sigmas = training_sigmas(20000, generator, "logit_normal", shift=1.0)
     assert 0 < sigmas.min() and sigmas.max() < 1 and abs(sigmas.median().item() - 0.5) < 0.02
-    shifted = sample_sigmas(20000, torch.Generator().manual_seed(0), "logit_normal", shift=12.0)
+    shifted = training_sigmas(20000, torch.Generator().manual_seed(0), "logit_normal", shift=12.0)
     assert abs(shifted.median().item() - 12 * 0.5 / (1 + 11 * 0.5)) < 0.02
     assert shift_sigmas(torch.tensor([0.0, 1.0]), 12.0).tolist() == [0.0, 1.0]
-    uniform = sample_sigmas(20000, generator, "uniform")
+    uniform = training_sigmas(20000, generator, "uniform")
     assert abs(uniform.mean().item() - 0.5) < 0.02
+
+
+def test_default_training_sigmas_visit_where_the_sampler_steps():
+    """The 50-step sampler at shift 12 spends 7.7% of its steps below σ = 0.5; training must too."""
+    assert TrainConfig().sigma_sampling == "uniform"
+    sampler = sampling_sigmas(50, 12.0)[:-1]
+    trained = training_sigmas(
+        200_000, torch.Generator().manual_seed(0), TrainConfig().sigma_sampling, shift=12.0
+    )
+    for threshold in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
+        steps_below = (sampler < threshold).float().mean().item()
+        trained_below = (trained < threshold).float().mean().item()
+        assert abs(trained_below - steps_below) < 0.02, (threshold, trained_below, steps_below)
+    assert 0.001 <= trained.min() and trained.max() <= 1.0
+    # The logit-normal option leaves the low σ almost untrained under the same shift.
+    logit_normal = training_sigmas(200_000, torch.Generator().manual_seed(0), "logit_normal", shift=12.0)
+    assert (logit_normal < 0.5).float().mean().item() < 0.01
 
 
 def test_lr_schedule_warmup_constant_and_cosine():
@@ -145,6 +163,44 @@ def test_parameter_count_and_flops_of_the_published_model():
     # 48 kept self-attention outputs of 37,440 x 4096 bf16 values each, plus their logsumexp.
     extra = selective["memory_gib"]["activations"] - estimate["memory_gib"]["activations"]
     assert 13.5 < extra < 14.0 and selective["fits"]
+
+
+def test_dry_run_estimates_step_time_per_frame_bucket(tmp_path, monkeypatch):
+    from longcat.config import REPO_ROOT, load_config
+    from longcat.train import dry_run
+    from longcat.train.config import RunPaths
+
+    workflow = load_config(REPO_ROOT / "config" / "longcat-13b.yaml")
+    cfg = TrainConfig.from_dict(workflow["train"])
+    paths = RunPaths(tmp_path / "run", tmp_path / "vae", tmp_path / "text", tmp_path / "base_model")
+
+    # No cache yet: each configured frame count in the first resolution bucket, 480x832.
+    report = dry_run.dry_run_report(workflow, cfg, paths)
+    buckets = {bucket["frames"]: bucket for bucket in report["bucket_estimates"]}
+    assert list(buckets) == [93, 73, 49] and report["mean_step_seconds"] is None
+    assert (buckets[93]["latent_shape"], buckets[93]["tokens_per_sample"]) == ([16, 24, 60, 104], 37_440)
+    assert (buckets[73]["latent_shape"], buckets[73]["tokens_per_sample"]) == ([16, 19, 60, 104], 29_640)
+    args = (cfg.world_size, cfg.train_batch_size, cfg.gradient_accumulation_steps)
+    args += (cfg.activation_checkpointing, cfg.activation_checkpointing_every, cfg.cpu_offload, cfg.gpu_type)
+    for frames, bucket in buckets.items():
+        shape = latent_shape_for(frames, 480, 832)
+        expected = estimate_run(FULL["config"], shape, *args, cfg.assumed_mfu)["step_seconds"]
+        assert bucket["step_seconds"] == pytest.approx(expected)
+    assert 0.65 < buckets[73]["step_seconds"] / buckets[93]["step_seconds"] < 0.75
+
+    # With a cache: the histogram of cached shapes, each with its step time, and their mean.
+    cached = {"16x24x60x104": 10, "16x19x60x104": 30}
+    data = {"ready": True, "samples": 40, "failed_samples": 0, "buckets": cached}
+    data |= {"frames": {"93": 10, "73": 30}, "time_stretched_samples": 0}
+    data |= {"optimizer_steps_per_epoch": 5, "epochs": 2.0}
+    monkeypatch.setattr(dry_run, "data_report", lambda *_: data)
+    report = dry_run.dry_run_report(workflow, cfg, paths)
+    step = {bucket["frames"]: bucket["step_seconds"] for bucket in report["bucket_estimates"]}
+    assert [bucket["samples"] for bucket in report["bucket_estimates"]] == [10, 30]
+    assert report["mean_step_seconds"] == pytest.approx((10 * step[93] + 30 * step[73]) / 40)
+    text = dry_run.format_report(report)
+    assert "samples per frame count: 93 frames: 10, 73 frames: 30" in text
+    assert f"bucket 16x19x60x104 (73 frames, 29,640 tokens): 30 samples, {step[73]:.1f} s/step" in text
 
 
 def _fake_rank_numel(world_size: int, rank: int) -> int:

@@ -9,7 +9,8 @@ from typing import Any
 
 import yaml
 
-SIGMA_SAMPLERS = ("logit_normal", "uniform")
+from longcat.flow import SIGMA_SAMPLERS
+
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 ACTIVATION_CHECKPOINTING = ("all", "selective", "every", "off")
 MIXED_PRECISION = ("no", "bf16")
@@ -47,10 +48,10 @@ class TrainConfig:
     validation_every_n_steps: int = 0
     num_validation_videos: int = 1
     caption_dropout: float = 0.1
-    sigma_sampling: str = "logit_normal"
+    sigma_sampling: str = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    flow_shift: float = 12.0
+    flow_shift: float | None = None  # None: the base model scheduler's shift
     conditioned_fraction: float = 0.0
     num_cond_latents: int = 1
     activation_checkpointing: str = "all"
@@ -118,7 +119,7 @@ class TrainConfig:
                 )
         if self.learning_rate <= 0:
             raise TrainConfigError(f"{where}.learning_rate: expected > 0, found {self.learning_rate!r}")
-        if self.flow_shift <= 0:
+        if self.flow_shift is not None and self.flow_shift <= 0:
             raise TrainConfigError(f"{where}.flow_shift: expected > 0, found {self.flow_shift!r}")
         if self.gpus == 0 and self.mixed_precision != "no":
             raise TrainConfigError(

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from longcat.flow import pad_captions
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 60
@@ -39,6 +41,7 @@ class CacheSource(Protocol):
     """What the loader needs from the cache reader (`longcat.cache.CacheReader`)."""
 
     samples: Sequence[CacheSample]
+    max_tokens: int  # the text cache's token limit: captions are padded to it, as sampling pads them
 
     def latent(self, sample_id: str) -> torch.Tensor: ...
 
@@ -100,11 +103,17 @@ class BucketedSampler:
 
 
 class CacheBatches(Dataset):
-    """Turns a batch of indices into model inputs. Runs in the loader's worker processes."""
+    """Turns a batch of indices into model inputs. Runs in the loader's worker processes.
+
+    Captions reach the DiT exactly as the pipeline hands them over at sampling: padded to the text
+    cache's `max_tokens` by `longcat.flow.pad_captions`, and a dropped caption is the empty prompt (the
+    pipeline's unconditional input), padded the same way.
+    """
 
     def __init__(self, source: CacheSource):
         self.source = source
         self.samples = list(source.samples)
+        self.max_tokens = int(source.max_tokens)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,12 +125,7 @@ class CacheBatches(Dataset):
             latents.append(self.source.latent(sample.sample_id).float())
             text = self.source.empty_text() if item.drop_caption else self.source.text(sample.sample_id)
             texts.append(text.float())
-        width = max(max(text.shape[0] for text in texts), 1)
-        text_states = torch.zeros(len(texts), width, texts[0].shape[1])
-        text_mask = torch.zeros(len(texts), width, dtype=torch.long)
-        for row, text in enumerate(texts):
-            text_states[row, : text.shape[0]] = text
-            text_mask[row, : text.shape[0]] = 1
+        text_states, text_mask = pad_captions(texts, self.max_tokens)
         return {
             "latents": torch.stack(latents),
             "text_states": text_states,

@@ -1,4 +1,5 @@
-"""`--dry-run`: check the config and the caches, count samples per bucket, estimate memory and step time."""
+"""`--dry-run`: check the config and the caches, count samples per bucket, estimate memory and step time
+(for the largest shape, and per frame bucket: a 73-frame sample is about 0.7 of a 93-frame step)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from longcat.frames import frame_counts
 from longcat.train.config import RunPaths, TrainConfig
 from longcat.train.data import BucketedSampler
 from longcat.train.estimate import CARDS, estimate_run, latent_shape_for
@@ -39,12 +41,22 @@ def dit_config_for(workflow_config: dict[str, Any], base_model: Path) -> tuple[d
 
 
 def configured_latent_shapes(workflow_config: dict[str, Any]) -> list[tuple[int, int, int, int]]:
-    frames = workflow_config.get("frames") or {}
-    num_frames = int(frames.get("num_frames", 93))
-    return [latent_shape_for(num_frames, int(h), int(w)) for h, w in frames.get("buckets") or [[480, 832]]]
+    """Every latent shape the config allows: each frame count (largest first) in each resolution bucket."""
+    frames = {"num_frames": 93, **(workflow_config.get("frames") or {})}
+    buckets = frames.get("buckets") or [[480, 832]]
+    return [latent_shape_for(count, int(h), int(w)) for count in frame_counts(frames) for h, w in buckets]
 
 
-def data_report(cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
+def latent_volume(shape: tuple[int, ...]) -> int:
+    return shape[1] * shape[2] * shape[3]
+
+
+def frames_of(latent_shape: tuple[int, ...]) -> int:
+    """Video frames behind a latent shape (the VAE keeps the first frame alone, then 4 per latent frame)."""
+    return 4 * (latent_shape[1] - 1) + 1
+
+
+def data_report(cfg: TrainConfig, paths: RunPaths, fps: float | None = None) -> dict[str, Any]:
     from longcat.cache import CacheError, CacheReader
 
     try:
@@ -59,11 +71,16 @@ def data_report(cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
     per_step = cfg.gradient_accumulation_steps
     used = sampler.batches_per_rank * cfg.world_size * cfg.train_batch_size
     steps_per_epoch = sampler.batches_per_rank // per_step
+    frames = Counter(frames_of(shape) for shape in shapes)
+    # Sampled faster than frames.fps: only `short_clip: stretch` does that (the rate is cached per sample).
+    stretched = sum(1 for sample in reader.samples if fps and sample.fps > fps * (1 + 1e-6))
     return {
         "ready": True,
         "samples": len(shapes),
         "failed_samples": len(reader.failed),
         "buckets": {"x".join(map(str, shape)): count for shape, count in sorted(Counter(shapes).items())},
+        "frames": {str(count): frames[count] for count in sorted(frames, reverse=True)},
+        "time_stretched_samples": stretched,
         "samples_used_per_epoch": used,
         "optimizer_steps_per_epoch": steps_per_epoch,
         "epochs": cfg.max_train_steps / steps_per_epoch if steps_per_epoch else None,
@@ -72,17 +89,12 @@ def data_report(cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
 
 def dry_run_report(workflow_config: dict[str, Any], cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
     dit_config, dit_source = dit_config_for(workflow_config, paths.base_model)
-    data = data_report(cfg, paths)
-    if data["ready"]:
-        shapes = [tuple(int(d) for d in key.split("x")) for key in data["buckets"]]
-    else:
-        shapes = configured_latent_shapes(workflow_config)
-    largest = max(shapes, key=lambda shape: shape[1] * shape[2] * shape[3])
-    estimates = {}
-    for card in CARDS:
-        estimates[card] = estimate_run(
+    data = data_report(cfg, paths, (workflow_config.get("frames") or {}).get("fps"))
+
+    def estimate(shape: tuple[int, ...], card: str) -> dict[str, Any]:
+        return estimate_run(
             dit_config,
-            largest,
+            shape,
             cfg.world_size,
             cfg.train_batch_size,
             cfg.gradient_accumulation_steps,
@@ -93,6 +105,31 @@ def dry_run_report(workflow_config: dict[str, Any], cfg: TrainConfig, paths: Run
             cfg.assumed_mfu if card == cfg.gpu_type else None,
             bf16=cfg.mixed_precision == "bf16",
         )
+
+    if data["ready"]:
+        counts = {tuple(int(d) for d in key.split("x")): count for key, count in data["buckets"].items()}
+        shapes = list(counts)
+    else:
+        shapes = configured_latent_shapes(workflow_config)
+        # No samples yet: each frame count in the first resolution bucket (480x832 for the real job).
+        counts = dict.fromkeys(shape for shape in shapes if shape[2:] == shapes[0][2:])
+    largest = max(shapes, key=latent_volume)
+    estimates = {card: estimate(largest, card) for card in CARDS}
+    buckets = []
+    for shape in sorted(counts, key=lambda shape: (-shape[1], shape)):
+        per_bucket = estimate(shape, cfg.gpu_type)
+        buckets.append(
+            {
+                "latent_shape": list(shape),
+                "frames": frames_of(shape),
+                "tokens_per_sample": per_bucket["tokens_per_sample"],
+                "samples": counts[shape],
+                "step_seconds": per_bucket["step_seconds"],
+            }
+        )
+    weighted = None
+    if data["ready"]:
+        weighted = sum(b["step_seconds"] * b["samples"] for b in buckets) / sum(b["samples"] for b in buckets)
     return {
         "run_dir": str(paths.run_dir),
         "world_size": cfg.world_size,
@@ -103,6 +140,8 @@ def dry_run_report(workflow_config: dict[str, Any], cfg: TrainConfig, paths: Run
         "estimate_shape": list(largest),
         "configured_card": cfg.gpu_type,
         "estimates": estimates,
+        "bucket_estimates": buckets,
+        "mean_step_seconds": weighted,
     }
 
 
@@ -116,11 +155,23 @@ def format_report(report: dict[str, Any]) -> str:
     if data["ready"]:
         lines.append(
             f"data: {data['samples']} samples ({data['failed_samples']} failed in caching), "
-            f"{data['optimizer_steps_per_epoch']} optimizer steps per epoch, {data['epochs']:.2f} epochs"
+            f"{data['optimizer_steps_per_epoch']} optimizer steps per epoch, "
+            + (f"{data['epochs']:.2f} epochs" if data["epochs"] is not None else "too few for one step")
         )
-        lines += [f"  bucket {shape}: {count} samples" for shape, count in data["buckets"].items()]
+        frames = ", ".join(f"{count} frames: {samples}" for count, samples in data["frames"].items())
+        lines.append(f"  samples per frame count: {frames}; time-stretched: {data['time_stretched_samples']}")
     else:
         lines.append(f"data: not ready: {data['problem']}")
+    card = CARDS[report["configured_card"]].name
+    lines.append(f"step time per bucket on {card} (model FLOPs, batch per GPU):")
+    for bucket in report["bucket_estimates"]:
+        samples = "" if bucket["samples"] is None else f"{bucket['samples']} samples, "
+        lines.append(
+            f"  bucket {'x'.join(map(str, bucket['latent_shape']))} ({bucket['frames']} frames, "
+            f"{bucket['tokens_per_sample']:,} tokens): {samples}{bucket['step_seconds']:.1f} s/step"
+        )
+    if report["mean_step_seconds"] is not None:
+        lines.append(f"  mean over the samples: {report['mean_step_seconds']:.1f} s/step")
     lines.append(f"estimate for the largest shape {report['estimate_shape']} (model FLOPs, batch per GPU):")
     for card, estimate in report["estimates"].items():
         memory = estimate["memory_gib"]

@@ -17,7 +17,9 @@ from longcat.train.checkpoint import load_model_weights_offline
 log = logging.getLogger(__name__)
 
 
-def export_checkpoint(checkpoint: str | Path, base_model: str | Path, out_dir: str | Path) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path, base_model: str | Path, out_dir: str | Path, flow_shift: float | None = None
+) -> Path:
     from longcat.export import export_model
     from longcat.model import LongCatVideoTransformer3DModel
 
@@ -26,7 +28,7 @@ def export_checkpoint(checkpoint: str | Path, base_model: str | Path, out_dir: s
         model = LongCatVideoTransformer3DModel.from_config(config)
     model.to_empty(device="cpu")
     load_model_weights_offline(checkpoint, model)
-    return export_model(model.state_dict(), base_model, out_dir)
+    return export_model(model.state_dict(), base_model, out_dir, flow_shift=flow_shift)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoints/step-N directory")
     parser.add_argument("--base-model", type=Path, required=True, help="the base model the run started from")
     parser.add_argument("--out", type=Path, required=True, help="output directory (replaced if it exists)")
+    parser.add_argument(
+        "--flow-shift", type=float, help="the run's train.flow_shift, when it overrides the base model's"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = export_checkpoint(args.checkpoint, args.base_model, args.out)
+    out = export_checkpoint(args.checkpoint, args.base_model, args.out, args.flow_shift)
     log.info("exported %s to %s", args.checkpoint, out)
     return 0
 

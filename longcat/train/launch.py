@@ -19,16 +19,25 @@ FIRST_NODE = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
 def launch_command(cfg: TrainConfig, python: str = "python") -> str:
     """`accelerate launch ... -m longcat.train`; the caller appends the training arguments.
 
+    One process in all: `torchrun --standalone`, the launcher underneath accelerate's.
     One node: a free rendezvous port is picked at start (port 0), so runs on one machine do not collide.
     Several nodes: one launcher per node through `srun`, each with its Slurm node id as machine rank,
     meeting at `main_process_ip:main_process_port` (default: the allocation's first node).
     """
     processes = cfg.num_processes * cfg.nodes
-    launcher = [
+    environment = [
         "env",
         f"PET_SIGNALS_TO_HANDLE={FORWARDED_SIGNALS}",
         f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={SHUTDOWN_TIMEOUT_S}",
         python,
+    ]
+    if processes == 1:
+        # accelerate refuses `--multi_gpu` with one process, and without it sets up no process group:
+        # torchrun, which accelerate runs underneath, starts the one process with its rendezvous.
+        torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+        return shlex.join([*environment, *torchrun, "-m", "longcat.train"])
+    launcher = [
+        *environment,
         "-m",
         "accelerate.commands.launch",
         "--multi_gpu",

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
+from longcat.flow import noise_latents, scheduler_shift, training_sigmas
 from longcat.train.checkpoint import (
     Checkpointer,
     full_model_state_dict,
@@ -26,7 +27,7 @@ from longcat.train.config import RunPaths, TrainConfig
 from longcat.train.data import CacheSource, TrainLoader
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
 from longcat.train.metrics import Metrics, peak_memory_gib
-from longcat.train.objective import make_flow_batch, per_sample_loss, sample_sigmas, sigma_bucket
+from longcat.train.objective import per_sample_loss, sigma_bucket
 from longcat.train.parallelize import (
     apply_activation_checkpointing,
     apply_compile,
@@ -147,6 +148,8 @@ class Trainer:
         self.scheduler = make_scheduler(
             self.optimizer, cfg.lr_warmup_steps, cfg.max_train_steps, cfg.lr_scheduler
         )
+        # One shift for training, validation and the exported scheduler: the run's, else the base model's.
+        self.flow_shift = cfg.flow_shift if cfg.flow_shift is not None else scheduler_shift(paths.base_model)
         self.progress = Progress()
         self.checkpointer = Checkpointer(
             paths.checkpoints,
@@ -188,11 +191,11 @@ class Trainer:
         cfg = self.cfg
         latents = batch["latents"].to(self.device, non_blocking=True)
         generator = micro_batch_generator(cfg.seed, self.rank, micro_index, self.device)
-        sigmas = sample_sigmas(
+        sigmas = training_sigmas(
             latents.shape[0],
             generator,
             cfg.sigma_sampling,
-            cfg.flow_shift,
+            self.flow_shift,
             cfg.logit_mean,
             cfg.logit_std,
             self.device,
@@ -201,11 +204,11 @@ class Trainer:
         conditioned = torch.rand(1, generator=generator, device=self.device).item() < cfg.conditioned_fraction
         frames = latents.shape[2] // self.patch[0]
         num_cond = cfg.num_cond_latents if conditioned and frames > cfg.num_cond_latents else 0
-        flow = make_flow_batch(latents, sigmas, noise, num_cond)
+        flow = noise_latents(latents, sigmas, noise, num_cond)
         prediction = self.model(
             hidden_states=flow.noisy,
             timestep=flow.timestep,
-            encoder_hidden_states=batch["text_states"].to(self.device).unsqueeze(1),
+            encoder_hidden_states=batch["text_states"].to(self.device),
             encoder_attention_mask=batch["text_mask"].to(self.device),
             num_cond_latents=num_cond,
         )
@@ -218,7 +221,8 @@ class Trainer:
         cfg = self.cfg
         self.resume(resume)
         metrics = Metrics(self.paths.tensorboard, self.rank == 0, self.progress.step, cfg.max_train_steps)
-        metrics.hparams({f.name: getattr(cfg, f.name) for f in cfg.__dataclass_fields__.values()})
+        hparams = {f.name: getattr(cfg, f.name) for f in cfg.__dataclass_fields__.values()}
+        metrics.hparams(hparams | {"flow_shift": self.flow_shift})
         card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
         batches = iter(self.loader)
         try:
@@ -249,7 +253,7 @@ class Trainer:
         dist.all_reduce(flag)
         return bool(flag.item() > 0)
 
-    def train_step(self, batches, card) -> dict[str, float]:
+    def train_step(self, batches, card) -> dict[str, float | torch.Tensor]:
         cfg = self.cfg
         started = time.perf_counter()
         data_wait = 0.0
@@ -328,6 +332,7 @@ class Trainer:
             scalars[f"loss_by_sigma/{name}"] = sum(values) / len(values)
         if finite:
             self.progress.history.append(loss)
+        scalars["train/sigma"] = everything[:, 0].cpu()
         return scalars
 
     def validate(self, metrics: Metrics) -> None:
@@ -341,7 +346,7 @@ class Trainer:
         if self.rank == 0:
             from longcat.export import export_model
 
-            export_model(state, self.paths.base_model, self.paths.final)
+            export_model(state, self.paths.base_model, self.paths.final, flow_shift=self.flow_shift)
             tmp = self.paths.done.with_name(self.paths.done.name + ".tmp")
             tmp.write_text(f"step {self.progress.step}\n")
             tmp.replace(self.paths.done)

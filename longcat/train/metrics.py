@@ -45,11 +45,15 @@ class Metrics:
             file=sys.stderr,
         )
 
-    def step(self, step: int, scalars: dict[str, float]) -> None:
+    def step(self, step: int, scalars: dict[str, float | torch.Tensor]) -> None:
+        """Scalars, and tensors as histograms (e.g. the step's σ across all ranks)."""
         if not self.enabled:
             return
         for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
+            if isinstance(value, torch.Tensor):
+                self.writer.add_histogram(name, value, step)
+            else:
+                self.writer.add_scalar(name, value, step)
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}", refresh=False)
 

@@ -120,8 +120,15 @@ def apply_fsdp(
     reshard_after_forward: bool = True,
     cpu_offload: bool = False,
 ) -> nn.Module:
-    """`fully_shard` each block, then the root (embedders, final layer); fp32 master weights and reduce."""
-    mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    """`fully_shard` each block, then the root (embedders, final layer); fp32 master weights and reduce.
+
+    Forward inputs are never cast: the model casts its own inputs to the weights' dtype and hands every
+    block float32 timestep embeddings and RoPE tables, as the reference computes them (fp32 AdaLN and
+    RoPE). FSDP's default cast would round those to bf16 at each block's entry.
+    """
+    mp_policy = MixedPrecisionPolicy(
+        param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False
+    )
     offload_policy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     for block in model.blocks:
         fully_shard(

@@ -54,6 +54,10 @@ def render_validation_videos(trainer: Trainer, metrics: Metrics) -> None:
         dtype=dtype,
         components=("tokenizer", "text_encoder", "vae", "scheduler"),
     )
+    # Sampled as the exported model will be: with the shift the run trains with.
+    parts["scheduler"] = type(parts["scheduler"]).from_config(
+        parts["scheduler"].config, shift=trainer.flow_shift
+    )
     pipeline = LongCatVideoPipeline(dit=trainer.model, **parts)
     pipeline.set_progress_bar_config(disable=True)
     num_frames, height, width = validation_size(
@@ -74,7 +78,7 @@ def render_validation_videos(trainer: Trainer, metrics: Metrics) -> None:
                 num_inference_steps=cfg.validation_inference_steps,
                 guidance_scale=cfg.validation_guidance_scale,
                 generator=generator,
-                max_sequence_length=int((trainer.workflow_config.get("cache") or {}).get("max_tokens", 512)),
+                max_sequence_length=trainer.loader.dataset.max_tokens,
                 output_type="pt",
             ).frames[0]
             if trainer.rank == 0:
