@@ -4,8 +4,9 @@
 #
 #     bash bench/gpu_check.sh [OUT_DIR]      (OUT_DIR defaults to $OUT, else ./gpu-check-out)
 #
-# Needs, beside the repository, the folder .whl/ (git-ignored, carried along): the missing Python
-# packages as wheels and ffmpeg.xz, a static ffmpeg (libx264, H.264 decoder, lavfi sources). Writes
+# Needs, beside the repository, the folder .whl/ (git-ignored, carried along; bench/gpu_wheels/prepare.sh
+# builds it): the missing Python packages as wheels and ffmpeg.xz, a static ffmpeg (libx264, H.264
+# decoder, lavfi sources). Writes
 # gpu-check.tar.gz (Snakemake's log, every rule log, the training log, TensorBoard events, validation
 # videos and samples) to OUT_DIR and ends with a short summary; tee the output for a console log.
 
