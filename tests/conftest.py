@@ -247,3 +247,39 @@ def train_base_model(tmp_path_factory):
     from longcat.basemodel import write_tiny_base_model
 
     return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY_MODEL, TRAIN_PROMPTS)
+
+
+def write_shard_list(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def build_caches(root, config, base_model, shard_rows, shard="00000"):
+    """What the cache rules do for one shard: specs, VAE shard, text shard, empty caption."""
+    import torch
+
+    from longcat.cache import cache_key, text_cache_spec, vae_cache_spec, write_spec
+    from longcat.encoders import run_empty_text, run_text_shard, run_vae_shard
+
+    vae_dir = root / "vae" / cache_key(vae_cache_spec(config))
+    text_dir = root / "text" / cache_key(text_cache_spec(config))
+    write_spec(vae_dir / "spec.json", vae_cache_spec(config))
+    write_spec(text_dir / "spec.json", text_cache_spec(config))
+    shard_list = write_shard_list(root / "shards" / f"shard-{shard}.parquet", shard_rows)
+    for directory, run in ((vae_dir, run_vae_shard), (text_dir, run_text_shard)):
+        run(
+            config,
+            str(shard_list),
+            str(directory / "spec.json"),
+            str(base_model),
+            str(directory / f"shard-{shard}.safetensors"),
+            str(directory / f"shard-{shard}.index.parquet"),
+            torch.device("cpu"),
+        )
+    empty = text_dir / "empty.safetensors"
+    run_empty_text(config, str(text_dir / "spec.json"), str(base_model), str(empty), torch.device("cpu"))
+    return vae_dir, text_dir

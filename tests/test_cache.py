@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from conftest import build_caches, write_shard_list
 
 from longcat.basemodel import load_components, write_tiny_base_model
 from longcat.cache import (
@@ -26,7 +26,6 @@ from longcat.cache import (
     vae_cache_spec,
     write_spec,
 )
-from longcat.encoders import run_empty_text, run_text_shard, run_vae_shard
 from longcat.flow import normalize_latents
 from longcat.frames import decode_clip, frame_plan
 from longcat.pipeline import LongCatVideoPipeline
@@ -76,12 +75,6 @@ def shard_row(key, size, seconds, rate=30, caption="a test pattern"):
     }
 
 
-def write_shard_list(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory):
     torch.set_num_threads(1)  # the tiny model gains nothing from threads; the test machine is shared
@@ -102,29 +95,6 @@ def clips(tmp_path_factory):
     rows.append({**shard_row("nocaption.mp4", "160x90", 2.0), "caption": None})
     make_clip(directory / "nocaption.mp4", "160x90", 2.0)
     return directory, rows
-
-
-def build_caches(root, config, base_model, shard_rows, shard="00000"):
-    """What the cache rules do for one shard: specs, VAE shard, text shard, empty caption."""
-    vae_dir = root / "vae" / cache_key(vae_cache_spec(config))
-    text_dir = root / "text" / cache_key(text_cache_spec(config))
-    write_spec(vae_dir / "spec.json", vae_cache_spec(config))
-    write_spec(text_dir / "spec.json", text_cache_spec(config))
-    shard_list = write_shard_list(root / "shards" / f"shard-{shard}.parquet", shard_rows)
-    for directory, run in ((vae_dir, run_vae_shard), (text_dir, run_text_shard)):
-        run(
-            config,
-            str(shard_list),
-            str(directory / "spec.json"),
-            str(base_model),
-            str(directory / f"shard-{shard}.safetensors"),
-            str(directory / f"shard-{shard}.index.parquet"),
-            CPU,
-        )
-    run_empty_text(
-        config, str(text_dir / "spec.json"), str(base_model), str(text_dir / "empty.safetensors"), CPU
-    )
-    return vae_dir, text_dir
 
 
 @pytest.fixture(scope="session")
