@@ -58,7 +58,7 @@ def denoise(
     """Run the Euler sampler from `latents` (float32, normalised) along `sigmas`; returns float32 latents.
 
     `dit` has the DiT's forward signature. Guidance runs when `negative_text` is given: the negative and
-    positive batches go through the model together, combined with CFG-Zero* on the denoised frames.
+    positive batches go through the model together, combined with CFG-Zero* over the whole latent.
     """
     guided = negative_text is not None
     latents = latents.float()
@@ -182,7 +182,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
     def _encode_video(self, video: torch.Tensor, generator) -> torch.Tensor:
         pixels = (video.to(device=self._execution_device, dtype=self.vae.dtype) * 2 - 1).clamp(-1, 1)
         latents = self.vae.encode(pixels).latent_dist.sample(generator)
-        return normalize_latents(latents.float(), self.vae.config)
+        return normalize_latents(latents, self.vae.config)
 
     @torch.no_grad()
     def __call__(
