@@ -14,6 +14,7 @@ include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/cache.smk"
 include: "rules/train.smk"
+include: "rules/sample.smk"
 
 
 rule all:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from longcat.cache import TEXT_INDEX_SCHEMA, VAE_INDEX_SCHEMA, ShardWriter
+from longcat.cache.format import TEXT_INDEX_SCHEMA, VAE_INDEX_SCHEMA
+from longcat.cache.writer import ShardWriter
+from longcat.paths import CacheLayout
 
 
 def torch_save_size(value) -> int:
@@ -47,12 +49,9 @@ def main() -> None:
     ids = [f"clip-{index:06d}.mp4" for index in range(args.samples)]
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        vae = ShardWriter(
-            root / "vae.safetensors", root / "vae.index.parquet", VAE_INDEX_SCHEMA, {"cache_key": "x"}
-        )
-        text = ShardWriter(
-            root / "text.safetensors", root / "text.index.parquet", TEXT_INDEX_SCHEMA, {"cache_key": "x"}
-        )
+        vae_cache, text_cache = CacheLayout(root / "vae"), CacheLayout(root / "text")
+        vae = ShardWriter(vae_cache, "00000", VAE_INDEX_SCHEMA, {"cache_key": "x"})
+        text = ShardWriter(text_cache, "00000", TEXT_INDEX_SCHEMA, {"cache_key": "x"})
         for sample_id, length in zip(ids, lengths, strict=True):
             row = {"sample_id": sample_id, "status": "ok", "reason": None, "num_frames": 93, "fps": 15.0}
             row |= {"bucket_height": 480, "bucket_width": 832, "latent_shape": list(latent_shape)}
@@ -61,8 +60,12 @@ def main() -> None:
             text.add(text_row, torch.randn(length, args.text_dim).to(torch.bfloat16))
         vae.finish(ids)
         text.finish(ids)
-        ours_latent = sum((root / name).stat().st_size for name in ("vae.safetensors", "vae.index.parquet"))
-        ours_text = sum((root / name).stat().st_size for name in ("text.safetensors", "text.index.parquet"))
+        ours_latent = sum(
+            path.stat().st_size for path in (vae_cache.tensors("00000"), vae_cache.index("00000"))
+        )
+        ours_text = sum(
+            path.stat().st_size for path in (text_cache.tensors("00000"), text_cache.index("00000"))
+        )
         ours_latent, ours_text = ours_latent / len(ids), ours_text / len(ids)
 
     simpletuner_latent = torch_save_size(torch.zeros(latent_shape, dtype=torch.float32))

@@ -21,14 +21,10 @@ from pathlib import Path
 
 import torch
 
-from longcat.cache import (
-    TEXT_INDEX_SCHEMA,
-    VAE_INDEX_SCHEMA,
-    CacheReader,
-    ShardWriter,
-    write_empty_text,
-    write_index,
-)
+from longcat.cache.format import TEXT_INDEX_SCHEMA, VAE_INDEX_SCHEMA
+from longcat.cache.reader import CacheReader
+from longcat.cache.writer import ShardWriter, write_empty_text, write_index
+from longcat.paths import CacheLayout
 
 
 def build(root: Path, shards: int, rows: int, with_tensors: bool, args) -> tuple[Path, Path]:
@@ -54,12 +50,8 @@ def build(root: Path, shards: int, rows: int, with_tensors: bool, args) -> tuple
         ]
         text_rows = [{"sample_id": i, "status": "ok", "reason": None, "text_len": args.text_len} for i in ids]
         if with_tensors:
-            vae = ShardWriter(
-                vae_dir / f"{name}.safetensors", vae_dir / f"{name}.index.parquet", VAE_INDEX_SCHEMA, {}
-            )
-            text = ShardWriter(
-                text_dir / f"{name}.safetensors", text_dir / f"{name}.index.parquet", TEXT_INDEX_SCHEMA, {}
-            )
+            vae = ShardWriter(CacheLayout(vae_dir), f"{shard:05d}", VAE_INDEX_SCHEMA, {})
+            text = ShardWriter(CacheLayout(text_dir), f"{shard:05d}", TEXT_INDEX_SCHEMA, {})
             for vae_index_row, text_index_row in zip(vae_rows, text_rows, strict=True):
                 vae.add(vae_index_row, torch.randn(latent_shape, generator=generator).to(torch.bfloat16))
                 text.add(

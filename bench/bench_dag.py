@@ -26,10 +26,12 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
-from longcat.metadata import METADATA_SCHEMA, REJECTED_SCHEMA, chunk_ids, write_table
-from longcat.probe import PROBE_SCHEMA
-from longcat.shards import assign_shards, read_assignments
-from longcat.source import MANIFEST_SCHEMA, chunk_of
+from longcat.data.manifest import MANIFEST_SCHEMA, chunk_of
+from longcat.data.metadata import METADATA_SCHEMA, REJECTED_SCHEMA
+from longcat.data.probe import PROBE_SCHEMA
+from longcat.data.shards import assign_shards, read_assignments
+from longcat.data.tables import write_table
+from longcat.paths import chunk_id
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNKS = 64
@@ -83,7 +85,7 @@ def write_data_stage(work: Path, rows: int, shard_size: int) -> dict:
     probe = table(columns, PROBE_SCHEMA, rows)
     chunk_of_row = np.array([chunk_of(key, CHUNKS) for key in columns["key"]])
     parts = []
-    for chunk in chunk_ids(CHUNKS):
+    for chunk in map(chunk_id, range(CHUNKS)):
         part = results / "metadata" / f"part-{chunk}.parquet"
         write_table(probe.filter(pa.array(chunk_of_row == int(chunk))), part)
         parts.append(part)
@@ -125,6 +127,7 @@ def bench_config(work: Path, shard_size: int) -> Path:
     (work / "clips").mkdir(exist_ok=True)
     config = {
         "source": {"kind": "local", "path": str(work / "clips")},
+        "demo": None,
         "probe": {"chunks": CHUNKS},
         "shards": {"size": shard_size},
     }
@@ -152,23 +155,22 @@ def planned_jobs(output: str) -> int:
 def write_cache_outputs(work: Path) -> None:
     """Every file `snakemake cache` would write, newer than its inputs."""
     sys.path.insert(0, str(REPO))
-    from longcat.cache import cache_key, text_cache_spec, vae_cache_spec
     from longcat.config import load_config
+    from longcat.paths import Layout
+    from longcat.settings import load_settings
 
-    config = load_config(work / "bench.yaml")
+    layout = Layout.from_settings(load_settings(load_config(work / "bench.yaml")))
     shards = sorted(
         p.name[len("shard-") : -len(".parquet")] for p in (work / "results" / "shards").glob("shard-*")
     )
     files = []
-    for kind, spec in (("vae", vae_cache_spec(config)), ("text", text_cache_spec(config))):
-        directory = work / "cache" / kind / cache_key(spec)
-        directory.mkdir(parents=True, exist_ok=True)
-        files.append(directory / "spec.json")
+    for cache in (layout.vae_cache, layout.text_cache):
+        files.append(work / cache.spec)
         for shard in shards:
-            files += [directory / f"shard-{shard}.safetensors", directory / f"shard-{shard}.index.parquet"]
-        if kind == "text":
-            files.append(directory / "empty.safetensors")
+            files += [work / cache.tensors(shard), work / cache.index(shard)]
+    files.append(work / layout.text_cache.empty_text)
     for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
     spec_time = time.time() + 10
     touch_all([path for path in files if path.name == "spec.json"], spec_time)

@@ -16,13 +16,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from longcat.frames import decode_clip, frame_plan
+from longcat.config import REPO_ROOT, load_config
+from longcat.data.frames import decode_clip, frame_plan
+from longcat.settings import load_settings
 
 SOURCES = {"720p": (1280, 720), "1080p": (1920, 1080)}
-FRAMES = {"num_frames": 93, "fps": 15, "frame_buckets": [93, 73, 49], "short_clip": "fallback"}
-FRAMES["buckets"] = [[480, 832], [832, 480], [624, 624]]
+# The real job's frame settings (93 frames at 15 fps) with three of its 480p buckets.
+FRAMES = replace(
+    load_settings(load_config(REPO_ROOT / "config" / "longcat-13b.yaml")).frames,
+    buckets=((480, 832), (832, 480), (624, 624)),
+)
 
 
 def make_source(path: Path, width: int, height: int, seconds: float, rate: int = 30) -> None:

@@ -85,8 +85,8 @@ class ByteCounter:
 
 
 def probe_ranged(client, bucket: str, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
-    from longcat.probe import probe_video
-    from longcat.source import S3Source
+    from longcat.data.probe import probe_video
+    from longcat.data.s3 import S3Source
 
     source = S3Source(bucket, client=client)
     started = time.perf_counter()
@@ -257,7 +257,7 @@ def measure(client, bucket, keys, sizes, args, counted=None) -> dict:
 
 def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dict:
     """Start `server` (and the network proxy in front of it), upload the objects, measure every mode."""
-    from longcat.source import s3_client
+    from longcat.data.s3 import s3_client
 
     s3_port, proxy_port = free_port(), free_port()
     stop = multiprocessing.Event()

@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from snakemake.utils import validate
 
-from longcat.train.config import TrainConfig, write_run_config
+from longcat.config import load_config
+from longcat.files import atomic_write_text
+from longcat.paths import Layout
+from longcat.settings import load_settings, run_config
 from longcat.train.launch import launch_command
-from longcat.train.paths import run_paths
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 5
@@ -52,9 +53,8 @@ def main() -> int:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     # The schema's defaults take part in the cache keys, as they do in the workflow.
-    validate(config, str(REPO / "config" / "schema.yaml"))
+    config = load_config()
     for key in ("results", "cache_dir", "runs_dir"):
         config[key] = str(work / config[key])
     config["train"].update(
@@ -63,13 +63,12 @@ def main() -> int:
         checkpointing_steps=10 * args.steps,
         validation_every_n_steps=0,
     )
-    cfg = TrainConfig.from_dict(config["train"])
-    paths = run_paths(config, cfg)
+    settings = load_settings(config)
+    cfg = settings.train
+    paths = Layout.from_settings(settings).train_run
     shutil.rmtree(paths.run_dir, ignore_errors=True)
-    run_config = paths.run_dir / "train_config.yaml"
-    recorded = {key: getattr(paths, key) for key in ("run_dir", "base_model", "vae_cache", "text_cache")}
-    write_run_config(config, run_config, recorded)
-    command = f"{launch_command(cfg, python)} --config {run_config}"
+    atomic_write_text(paths.train_config, yaml.safe_dump(run_config(settings), sort_keys=False))
+    command = f"{launch_command(cfg, python)} --config {paths.train_config}"
     log = paths.run_dir / "train.log"
     with open(log, "w") as handle:
         subprocess.run(command, shell=True, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=work)

@@ -13,6 +13,7 @@ encoder alone on decoded clips, to show whether decoding keeps up. One JSON line
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,10 +25,15 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
-from longcat.cache import VAE_INDEX_SCHEMA, ShardWriter
-from longcat.encoders import EncodeOptions, cache_vae_shard, compute_dtype, encode_batch, prepare_vae
-from longcat.frames import decode_clip, frame_plan
-from longcat.source import LocalSource
+from longcat.cache.format import VAE_INDEX_SCHEMA
+from longcat.cache.writer import ShardWriter
+from longcat.config import load_config
+from longcat.data.frames import decode_clip, frame_plan
+from longcat.data.local import LocalSource
+from longcat.encoders.dtypes import compute_dtype
+from longcat.encoders.vae import EncodeOptions, cache_vae_shard, encode_batch, prepare_vae
+from longcat.paths import CacheLayout
+from longcat.settings import load_settings
 
 CLIPS_TO_ENCODE_IN_24H_ON_8_GPUS = 523_325
 
@@ -44,18 +50,31 @@ CPU_SETUP = {
     | {"buckets": [[64, 112], [112, 64], [80, 80]]},
 }
 
+
+def encode_options(
+    batch_size: int, cudnn_benchmark: bool = False, channels_last: bool = False, fused_rms_norm: bool = False
+) -> EncodeOptions:
+    """One encoder setting; `measure` sets the decode workers (--workers)."""
+    return EncodeOptions(batch_size, channels_last, cudnn_benchmark, fused_rms_norm, decode_workers=1)
+
+
 # The baseline, the levers one at a time, then together (with and without cuDNN's autotuner, which is
 # not bit-reproducible) at batch sizes 2 and 4.
 MATRIX = [
-    EncodeOptions(batch_size=1),
-    EncodeOptions(batch_size=1, cudnn_benchmark=True),
-    EncodeOptions(batch_size=1, channels_last=True),
-    EncodeOptions(batch_size=1, channels_last=True, fused_rms_norm=True),
-    EncodeOptions(batch_size=4),
-    EncodeOptions(batch_size=4, channels_last=True, fused_rms_norm=True),
-    EncodeOptions(batch_size=4, cudnn_benchmark=True, channels_last=True, fused_rms_norm=True),
-    EncodeOptions(batch_size=2, cudnn_benchmark=True, channels_last=True, fused_rms_norm=True),
+    encode_options(batch_size=1),
+    encode_options(batch_size=1, cudnn_benchmark=True),
+    encode_options(batch_size=1, channels_last=True),
+    encode_options(batch_size=1, channels_last=True, fused_rms_norm=True),
+    encode_options(batch_size=4),
+    encode_options(batch_size=4, channels_last=True, fused_rms_norm=True),
+    encode_options(batch_size=4, cudnn_benchmark=True, channels_last=True, fused_rms_norm=True),
+    encode_options(batch_size=2, cudnn_benchmark=True, channels_last=True, fused_rms_norm=True),
 ]
+
+
+def typed_frames(section: dict):
+    """The typed `frames` settings of the embedded config with `section` in place of its own."""
+    return load_settings({**load_config(), "frames": section}).frames
 
 
 def make_sources(
@@ -96,21 +115,18 @@ def measure(vae, options: EncodeOptions, frames, rows, scratch: Path, setup, dev
     encode_only = calls * options.batch_size / (time.perf_counter() - start)
 
     out = Path(tempfile.mkdtemp(prefix="shard-", dir=scratch))
-    writer = ShardWriter(
-        out / "shard-00000.safetensors", out / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
-    )
+    writer = ShardWriter(CacheLayout(out), "00000", VAE_INDEX_SCHEMA, {})
     start = time.perf_counter()
     cache_vae_shard(
         rows,
         vae,
-        setup["frames"],
+        typed_frames(setup["frames"]),
         LocalSource(scratch),
         writer,
         store_dtype=torch.bfloat16,
         device=device,
-        decode_workers=workers,
+        options=dataclasses.replace(options, decode_workers=workers),
         ffmpeg_threads=max(1, (os.cpu_count() or 1) // workers),
-        options=options,
     )
     synchronize(device)
     clips_per_s = len(rows) / (time.perf_counter() - start)
@@ -155,7 +171,7 @@ def main() -> None:
         settings = MATRIX
     else:
         settings = [
-            EncodeOptions(args.batch_size, args.channels_last, args.cudnn_benchmark, args.fused_rms_norm)
+            encode_options(args.batch_size, args.cudnn_benchmark, args.channels_last, args.fused_rms_norm)
         ]
     started = time.perf_counter()
     if args.gpu:
@@ -171,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         sources = make_sources(scratch, 4, setup["size"], setup["seconds"])
-        plan = frame_plan(row, setup["frames"])
+        plan = frame_plan(row, typed_frames(setup["frames"]))
         frames = decode_clip(str(sources[0]), plan)
         # Each row needs its own key: link the sources under distinct names.
         rows = []

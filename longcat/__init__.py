@@ -8,7 +8,7 @@ _LAZY = {
     "LongCatVideoTransformer3DModel": "longcat.model",
     "LongCatSingleStreamBlock": "longcat.model",
     "LongCatVideoPipeline": "longcat.pipeline",
-    "CacheReader": "longcat.cache",
+    "CacheReader": "longcat.cache.reader",
 }
 
 

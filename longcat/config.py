@@ -106,27 +106,35 @@ def _describe(error) -> str:
     return f"{_key_path(error)}: expected {expected}, found {_shown(error.instance)}"
 
 
-def schema_errors(config: Mapping, schema_path: str | Path = SCHEMA) -> list[str]:
+def _schema(schema: str | Path | Mapping) -> Mapping:
+    return schema if isinstance(schema, Mapping) else load_yaml(schema)
+
+
+def schema_errors(config: Mapping, schema_path: str | Path | Mapping = SCHEMA) -> list[str]:
     """One line per schema violation, ordered by key: `train.learning_rate: expected type number, ...`."""
     from jsonschema import Draft202012Validator
 
-    validator = Draft202012Validator(load_yaml(schema_path))
-    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    validator = Draft202012Validator(_schema(schema_path))
+    # By key; at one key, a plain violation before one of a conditional rule (`if ... then`).
+    errors = sorted(
+        validator.iter_errors(config),
+        key=lambda e: ([str(p) for p in e.absolute_path], "then" in e.schema_path),
+    )
     return [_describe(error) for error in errors]
 
 
-def check_config(config: Mapping, schema_path: str | Path = SCHEMA, origin: str = "config") -> None:
+def check_config(config: Mapping, schema_path: str | Path | Mapping = SCHEMA, origin: str = "config") -> None:
     """Raise ConfigError naming the first bad key (credentials first, then the schema)."""
     refuse_credentials(config, origin)
     errors = schema_errors(config, schema_path)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{origin} key {errors[0]}{more}; see {Path(schema_path).name}")
+        raise ConfigError(f"{origin} key {errors[0]}{more}; see {SCHEMA.name}")
 
 
-def fill_defaults(config: dict, schema_path: str | Path = SCHEMA) -> dict:
+def fill_defaults(config: dict, schema_path: str | Path | Mapping = SCHEMA) -> dict:
     """Fill in the schema's default for each key the config leaves out (in place, as Snakemake does)."""
-    schema = load_yaml(schema_path)
+    schema = _schema(schema_path)
 
     def fill(node: dict, subschema: Mapping) -> None:
         for key, prop in subschema.get("properties", {}).items():

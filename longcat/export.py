@@ -17,13 +17,8 @@ from pathlib import Path
 
 import torch
 
-from longcat.basemodel import (
-    SUBFOLDERS,
-    check_layout,
-    tokenizer_class_name,
-    write_dir_atomically,
-    write_pipeline_files,
-)
+from longcat.basemodel.layout import SUBFOLDERS, check_layout, tokenizer_class_name, write_pipeline_files
+from longcat.files import write_dir_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
+from longcat.encoders.text import encode_prompts
+from longcat.files import write_dir_atomically
 from longcat.flow import (
     cfg_zero_star,
     denormalize_latents,
@@ -35,7 +37,7 @@ from longcat.flow import (
     timesteps,
 )
 from longcat.model import LongCatVideoTransformer3DModel
-from longcat.text import encode_prompts
+from longcat.settings import Frames, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +134,8 @@ class LongCatVideoPipeline(DiffusionPipeline):
 
         `torch_dtype` (or its newer name `dtype`) applies to every part; float32 when neither is given.
         """
-        from longcat.basemodel import download_hf, load_components
+        from longcat.basemodel.layout import download_hf
+        from longcat.basemodel.loader import load_components
 
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
@@ -285,21 +288,23 @@ class LongCatVideoPipeline(DiffusionPipeline):
         return LongCatVideoPipelineOutput(frames=frames)
 
 
-def sample_settings(config: Mapping) -> dict:
-    """Settings of the `sample` rule from the workflow config: its prompts at the first bucket's size."""
-    frames_cfg = config.get("frames") or {}
-    sample_cfg = config.get("sample") or {}
-    height, width = (frames_cfg.get("buckets") or [[480, 832]])[0]
+def sample_settings(sample: Sample, frames: Frames, max_tokens: int, seed: int) -> dict:
+    """What the `sample` rule renders: `sample`'s prompts at the first resolution bucket and `frames`'
+    frame count and rate, captions cut at `max_tokens` (cache.max_tokens), prompt i with seed `seed + i`
+    (train.seed). Plain values, so that Snakemake reruns the rule when one changes."""
+    from longcat.data.buckets import resolution_buckets
+
+    height, width = resolution_buckets(frames)[0]
     return {
-        "prompts": list(sample_cfg.get("prompts") or []),
-        "num_frames": int(frames_cfg.get("num_frames", 93)),
-        "height": int(height),
-        "width": int(width),
-        "fps": float(frames_cfg.get("fps", 15)),
-        "num_inference_steps": int(sample_cfg.get("num_inference_steps", 50)),
-        "guidance_scale": float(sample_cfg.get("guidance_scale", 4.0)),
-        "max_sequence_length": int((config.get("cache") or {}).get("max_tokens", 512)),
-        "seed": int((config.get("train") or {}).get("seed", 0)),
+        "prompts": list(sample.prompts),
+        "num_frames": frames.num_frames,
+        "height": height,
+        "width": width,
+        "fps": frames.fps,
+        "num_inference_steps": sample.num_inference_steps,
+        "guidance_scale": sample.guidance_scale,
+        "max_sequence_length": max_tokens,
+        "seed": seed,
     }
 
 
@@ -314,7 +319,6 @@ def render_samples(
 
     Prompt i uses seed `settings["seed"] + i`. `out_dir` appears complete or not at all.
     """
-    from longcat.basemodel import write_dir_atomically
     from longcat.video_io import write_mp4
 
     pipe = LongCatVideoPipeline.from_pretrained(model_dir, torch_dtype=dtype, device=device)

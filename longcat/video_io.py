@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import ffmpeg
 import numpy as np
 import torch
+
+from longcat.files import atomic_path
 
 
 def frames_to_uint8(frames) -> np.ndarray:
@@ -29,21 +30,18 @@ def write_mp4(frames, path: str | Path, fps: float = 15) -> Path:
     if height % 2 or width % 2:
         raise ValueError(f"frames: yuv420p needs even height and width, found {height}x{width}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
-    process = (
-        ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
-        .output(str(tmp), vcodec="libx264", pix_fmt="yuv420p", r=fps, movflags="+faststart")
-        .global_args("-loglevel", "error", "-nostdin")
-        .overwrite_output()
-        .run_async(pipe_stdin=True, pipe_stderr=True)
-    )
-    _, stderr = process.communicate(input=frames.tobytes())
-    if process.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"ffmpeg failed writing {path} ({num_frames} frames {width}x{height}): "
-            f"{stderr.decode(errors='replace').strip()}"
+    with atomic_path(path, suffix=".mp4") as tmp:
+        process = (
+            ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+            .output(str(tmp), vcodec="libx264", pix_fmt="yuv420p", r=fps, movflags="+faststart")
+            .global_args("-loglevel", "error", "-nostdin")
+            .overwrite_output()
+            .run_async(pipe_stdin=True, pipe_stderr=True)
         )
-    os.replace(tmp, path)
+        _, stderr = process.communicate(input=frames.tobytes())
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"ffmpeg failed writing {path} ({num_frames} frames {width}x{height}): "
+                f"{stderr.decode(errors='replace').strip()}"
+            )
     return path

@@ -1,14 +1,21 @@
 # Per-shard VAE-latent and text-embedding caches, in directories keyed by what made them
-# (longcat.cache.vae_cache_spec / text_cache_spec). Snakemake's own bookkeeping decides what is missing:
-# one job and one pair of files per shard. Each job takes a GPU slot of its own (longcat.gpu) or runs on
-# the CPU, and resumes inside its shard from `.partial-shard-NNNNN/` (not an output: Snakemake would
-# delete it).
+# (longcat.cache.spec.vae_cache_spec / text_cache_spec). Snakemake's own bookkeeping decides what is
+# missing: one job and one pair of files per shard. Each job takes a GPU slot of its own (longcat.gpu)
+# or runs on the CPU, and resumes inside its shard from `.partial-shard-NNNNN/` (not an output:
+# Snakemake would delete it).
 #
 # The spec and the base model are `ancient` inputs: the cache key already names the model (kind, id,
 # revision, tiny shape), so a rewritten spec.json or a re-materialised base model directory must not
 # re-encode every shard; a different model gets a different key, hence new files.
+#
+# The shard jobs take no settings as params: none of the settings they read changes a cached byte
+# without changing the key (hence the directory), so editing one must not rerun a shard. Their scripts
+# build the typed settings from the config.
 
-import longcat.cache
+from longcat.cache.spec import text_cache_spec, vae_cache_spec, write_spec
+
+VAE_CACHE = PATHS.vae_cache
+TEXT_CACHE = PATHS.text_cache
 
 
 rule cache:
@@ -27,66 +34,64 @@ rule cache_text:
     input:
         shard_assignments,
         all_text_shards,
-        f"{text_cache_dir()}/empty.safetensors",
+        str(TEXT_CACHE.empty_text),
 
 
 rule cache_vae_spec:
     output:
-        f"{vae_cache_dir()}/spec.json",
+        str(VAE_CACHE.spec),
     log:
-        f"{RESULTS}/logs/cache_vae/{vae_cache_key()}/spec.log",
+        str(PATHS.log(f"cache_vae/{PATHS.vae_key}/spec")),
     localrule: True
     params:
-        spec=lambda wildcards: longcat.cache.vae_cache_spec(config),
+        spec=lambda wildcards: vae_cache_spec(SETTINGS),
     run:
-        longcat.cache.write_spec(output[0], params.spec)
+        write_spec(output[0], params.spec)
 
 
 rule cache_text_spec:
     output:
-        f"{text_cache_dir()}/spec.json",
+        str(TEXT_CACHE.spec),
     log:
-        f"{RESULTS}/logs/cache_text/{text_cache_key()}/spec.log",
+        str(PATHS.log(f"cache_text/{PATHS.text_key}/spec")),
     localrule: True
     params:
-        spec=lambda wildcards: longcat.cache.text_cache_spec(config),
+        spec=lambda wildcards: text_cache_spec(SETTINGS),
     run:
-        longcat.cache.write_spec(output[0], params.spec)
+        write_spec(output[0], params.spec)
 
 
 rule cache_vae_shard:
     input:
-        shard=f"{RESULTS}/shards/shard-{{shard}}.parquet",
-        spec=ancient(f"{vae_cache_dir()}/spec.json"),
-        base_model=ancient(f"{RESULTS}/base_model"),
+        shard=str(PATHS.shard_list("{shard}")),
+        spec=ancient(str(VAE_CACHE.spec)),
+        base_model=ancient(str(PATHS.base_model)),
     output:
-        tensors=f"{vae_cache_dir()}/shard-{{shard}}.safetensors",
-        index=f"{vae_cache_dir()}/shard-{{shard}}.index.parquet",
+        tensors=str(VAE_CACHE.tensors("{shard}")),
+        index=str(VAE_CACHE.index("{shard}")),
     log:
-        f"{RESULTS}/logs/cache_vae/{vae_cache_key()}/shard-{{shard}}.log",
+        str(PATHS.log(f"cache_vae/{PATHS.vae_key}/shard-{{shard}}")),
     wildcard_constraints:
         shard=r"\d+",
     conda:
         "../envs/gpu.yaml"
-    threads: config["cache"]["decode_workers"]
+    threads: SETTINGS.cache.decode_workers
     resources:
         gpu=1,
-    params:
-        demo_dir=DEMO_CLIPS_DIR,
     script:
-        "../scripts/cache_job.py"
+        "../scripts/cache_vae_shard.py"
 
 
 rule cache_text_shard:
     input:
-        shard=f"{RESULTS}/shards/shard-{{shard}}.parquet",
-        spec=ancient(f"{text_cache_dir()}/spec.json"),
-        base_model=ancient(f"{RESULTS}/base_model"),
+        shard=str(PATHS.shard_list("{shard}")),
+        spec=ancient(str(TEXT_CACHE.spec)),
+        base_model=ancient(str(PATHS.base_model)),
     output:
-        tensors=f"{text_cache_dir()}/shard-{{shard}}.safetensors",
-        index=f"{text_cache_dir()}/shard-{{shard}}.index.parquet",
+        tensors=str(TEXT_CACHE.tensors("{shard}")),
+        index=str(TEXT_CACHE.index("{shard}")),
     log:
-        f"{RESULTS}/logs/cache_text/{text_cache_key()}/shard-{{shard}}.log",
+        str(PATHS.log(f"cache_text/{PATHS.text_key}/shard-{{shard}}")),
     wildcard_constraints:
         shard=r"\d+",
     conda:
@@ -95,21 +100,21 @@ rule cache_text_shard:
     resources:
         gpu=1,
     script:
-        "../scripts/cache_job.py"
+        "../scripts/cache_text_shard.py"
 
 
 rule cache_text_empty:
     input:
-        spec=ancient(f"{text_cache_dir()}/spec.json"),
-        base_model=ancient(f"{RESULTS}/base_model"),
+        spec=ancient(str(TEXT_CACHE.spec)),
+        base_model=ancient(str(PATHS.base_model)),
     output:
-        f"{text_cache_dir()}/empty.safetensors",
+        str(TEXT_CACHE.empty_text),
     log:
-        f"{RESULTS}/logs/cache_text/{text_cache_key()}/empty.log",
+        str(PATHS.log(f"cache_text/{PATHS.text_key}/empty")),
     conda:
         "../envs/gpu.yaml"
     threads: 1
     resources:
         gpu=1,
     script:
-        "../scripts/cache_job.py"
+        "../scripts/cache_text_empty.py"

@@ -8,23 +8,19 @@ import functools
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-from longcat.config import ConfigError, check_config
+from longcat.config import ConfigError
+from longcat.paths import Layout
+from longcat.settings import load_settings
 
-# One line naming the bad key (and never an AWS secret) before any job runs; then Snakemake's
-# validate fills the schema's defaults into `config`.
+# One line naming the bad key (and never an AWS secret) before any job runs; then the typed settings,
+# with the schema's defaults, and every path the rules name.
 try:
-    check_config(config, Path(workflow.basedir, "config", "schema.yaml"))
+    SETTINGS = load_settings(config)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
-validate(config, schema="../config/schema.yaml")
-
-
-RESULTS = config["results"]
-CACHE_DIR = config["cache_dir"]
-RUNS_DIR = config["runs_dir"]
-RUN = config["train"]["run"]
+PATHS = Layout.from_settings(SETTINGS)
+RUN = PATHS.train_run
 
 
 wildcard_constraints:
@@ -33,7 +29,7 @@ wildcard_constraints:
 
 @functools.cache
 def _read_shard_ids(path, mtime_ns, size):
-    from longcat.shards import shard_ids as read_shard_ids
+    from longcat.data.shards import shard_ids as read_shard_ids
 
     return read_shard_ids(path)
 
@@ -45,42 +41,16 @@ def shard_ids():
     return _read_shard_ids(assignments, stat.st_mtime_ns, stat.st_size)
 
 
-def shard_list_path(shard):
-    return f"{RESULTS}/shards/shard-{shard}.parquet"
-
-
-@functools.cache
-def vae_cache_key():
-    from longcat.cache import cache_key, vae_cache_spec
-
-    return cache_key(vae_cache_spec(config))
-
-
-@functools.cache
-def text_cache_key():
-    from longcat.cache import cache_key, text_cache_spec
-
-    return cache_key(text_cache_spec(config))
-
-
-def vae_cache_dir():
-    return f"{CACHE_DIR}/vae/{vae_cache_key()}"
-
-
-def text_cache_dir():
-    return f"{CACHE_DIR}/text/{text_cache_key()}"
-
-
 def all_shard_lists(wildcards):
-    return [shard_list_path(shard) for shard in shard_ids()]
+    return [PATHS.shard_list(shard) for shard in shard_ids()]
 
 
 def all_vae_shards(wildcards):
-    return [f"{vae_cache_dir()}/shard-{shard}.safetensors" for shard in shard_ids()]
+    return [PATHS.vae_cache.tensors(shard) for shard in shard_ids()]
 
 
 def all_text_shards(wildcards):
-    return [f"{text_cache_dir()}/shard-{shard}.safetensors" for shard in shard_ids()]
+    return [PATHS.text_cache.tensors(shard) for shard in shard_ids()]
 
 
 def all_cache_files(wildcards):
@@ -88,7 +58,7 @@ def all_cache_files(wildcards):
     return [
         *all_vae_shards(wildcards),
         *all_text_shards(wildcards),
-        f"{text_cache_dir()}/empty.safetensors",
+        PATHS.text_cache.empty_text,
     ]
 
 
@@ -98,13 +68,28 @@ def shard_assignments(wildcards):
     return checkpoints.shard_index.get().output[0]
 
 
-def sample_settings(wildcards):
-    # Imported here: the pipeline module loads torch and diffusers, too slow for every parse.
-    from longcat.pipeline import sample_settings as settings_from_config
+def latest_export(wildcards):
+    """`exports/step-N` for the run's latest checkpoint step-N (what the `export` target builds)."""
+    from longcat.train.checkpoint import latest_checkpoint
 
-    return settings_from_config(config)
+    latest = latest_checkpoint(RUN.checkpoints)
+    if latest is None:
+        raise WorkflowError(
+            f"export: no checkpoint under {RUN.checkpoints}; train first"
+        )
+    return str(RUN.export(latest.name.removeprefix("step-")))
+
+
+def sample_params(wildcards):
+    """The sample rule's settings as plain values (imported here: the pipeline module loads torch and
+    diffusers, too slow for every parse)."""
+    from longcat.pipeline import sample_settings
+
+    return sample_settings(
+        SETTINGS.sample, SETTINGS.frames, SETTINGS.cache.max_tokens, SETTINGS.train.seed
+    )
 
 
 def get_final_output():
     """What `snakemake all` builds: samples from the finetuned model, hence every stage before them."""
-    return [f"{RUNS_DIR}/{RUN}/samples"]
+    return [RUN.samples]

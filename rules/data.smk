@@ -1,19 +1,25 @@
 """Data stage: source -> manifest -> probe chunks -> metadata + rejects -> append-only shard lists.
 
-Relisting the source is explicit: `snakemake --forcerun manifest` (the manifest has no inputs for
-s3/local sources, so nothing else makes it stale). Probe chunks and the shard assignment keep their
-history under `{RESULTS}/store/`, outside the rules' outputs, because Snakemake deletes outputs before
-a job runs; that history is what makes a relist re-probe only new or changed objects and keeps old
-shard lists untouched.
+Relisting the source is explicit: `snakemake --forcerun manifest` (the manifest has no inputs for a
+real source, so nothing else makes it stale). The demo is a local source whose directory the
+demo_clips rule writes: there the clips are the manifest's input, so more demo clips relist and
+reprobe in the same invocation. Probe chunks and the shard assignment keep their history under
+`{results}/store/`, outside the rules' outputs, because Snakemake deletes outputs before a job runs;
+that history is what makes a relist re-probe only new or changed objects and keeps old shard lists
+untouched.
+
+Params carry settings as plain values (`settings_dict`): Snakemake compares those between runs and
+reruns a job whose params changed (it ignores objects it cannot represent); the scripts build the
+typed settings from them.
 """
 
-from longcat import shards as shard_tables
+from longcat.data import shards as shard_tables
+from longcat.paths import chunk_id
+from longcat.settings import settings_dict
 
-DATA_SOURCE = config["source"]
-DEMO_CLIPS_DIR = f"{RESULTS}/demo"
-DATA_STORE = f"{RESULTS}/store"
-PROBE_CHUNKS = [f"{index:03d}" for index in range(int(config["probe"]["chunks"]))]
-SHARD_EXCLUDE = config["shards"].get("exclude") or ""
+PROBE_CHUNKS = [chunk_id(index) for index in range(SETTINGS.probe.chunks)]
+# The demo's clips, as an input of the jobs that list and read them (none for a real source).
+DEMO_CLIPS = SETTINGS.source.path if SETTINGS.demo else []
 
 
 localrules:
@@ -28,87 +34,95 @@ wildcard_constraints:
     chunk=r"\d{3}",
 
 
-rule demo_clips:
-    output:
-        directory(DEMO_CLIPS_DIR),
-    log:
-        f"{RESULTS}/logs/demo_clips.log",
-    conda:
-        "../envs/data.yaml"
-    params:
-        demo=DATA_SOURCE.get("demo", {}),
-    script:
-        "../scripts/demo_clips.py"
+if SETTINGS.demo:
+    # The demo rule owns (and may delete and remake) its folder: never let it take the user's.
+    if Path(SETTINGS.source.path) != PATHS.demo_clips:
+        raise WorkflowError(
+            f"config key demo: set, so the demo writes its clips into {PATHS.demo_clips}, but "
+            f"source.path is {SETTINGS.source.path}; set demo: null to read that folder"
+        )
+
+    rule demo_clips:
+        output:
+            directory(str(PATHS.demo_clips)),
+        log:
+            str(PATHS.log("demo_clips")),
+        conda:
+            "../envs/data.yaml"
+        params:
+            demo=settings_dict(SETTINGS.demo),
+        script:
+            "../scripts/demo_clips.py"
 
 
 rule manifest:
     input:
-        demo=DEMO_CLIPS_DIR if DATA_SOURCE["kind"] == "demo" else [],
+        demo=DEMO_CLIPS,
     output:
-        f"{RESULTS}/manifest.parquet",
+        str(PATHS.manifest),
     log:
-        f"{RESULTS}/logs/manifest.log",
+        str(PATHS.log("manifest")),
     conda:
         "../envs/data.yaml"
     params:
-        source=DATA_SOURCE,
+        source=settings_dict(SETTINGS.source),
     script:
         "../scripts/manifest.py"
 
 
 rule probe_chunk:
     input:
-        manifest=f"{RESULTS}/manifest.parquet",
-        demo=DEMO_CLIPS_DIR if DATA_SOURCE["kind"] == "demo" else [],
+        manifest=str(PATHS.manifest),
+        demo=DEMO_CLIPS,
     output:
-        f"{RESULTS}/metadata/part-{{chunk}}.parquet",
+        str(PATHS.metadata_part("{chunk}")),
     log:
-        f"{RESULTS}/logs/probe_chunk/{{chunk}}.log",
+        str(PATHS.log("probe_chunk/{chunk}")),
     conda:
         "../envs/data.yaml"
     threads: 2
+    # Only what the records depend on: acceptance limits (probe.min_width, ...) never re-probe.
     params:
-        source=DATA_SOURCE,
-        chunks=len(PROBE_CHUNKS),
-        store=f"{DATA_STORE}/probe/part-{{chunk}}.parquet",
-        workers=config["probe"]["workers"],
-        decode_check=config["probe"].get("decode_check", True),
+        source=settings_dict(SETTINGS.source),
+        chunks=SETTINGS.probe.chunks,
+        store=str(PATHS.probe_store("{chunk}")),
+        workers=SETTINGS.probe.workers,
+        decode_check=SETTINGS.probe.decode_check,
     script:
         "../scripts/probe_chunk.py"
 
 
 rule metadata:
     input:
-        manifest=f"{RESULTS}/manifest.parquet",
-        parts=expand(f"{RESULTS}/metadata/part-{{chunk}}.parquet", chunk=PROBE_CHUNKS),
+        manifest=str(PATHS.manifest),
+        parts=[str(PATHS.metadata_part(chunk)) for chunk in PROBE_CHUNKS],
     output:
-        metadata=f"{RESULTS}/metadata.parquet",
-        rejected=f"{RESULTS}/rejected.parquet",
+        metadata=str(PATHS.metadata),
+        rejected=str(PATHS.rejected),
     log:
-        f"{RESULTS}/logs/metadata.log",
+        str(PATHS.log("metadata")),
     conda:
         "../envs/data.yaml"
     params:
-        probe=config["probe"],
-        frames=config["frames"],
+        probe=settings_dict(SETTINGS.probe),
+        frames=settings_dict(SETTINGS.frames),
     script:
         "../scripts/metadata.py"
 
 
 checkpoint shard_index:
     input:
-        metadata=f"{RESULTS}/metadata.parquet",
-        exclude=SHARD_EXCLUDE or [],
+        metadata=str(PATHS.metadata),
+        exclude=SETTINGS.shards.exclude or [],
     output:
-        f"{RESULTS}/shards/assignments.parquet",
+        str(PATHS.assignments),
     log:
-        f"{RESULTS}/logs/shard_index.log",
+        str(PATHS.log("shard_index")),
     conda:
         "../envs/data.yaml"
     params:
-        store=f"{DATA_STORE}/assignments.parquet",
-        size=config["shards"]["size"],
-        exclude=SHARD_EXCLUDE,
+        store=str(PATHS.assignment_store),
+        shards=settings_dict(SETTINGS.shards),
     script:
         "../scripts/shard_index.py"
 
@@ -118,22 +132,25 @@ checkpoint shard_index:
 # Settings that change rows (frames, probe limits) and the shard's excluded keys are params instead.
 rule shard_list:
     input:
-        assignments=ancient(f"{RESULTS}/shards/assignments.parquet"),
-        metadata=ancient(f"{RESULTS}/metadata.parquet"),
+        assignments=ancient(str(PATHS.assignments)),
+        metadata=ancient(str(PATHS.metadata)),
     output:
-        f"{RESULTS}/shards/shard-{{shard}}.parquet",
+        str(PATHS.shard_list("{shard}")),
     log:
-        f"{RESULTS}/logs/shard_list/{{shard}}.log",
+        str(PATHS.log("shard_list/{shard}")),
     wildcard_constraints:
         shard=r"\d{5,9}",
     conda:
         "../envs/data.yaml"
     params:
-        frames=config["frames"],
-        probe={key: config["probe"][key] for key in ("min_width", "min_height")},
+        frames=settings_dict(SETTINGS.frames),
+        probe={
+            "min_width": SETTINGS.probe.min_width,
+            "min_height": SETTINGS.probe.min_height,
+        },
         # A function of the wildcards only: Snakemake ignores params derived from input for reruns.
         excluded=lambda wildcards: shard_tables.excluded_in_shard(
-            f"{RESULTS}/shards/assignments.parquet", SHARD_EXCLUDE, wildcards.shard
+            PATHS.assignments, SETTINGS.shards.exclude, wildcards.shard
         ),
     script:
         "../scripts/shard_list.py"

@@ -4,12 +4,13 @@
 
 import os
 
-from longcat.train.config import TrainConfig, run_config, write_run_config
-from longcat.train.launch import ignore_usr1, launch_command
-from longcat.train.targets import latest_export_dir
+import yaml
 
-TRAIN = TrainConfig.from_dict(config["train"], where="config train")
-RUN_DIR = f"{RUNS_DIR}/{RUN}"
+from longcat.files import atomic_write_text
+from longcat.settings import run_config
+from longcat.train.launch import ignore_usr1, launch_command
+
+TRAIN = SETTINGS.train
 
 # Slurm's preemption warning (USR1) reaches this process too when it runs the train job; see ignore_usr1.
 ignore_usr1()
@@ -17,32 +18,26 @@ ignore_usr1()
 
 rule train_config:
     output:
-        f"{RUN_DIR}/train_config.yaml",
+        str(RUN.train_config),
     log:
-        f"{RUN_DIR}/logs/train_config.log",
+        str(RUN.log("train_config")),
     localrule: True
     params:
-        config=run_config(config),
-        paths=lambda wildcards: {
-            "run_dir": RUN_DIR,
-            "base_model": f"{RESULTS}/base_model",
-            "vae_cache": vae_cache_dir(),
-            "text_cache": text_cache_dir(),
-        },
+        config=run_config(SETTINGS),
     run:
-        write_run_config(params.config, output[0], params.paths)
+        atomic_write_text(output[0], yaml.safe_dump(params.config, sort_keys=False))
 
 
 rule train:
     input:
-        config=f"{RUN_DIR}/train_config.yaml",
+        config=str(RUN.train_config),
         cache=all_cache_files,
-        base_model=f"{RESULTS}/base_model",
+        base_model=str(PATHS.base_model),
     output:
-        final=directory(f"{RUN_DIR}/final"),
-        done=f"{RUN_DIR}/train.done",
+        final=directory(str(RUN.final)),
+        done=str(RUN.done),
     log:
-        f"{RUN_DIR}/logs/train.log",
+        str(RUN.log("train")),
     conda:
         "../envs/gpu.yaml"
     threads: TRAIN.num_processes * (1 + TRAIN.dataloader_num_workers)
@@ -52,8 +47,8 @@ rule train:
     params:
         launch=launch_command(TRAIN),
         run_dir=lambda wildcards, output: os.path.dirname(output.done),
-        vae_cache=vae_cache_dir(),
-        text_cache=text_cache_dir(),
+        vae_cache=str(PATHS.vae_cache.root),
+        text_cache=str(PATHS.text_cache.root),
     # The shell ignores SIGTERM (Slurm's preemption and time limit send it to every process of the
     # job): it waits for the launcher, which passes the signal on and waits for the training
     # processes to save a checkpoint and exit.
@@ -65,18 +60,18 @@ rule train:
 
 rule export_checkpoint:
     input:
-        checkpoint=f"{RUN_DIR}/checkpoints/step-{{step}}/.metadata",
-        base_model=f"{RESULTS}/base_model",
+        checkpoint=str(RUN.checkpoint("{step}") / ".metadata"),
+        base_model=str(PATHS.base_model),
     output:
-        directory(f"{RUN_DIR}/exports/step-{{step}}"),
+        directory(str(RUN.export("{step}"))),
     log:
-        f"{RUN_DIR}/logs/export-step-{{step}}.log",
+        str(RUN.log("export-step-{step}")),
     wildcard_constraints:
         step=r"\d+",
     conda:
         "../envs/gpu.yaml"
     params:
-        checkpoint=lambda wildcards, input: os.path.dirname(input.checkpoint),
+        checkpoint=lambda wildcards: str(RUN.checkpoint(wildcards.step)),
         flow_shift=(
             "" if TRAIN.flow_shift is None else f"--flow-shift {TRAIN.flow_shift}"
         ),
@@ -87,4 +82,4 @@ rule export_checkpoint:
 
 rule export:
     input:
-        lambda wildcards: latest_export_dir(RUN_DIR),
+        latest_export,

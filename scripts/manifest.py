@@ -2,9 +2,10 @@
 
 import logging
 
-from longcat.metadata import write_manifest
-from longcat.source import open_source
+from longcat.data.manifest import write_manifest
+from longcat.data.open_source import open_source
+from longcat.settings import Source, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-write_manifest(open_source(smk.params.source, smk.input.demo or None), smk.output[0])
+write_manifest(open_source(build(Source, smk.params.source)), smk.output[0])

@@ -2,15 +2,16 @@
 
 import logging
 
-from longcat.metadata import merge_metadata
+from longcat.data.metadata import merge_metadata
+from longcat.settings import Frames, Probe, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 merge_metadata(
     smk.input.manifest,
     list(smk.input.parts),
-    smk.params.probe,
-    smk.params.frames,
+    build(Probe, smk.params.probe),
+    build(Frames, smk.params.frames),
     smk.output.metadata,
     smk.output.rejected,
 )

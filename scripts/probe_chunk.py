@@ -2,18 +2,19 @@
 
 import logging
 
-from longcat.metadata import probe_chunk
-from longcat.source import open_source
+from longcat.data.metadata import probe_chunk
+from longcat.data.open_source import open_source
+from longcat.settings import Source, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 probe_chunk(
-    open_source(smk.params.source, smk.input.demo or None),
+    open_source(build(Source, smk.params.source)),
     smk.input.manifest,
     smk.wildcards.chunk,
-    int(smk.params.chunks),
+    smk.params.chunks,
     smk.output[0],
     smk.params.store,
-    workers=int(smk.params.workers),
-    decode_check=bool(smk.params.decode_check),
+    workers=smk.params.workers,
+    decode_check=smk.params.decode_check,
 )

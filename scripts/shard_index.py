@@ -2,10 +2,9 @@
 
 import logging
 
-from longcat.shards import update_assignments
+from longcat.data.shards import update_assignments
+from longcat.settings import Shards, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-update_assignments(
-    smk.input.metadata, smk.params.store, smk.output[0], int(smk.params.size), smk.params.exclude or None
-)
+update_assignments(smk.input.metadata, smk.params.store, smk.output[0], build(Shards, smk.params.shards))

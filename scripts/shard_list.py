@@ -2,7 +2,7 @@
 
 import logging
 
-from longcat.shards import build_shard_list
+from longcat.data.shards import build_shard_list
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

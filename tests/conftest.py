@@ -56,7 +56,7 @@ def s3_endpoint():
 @pytest.fixture
 def s3_bucket(s3_endpoint):
     """A fresh bucket on the loopback server: (boto3 client, bucket name)."""
-    from longcat.source import s3_client
+    from longcat.data.s3 import s3_client
 
     client = s3_client("us-east-1", s3_endpoint)
     bucket = f"test-{uuid.uuid4().hex[:12]}"
@@ -94,7 +94,7 @@ def _wait_for_s3(endpoint: str, timeout: float = 30.0) -> None:
 
     from botocore.exceptions import EndpointConnectionError
 
-    from longcat.source import s3_client
+    from longcat.data.s3 import s3_client
 
     client = s3_client("us-east-1", endpoint)
     deadline = time.monotonic() + timeout
@@ -201,8 +201,9 @@ def nothing_to_do(result: subprocess.CompletedProcess) -> bool:
 
 def first_video_sample_of(path) -> tuple[int, int]:
     """(file offset, byte length) of the first video sample of an MP4 file, from its index."""
-    from longcat.probe import FetchedBytes, fetch_index, first_video_sample
-    from longcat.source import LocalSource
+    from longcat.data.fetched import FetchedBytes
+    from longcat.data.local import LocalSource
+    from longcat.data.mp4 import fetch_index, first_video_sample
 
     data = path.read_bytes()
     fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
@@ -232,21 +233,40 @@ TINY_MODEL = {
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory):
     """A tiny random base model in the published layout (read-only for the tests that share it)."""
-    from longcat.basemodel import write_tiny_base_model
+    from longcat.basemodel.tiny import write_tiny_base_model
+    from longcat.settings import TinyModel
 
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY_MODEL, ["a red square"])
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TinyModel(**TINY_MODEL))
 
 
 TRAIN_PROMPTS = ["a red square moving across a blue background"]
 
 
+def workflow_settings(**train):
+    """The embedded default config's typed settings, with `train` keys replaced."""
+    import dataclasses
+
+    from longcat.config import load_config
+    from longcat.settings import load_settings
+
+    settings = load_settings(load_config())
+    return dataclasses.replace(settings, train=dataclasses.replace(settings.train, **train))
+
+
+def train_settings(**overrides):
+    """The embedded default config's `train` settings with `overrides` (the demo's values otherwise:
+    pass every value a test relies on)."""
+    return workflow_settings(**overrides).train
+
+
 @pytest.fixture(scope="session")
 def train_base_model(tmp_path_factory):
-    """The tiny base model that the training tests start from (read-only), its tokenizer fit to
-    TRAIN_PROMPTS, their validation prompts."""
-    from longcat.basemodel import write_tiny_base_model
+    """The tiny base model that the training tests start from (read-only); its tokenizer's fixed corpus
+    holds TRAIN_PROMPTS, their validation prompts."""
+    from longcat.basemodel.tiny import write_tiny_base_model
+    from longcat.settings import TinyModel
 
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY_MODEL, TRAIN_PROMPTS)
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TinyModel(**TINY_MODEL))
 
 
 def write_shard_list(path, rows):
@@ -258,28 +278,24 @@ def write_shard_list(path, rows):
     return path
 
 
-def build_caches(root, config, base_model, shard_rows, shard="00000"):
-    """What the cache rules do for one shard: specs, VAE shard, text shard, empty caption."""
+def build_caches(root, settings, base_model, shard_rows, shard="00000"):
+    """What the cache rules do for one shard, with `settings` (typed) and the caches under `root`: specs,
+    VAE shard, text shard, empty caption. Returns the two cache directories."""
+    import dataclasses
+
     import torch
 
-    from longcat.cache import cache_key, text_cache_spec, vae_cache_spec, write_spec
-    from longcat.encoders import run_empty_text, run_text_shard, run_vae_shard
+    from longcat.cache.spec import text_cache_spec, vae_cache_spec, write_spec
+    from longcat.encoders.text import run_empty_text, run_text_shard
+    from longcat.encoders.vae import run_vae_shard
+    from longcat.paths import Layout
 
-    vae_dir = root / "vae" / cache_key(vae_cache_spec(config))
-    text_dir = root / "text" / cache_key(text_cache_spec(config))
-    write_spec(vae_dir / "spec.json", vae_cache_spec(config))
-    write_spec(text_dir / "spec.json", text_cache_spec(config))
+    paths = Layout.from_settings(dataclasses.replace(settings, cache_dir=str(root)))
+    write_spec(paths.vae_cache.spec, vae_cache_spec(settings))
+    write_spec(paths.text_cache.spec, text_cache_spec(settings))
     shard_list = write_shard_list(root / "shards" / f"shard-{shard}.parquet", shard_rows)
-    for directory, run in ((vae_dir, run_vae_shard), (text_dir, run_text_shard)):
-        run(
-            config,
-            str(shard_list),
-            str(directory / "spec.json"),
-            str(base_model),
-            str(directory / f"shard-{shard}.safetensors"),
-            str(directory / f"shard-{shard}.index.parquet"),
-            torch.device("cpu"),
-        )
-    empty = text_dir / "empty.safetensors"
-    run_empty_text(config, str(text_dir / "spec.json"), str(base_model), str(empty), torch.device("cpu"))
-    return vae_dir, text_dir
+    cpu = torch.device("cpu")
+    run_vae_shard(settings, shard_list, paths.vae_cache, shard, base_model, cpu, threads=1)
+    run_text_shard(settings, shard_list, paths.text_cache, shard, base_model, cpu)
+    run_empty_text(settings, paths.text_cache, base_model, cpu)
+    return paths.vae_cache.root, paths.text_cache.root

@@ -1,5 +1,6 @@
 """The published layout: the tiny base model written and read back, links for dir, errors, text encoding."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,30 +14,37 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from longcat.basemodel import (
-    SUBFOLDERS,
-    WAN21_LATENTS_MEAN,
-    BaseModelError,
-    base_model_dir,
-    base_model_params,
-    check_layout,
-    load_components,
-    prepare_base_model,
-    resolve,
-    write_tiny_base_model,
-)
+from longcat.basemodel.layout import SUBFOLDERS, BaseModelError, check_layout, resolve
+from longcat.basemodel.loader import load_components
+from longcat.basemodel.prepare import prepare_base_model
+from longcat.basemodel.tiny import WAN21_LATENTS_MEAN, write_tiny_base_model
+from longcat.config import load_config
+from longcat.data.demo import DEMO_CAPTIONS
+from longcat.encoders.text import encode_prompts, prompt_clean
 from longcat.flow import pad_captions
 from longcat.model import LongCatVideoTransformer3DModel
-from longcat.text import encode_prompts, prompt_clean
+from longcat.paths import Layout
+from longcat.settings import BaseModel, TinyModel, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = {"seed": 0, "hidden_size": 64, "depth": 2, "num_heads": 4, "text_dim": 32, "adaln_tembed_dim": 32}
-CAPTIONS = ["a red square moving across a blue background", "a green circle bouncing"]
+TINY_SECTION = {
+    "seed": 0,
+    "hidden_size": 64,
+    "depth": 2,
+    "num_heads": 4,
+    "text_dim": 32,
+    "adaln_tembed_dim": 32,
+}
+TINY = TinyModel(**TINY_SECTION)
+
+
+def dir_model(path) -> BaseModel:
+    return BaseModel(kind="dir", tiny=TINY, dir=str(path), hf=None)
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY, CAPTIONS)
+    return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TINY)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +88,14 @@ def test_tiny_tokenizer_loads_with_autotokenizer_as_t5(tiny_dir):
         length = sum(mask)
         assert ids[length - 1] == tokenizer.eos_token_id and all(i == 0 for i in ids[length:])
     assert tokenizer.decode(tokenizer("a red square").input_ids, skip_special_tokens=True) == "a red square"
+    # Its fixed corpus holds the demo's captions: they tokenize without unknown pieces.
+    for caption in DEMO_CAPTIONS:
+        assert tokenizer.unk_token_id not in tokenizer(prompt_clean(caption)).input_ids, caption
 
 
 def test_tiny_base_model_is_deterministic_for_a_seed(tiny_dir, tmp_path):
-    again = write_tiny_base_model(tmp_path / "again", TINY, CAPTIONS)
-    other_seed = write_tiny_base_model(tmp_path / "other", {**TINY, "seed": 1}, CAPTIONS)
+    again = write_tiny_base_model(tmp_path / "again", TINY)
+    other_seed = write_tiny_base_model(tmp_path / "other", dataclasses.replace(TINY, seed=1))
     for name in ("dit", "vae", "text_encoder"):
         first, second = _weights(tiny_dir / name), _weights(again / name)
         assert first.keys() == second.keys()
@@ -113,7 +124,7 @@ def test_missing_subfolder_is_named(tiny_dir, tmp_path, missing):
     with pytest.raises(BaseModelError, match=rf"{broken}: missing {missing}/"):
         load_components(broken)
     with pytest.raises(BaseModelError, match=rf"missing {missing}/"):
-        prepare_base_model({"base_model": {"kind": "dir", "dir": str(broken)}}, tmp_path / "out")
+        prepare_base_model(dir_model(broken), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -129,8 +140,10 @@ def test_subfolder_without_its_config_is_named(tiny_dir, tmp_path):
 
 
 def test_dir_kind_links_the_source_and_loads_the_same_model(tiny_dir, components, tmp_path):
-    cfg = {"results": str(tmp_path / "results"), "base_model": {"kind": "dir", "dir": str(tiny_dir)}}
-    out = prepare_base_model(cfg, base_model_dir(cfg))
+    config = {**load_config(), "results": str(tmp_path / "results")}
+    config["base_model"] = {"kind": "dir", "dir": str(tiny_dir)}
+    settings = load_settings(config)
+    out = prepare_base_model(settings.base_model, Layout.from_settings(settings).base_model)
     assert out == tmp_path / "results" / "base_model"
     for name in SUBFOLDERS:
         assert (out / name).is_symlink() and (out / name).resolve() == (tiny_dir / name).resolve()
@@ -143,7 +156,7 @@ def test_dir_kind_links_the_source_and_loads_the_same_model(tiny_dir, components
     assert all(torch.equal(tensor, original[name]) for name, tensor in linked.state_dict().items())
 
     # Materialising again replaces the directory in one step.
-    prepare_base_model(cfg, out)
+    prepare_base_model(settings.base_model, out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["base_model"]
 
 
@@ -152,14 +165,14 @@ def test_dir_kind_links_the_source_and_loads_the_same_model(tiny_dir, components
     [
         ({"kind": "dir"}, "base_model.dir: expected a directory"),
         ({"kind": "dir", "dir": "/nonexistent/model"}, "/nonexistent/model: not a directory"),
-        ({"kind": "hf", "hf": {}}, "base_model.hf.id: expected"),
+        ({"kind": "hf", "hf": None}, "base_model.hf.id: expected"),
         ({"kind": "tiny"}, "tiny has no source"),
         ({"kind": "civitai"}, "expected one of tiny, dir, hf, found 'civitai'"),
     ],
 )
 def test_resolve_names_the_bad_setting(section, message):
     with pytest.raises(BaseModelError, match=message):
-        resolve({"base_model": section})
+        resolve(BaseModel(**{"tiny": TINY, "dir": None, "hf": None, **section}))
 
 
 def test_base_model_rule_writes_the_tiny_model(tmp_path):
@@ -177,19 +190,32 @@ def test_base_model_rule_writes_the_tiny_model(tmp_path):
 
 
 def test_base_model_params_hold_only_the_configured_kind():
-    hf = {"kind": "hf", "hf": {"id": "meituan-longcat/LongCat-Video", "revision": "main"}, "tiny": TINY}
-    config = {"base_model": hf, "source": {"kind": "demo"}, "sample": {"prompts": ["x"]}}
-    edited = {**config, "base_model": {**hf, "tiny": {**TINY, "depth": 3}}, "sample": {"prompts": ["y"]}}
-    assert base_model_params(config) == base_model_params(edited) == {"kind": "hf", "hf": hf["hf"]}
+    def identity(config):
+        return load_settings(config).base_model.identity()
+
+    hf = {
+        "kind": "hf",
+        "hf": {"id": "meituan-longcat/LongCat-Video", "revision": "main"},
+        "tiny": TINY_SECTION,
+    }
+    config = {**load_config(), "base_model": hf, "sample": {"prompts": ["x"]}}
+    edited = {
+        **config,
+        "base_model": {**hf, "tiny": {**TINY_SECTION, "depth": 3}},
+        "sample": {"prompts": ["y"]},
+    }
+    assert identity(config) == identity(edited) == {"kind": "hf", "hf": hf["hf"]}
 
     tiny = {
-        "base_model": {"kind": "tiny", "tiny": TINY},
-        "source": {"kind": "demo", "demo": {"num_clips": 3}},
+        **load_config(),
+        "base_model": {"kind": "tiny", "tiny": TINY_SECTION},
+        "demo": {"num_clips": 3, "seed": 0},
     }
-    params = base_model_params(tiny)
-    assert params["tiny"] == TINY and len(params["captions"]) == 3
-    assert all("frames per second" in caption for caption in params["captions"])
-    assert base_model_params({**tiny, "source": {"kind": "s3", "bucket": "b"}})["captions"] == []
+    params = identity(tiny)
+    assert params == {"kind": "tiny", "tiny": TINY_SECTION}
+    # The tiny tokenizer learns a fixed corpus: neither the demo nor the source is part of the model.
+    real = {**tiny, "demo": None, "source": {"kind": "s3", "bucket": "b"}}
+    assert identity(real) == identity({**tiny, "demo": {"num_clips": 30, "seed": 1}}) == params
 
 
 def test_prompt_clean_unescapes_twice_and_collapses_whitespace():
@@ -201,7 +227,8 @@ def test_prompt_clean_unescapes_twice_and_collapses_whitespace():
 
 def test_encode_prompts_gives_unpadded_and_padded_forms(components):
     tokenizer, text_encoder = components["tokenizer"], components["text_encoder"]
-    prompts = ["a red square moving across a blue background", "", "a   green circle"]
+    long = "a red square moving across a blue background, then a green circle bouncing on a white floor"
+    prompts = [long, "", "a   green circle"]
     embeddings = encode_prompts(tokenizer, text_encoder, prompts, max_tokens=24)
 
     lengths = [min(len(tokenizer(prompt_clean(p)).input_ids), 24) for p in prompts]

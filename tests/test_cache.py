@@ -1,5 +1,6 @@
 """VAE and text shard caches, built by the library on real clips with the tiny model of the real classes."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -16,20 +17,20 @@ import torch
 import yaml
 from conftest import build_caches, write_shard_list
 
-from longcat.basemodel import load_components, write_tiny_base_model
-from longcat.cache import (
-    CacheError,
-    CacheReader,
-    cache_key,
-    read_safetensors_header,
-    text_cache_spec,
-    vae_cache_spec,
-    write_spec,
-)
+from longcat.basemodel.loader import load_components
+from longcat.basemodel.tiny import write_tiny_base_model
+from longcat.cache.format import VAE_INDEX_SCHEMA, read_safetensors_header
+from longcat.cache.reader import CacheReader
+from longcat.cache.spec import CacheError, cache_key, text_cache_spec, vae_cache_spec, write_spec
+from longcat.cache.writer import ShardWriter
+from longcat.config import ConfigError
+from longcat.data.frames import decode_clip, frame_plan
+from longcat.encoders.text import encode_prompts
+from longcat.encoders.vae import EncodeOptions, FusedChannelRMSNorm, cache_vae_shard, prepare_vae
 from longcat.flow import normalize_latents
-from longcat.frames import decode_clip, frame_plan
+from longcat.paths import CacheLayout
 from longcat.pipeline import LongCatVideoPipeline
-from longcat.text import encode_prompts
+from longcat.settings import load_settings
 from longcat.train.data import BatchItem, CacheBatches
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,11 +45,19 @@ CLIPS = [
 ]
 
 
+def embedded_config():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
 def demo_config(clips_dir, **frames):
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = embedded_config()
     config["source"] = {"kind": "local", "path": str(clips_dir)}
     config["frames"].update(frames)
     return config
+
+
+def demo_settings(clips_dir, **frames):
+    return load_settings(demo_config(clips_dir, **frames))
 
 
 def make_clip(path, size, seconds, rate=30):
@@ -78,9 +87,8 @@ def shard_row(key, size, seconds, rate=30, caption="a test pattern"):
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory):
     torch.set_num_threads(1)  # the tiny model gains nothing from threads; the test machine is shared
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     out = tmp_path_factory.mktemp("model") / "base_model"
-    return write_tiny_base_model(out, config["base_model"]["tiny"], config["sample"]["prompts"])
+    return write_tiny_base_model(out, load_settings(embedded_config()).base_model.tiny)
 
 
 @pytest.fixture(scope="session")
@@ -100,15 +108,20 @@ def clips(tmp_path_factory):
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, base_model, clips):
     clips_dir, rows = clips
-    config = demo_config(clips_dir)
-    vae_dir, text_dir = build_caches(tmp_path_factory.mktemp("cache"), config, base_model, rows)
-    return config, rows, vae_dir, text_dir
+    settings = demo_settings(clips_dir)
+    vae_dir, text_dir = build_caches(tmp_path_factory.mktemp("cache"), settings, base_model, rows)
+    return settings, rows, vae_dir, text_dir
 
 
 def test_cache_key_follows_what_changes_the_bytes():
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    vae_key, text_key = cache_key(vae_cache_spec(config)), cache_key(text_cache_spec(config))
-    assert vae_key == cache_key(vae_cache_spec(yaml.safe_load((REPO / "config" / "config.yaml").read_text())))
+    config = embedded_config()
+
+    def keys(config):
+        settings = load_settings(config)
+        return cache_key(vae_cache_spec(settings)), cache_key(text_cache_spec(settings))
+
+    vae_key, text_key = keys(config)
+    assert vae_key == keys(embedded_config())[0]
 
     training = json.loads(json.dumps(config))
     training["train"]["learning_rate"] = 0.5
@@ -116,31 +129,35 @@ def test_cache_key_follows_what_changes_the_bytes():
     training["cache"]["decode_workers"] = 7
     training["cache"] |= {"vae_batch_size": 4, "cudnn_benchmark": True, "channels_last": True}
     training["cache"]["fused_rms_norm"] = True
-    assert cache_key(vae_cache_spec(training)) == vae_key
-    assert cache_key(text_cache_spec(training)) == text_key
+    assert keys(training)[0] == vae_key
+    assert keys(training)[1] == text_key
 
     resolution = json.loads(json.dumps(config))
     resolution["frames"]["buckets"] = [[80, 144], [144, 80]]
-    assert cache_key(vae_cache_spec(resolution)) != vae_key
-    assert cache_key(text_cache_spec(resolution)) == text_key
+    assert keys(resolution)[0] != vae_key
+    assert keys(resolution)[1] == text_key
 
     tokens = json.loads(json.dumps(config))
     tokens["cache"]["max_tokens"] = 32
-    assert cache_key(text_cache_spec(tokens)) != text_key
-    assert cache_key(vae_cache_spec(tokens)) == vae_key
+    assert keys(tokens)[1] != text_key
+    assert keys(tokens)[0] == vae_key
 
-    # The demo's tiny tokenizer is learnt from the demo captions: more clips change the text key only.
+    # The tiny tokenizer learns a fixed corpus: neither key depends on the demo or the source.
     grown = json.loads(json.dumps(config))
-    grown["source"]["demo"]["num_clips"] = 16
-    assert cache_key(vae_cache_spec(grown)) == vae_key
-    assert cache_key(text_cache_spec(grown)) != text_key
+    grown["demo"]["num_clips"] = 16
+    assert keys(grown)[0] == vae_key
+    assert keys(grown)[1] == text_key
+    real = json.loads(json.dumps(config))
+    real["demo"] = None
+    real["source"] = {"kind": "s3", "bucket": "videos"}
+    assert keys(real) == (vae_key, text_key)
 
     for section, key, value in [("cache", "dtype", "bfloat16"), ("base_model", "kind", "hf")]:
         changed = json.loads(json.dumps(config))
         changed[section][key] = value
         changed["base_model"].setdefault("hf", {"id": "meituan-longcat/LongCat-Video", "revision": "main"})
-        assert cache_key(vae_cache_spec(changed)) != vae_key
-        assert cache_key(text_cache_spec(changed)) != text_key
+        assert keys(changed)[0] != vae_key
+        assert keys(changed)[1] != text_key
 
 
 def test_index_records_every_sample_with_status_and_reason(built):
@@ -174,14 +191,14 @@ def test_index_records_every_sample_with_status_and_reason(built):
 
 
 def test_latents_equal_a_direct_normalised_vae_encode(built, base_model):
-    config, rows, vae_dir, text_dir = built
+    settings, rows, vae_dir, text_dir = built
     reader = CacheReader(vae_dir, text_dir)
     reader.check()
     assert [s.sample_id for s in reader.samples] == ["land.mp4", "port.mp4", "square.mp4", "short.mp4"]
 
     vae = load_components(base_model, components=("vae",))["vae"]
     row = next(row for row in rows if row["key"] == "port.mp4")
-    frames = decode_clip(str(Path(config["source"]["path"], "port.mp4")), frame_plan(row, config["frames"]))
+    frames = decode_clip(str(Path(settings.source.path, "port.mp4")), frame_plan(row, settings.frames))
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
     with torch.no_grad():
         raw = vae.encode(pixels).latent_dist.mean
@@ -196,10 +213,10 @@ def test_latents_equal_a_direct_normalised_vae_encode(built, base_model):
 
 
 def test_text_embeddings_are_unpadded_and_match_the_encoder(built, base_model):
-    config, rows, vae_dir, text_dir = built
+    settings, rows, vae_dir, text_dir = built
     reader = CacheReader(vae_dir, text_dir)
     parts = load_components(base_model, components=("tokenizer", "text_encoder"))
-    max_tokens = config["cache"]["max_tokens"]
+    max_tokens = settings.cache.max_tokens
     caption = next(row["caption"] for row in rows if row["key"] == "square.mp4")
     expected = encode_prompts(parts["tokenizer"], parts["text_encoder"], [caption], max_tokens).unpadded[0]
     cached = reader.text("square.mp4")
@@ -218,9 +235,9 @@ def test_training_captions_reach_the_dit_as_the_pipeline_hands_them(built, base_
     The official DiT attends to zero-padded caption positions (`text_tokens_zero_pad`), so the pad count
     is part of the input: both sides pad to the text cache's max_tokens.
     """
-    config, rows, vae_dir, text_dir = built
+    settings, rows, vae_dir, text_dir = built
     reader = CacheReader(vae_dir, text_dir)
-    max_tokens = config["cache"]["max_tokens"]
+    max_tokens = settings.cache.max_tokens
     assert reader.max_tokens == max_tokens
     pipe = LongCatVideoPipeline(**load_components(base_model))
     ids = [sample.sample_id for sample in reader.samples]
@@ -242,9 +259,9 @@ def test_training_captions_reach_the_dit_as_the_pipeline_hands_them(built, base_
 
 def test_bfloat16_cache(tmp_path, base_model, clips):
     clips_dir, rows = clips
-    config = demo_config(clips_dir)
-    config["cache"]["dtype"] = "bfloat16"
-    vae_dir, text_dir = build_caches(tmp_path, config, base_model, rows[:2])
+    settings = demo_settings(clips_dir)
+    settings = dataclasses.replace(settings, cache=dataclasses.replace(settings.cache, dtype="bfloat16"))
+    vae_dir, text_dir = build_caches(tmp_path, settings, base_model, rows[:2])
     reader = CacheReader(vae_dir, text_dir)
     assert reader.latent("land.mp4").dtype == torch.bfloat16
     assert reader.text("land.mp4").dtype == torch.bfloat16
@@ -252,11 +269,16 @@ def test_bfloat16_cache(tmp_path, base_model, clips):
 
 KILLABLE_JOB = """
 import json, logging, sys, torch
-from longcat.encoders import run_vae_shard
+from pathlib import Path
+from longcat.encoders.vae import run_vae_shard
+from longcat.paths import CacheLayout
+from longcat.settings import load_settings
 logging.basicConfig(level=logging.INFO)
 torch.set_num_threads(1)
-config, shard_list, spec, base_model, tensors, index = sys.argv[1:7]
-run_vae_shard(json.loads(config), shard_list, spec, base_model, tensors, index, torch.device("cpu"))
+config, shard_list, cache_dir, base_model = sys.argv[1:5]
+settings = load_settings(json.loads(config))
+cache = CacheLayout(Path(cache_dir))
+run_vae_shard(settings, shard_list, cache, "00000", base_model, torch.device("cpu"), threads=1)
 """
 
 
@@ -268,14 +290,14 @@ def test_sigkill_mid_shard_then_rerun_gives_the_same_bytes(tmp_path, base_model,
     for i in range(6):
         os.link(clips_dir / "land.mp4", tmp_path / f"copy{i}.mp4")
     config["source"]["path"] = str(tmp_path)
+    settings = load_settings(config)
 
-    reference_vae, reference_text = build_caches(tmp_path / "reference", config, base_model, many)
+    reference_vae, reference_text = build_caches(tmp_path / "reference", settings, base_model, many)
 
     vae_dir = tmp_path / "killed" / "vae" / reference_vae.name
-    write_spec(vae_dir / "spec.json", vae_cache_spec(config))
+    write_spec(vae_dir / "spec.json", vae_cache_spec(settings))
     shard_list = write_shard_list(tmp_path / "killed" / "shard-00000.parquet", many)
-    args = [json.dumps(config), str(shard_list), str(vae_dir / "spec.json"), str(base_model)]
-    args += [str(vae_dir / "shard-00000.safetensors"), str(vae_dir / "shard-00000.index.parquet")]
+    args = [json.dumps(config), str(shard_list), str(vae_dir), str(base_model)]
     job = subprocess.Popen([sys.executable, "-c", KILLABLE_JOB, *args])
     partial = vae_dir / ".partial-shard-00000"
     deadline = time.monotonic() + 120
@@ -335,9 +357,7 @@ def test_reader_survives_pickling(built):
 def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3_bucket, monkeypatch):
     from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY
 
-    from longcat.cache import VAE_INDEX_SCHEMA, ShardWriter
-    from longcat.encoders import cache_vae_shard
-    from longcat.source import S3Source
+    from longcat.data.s3 import S3Source
 
     client, bucket = s3_bucket
     clips_dir, rows = clips
@@ -347,14 +367,13 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
     shard_rows.append({**shard_rows[0], "key": "gone.mp4"})
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    writer = ShardWriter(
-        tmp_path / "shard-00000.safetensors", tmp_path / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
-    )
+    writer = ShardWriter(CacheLayout(tmp_path), "00000", VAE_INDEX_SCHEMA, {})
     vae = load_components(base_model, components=("vae",))["vae"]
     source = S3Source(bucket, prefix="videos/", client=client)
-    config = demo_config(clips_dir)
+    settings = demo_settings(clips_dir)
+    options = EncodeOptions.from_settings(settings.cache)
     cache_vae_shard(
-        shard_rows, vae, config["frames"], source, writer, torch.float32, CPU, temp_dir=str(scratch)
+        shard_rows, vae, settings.frames, source, writer, torch.float32, CPU, options, temp_dir=str(scratch)
     )
 
     index = {
@@ -373,9 +392,7 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
 def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model, clips):
     from safetensors.torch import load_file
 
-    from longcat.cache import VAE_INDEX_SCHEMA, ShardWriter
-    from longcat.encoders import EncodeOptions, FusedChannelRMSNorm, cache_vae_shard, prepare_vae
-    from longcat.source import LocalSource
+    from longcat.data.local import LocalSource
 
     clips_dir, rows = clips
     by_key = {row["key"]: row for row in rows}
@@ -386,20 +403,18 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
         key = f"{index}-{name}.mp4"
         os.link(clips_dir / f"{name}.mp4", tmp_path / key)
         shard_rows.append({**by_key[f"{name}.mp4"], "key": key})
-    config = demo_config(clips_dir)
+    settings = demo_settings(clips_dir)
 
     def build(name, options):
         out = tmp_path / name
-        writer = ShardWriter(
-            out / "shard-00000.safetensors", out / "shard-00000.index.parquet", VAE_INDEX_SCHEMA, {}
-        )
+        writer = ShardWriter(CacheLayout(out), "00000", VAE_INDEX_SCHEMA, {})
         vae = prepare_vae(load_components(base_model, components=("vae",))["vae"], options)
         fused = [module for module in vae.modules() if isinstance(module, FusedChannelRMSNorm)]
         assert bool(fused) == options.fused_rms_norm
         cache_vae_shard(
             shard_rows,
             vae,
-            config["frames"],
+            settings.frames,
             LocalSource(tmp_path),
             writer,
             torch.float32,
@@ -408,8 +423,12 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
         )
         return out
 
-    single = build("single", EncodeOptions())
-    batched = build("batched", EncodeOptions(batch_size=3, channels_last=True, fused_rms_norm=True))
+    plain = EncodeOptions.from_settings(settings.cache)
+    assert (plain.batch_size, plain.channels_last, plain.fused_rms_norm) == (1, False, False)
+    single = build("single", plain)
+    batched = build(
+        "batched", dataclasses.replace(plain, batch_size=3, channels_last=True, fused_rms_norm=True)
+    )
     single_index = pq.read_table(single / "shard-00000.index.parquet").to_pylist()
     assert pq.read_table(batched / "shard-00000.index.parquet").to_pylist() == single_index
     assert [row["status"] for row in single_index].count("failed") == 1
@@ -423,26 +442,30 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
 
 
 def test_encode_options_come_from_the_cache_section():
-    from longcat.encoders import EncodeOptions
+    def options(cache):
+        return EncodeOptions.from_settings(load_settings({**embedded_config(), "cache": cache}).cache)
 
-    assert EncodeOptions.from_config({}) == EncodeOptions(1, channels_last=False, cudnn_benchmark=False)
+    assert options({}) == EncodeOptions(
+        1, channels_last=False, cudnn_benchmark=False, fused_rms_norm=False, decode_workers=2
+    )
     cache = {"vae_batch_size": 4, "channels_last": True, "cudnn_benchmark": True, "fused_rms_norm": True}
-    assert EncodeOptions.from_config(cache) == EncodeOptions(4, True, True, fused_rms_norm=True)
-    with pytest.raises(ValueError, match=r"cache.vae_batch_size: expected a positive integer, found 0"):
-        EncodeOptions.from_config({"vae_batch_size": 0})
+    assert options(cache) == EncodeOptions(4, True, True, fused_rms_norm=True, decode_workers=2)
+    with pytest.raises(ConfigError, match=r"cache.vae_batch_size: expected minimum 1, found 0"):
+        options({"vae_batch_size": 0})
 
 
 def test_prepare_vae_switches_the_fused_norms_on_and_off_repeatedly():
     from diffusers import AutoencoderKLWan
-
-    from longcat.encoders import EncodeOptions, FusedChannelRMSNorm, prepare_vae
 
     vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1).eval()
     pixels = torch.rand(2, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         expected = vae.encode(pixels).latent_dist.mode()
     for fused in (True, True, False, True):
-        prepare_vae(vae, EncodeOptions(2, channels_last=fused, fused_rms_norm=fused))
+        options = EncodeOptions(
+            2, channels_last=fused, cudnn_benchmark=False, fused_rms_norm=fused, decode_workers=1
+        )
+        prepare_vae(vae, options)
         swapped = sum(isinstance(module, FusedChannelRMSNorm) for module in vae.modules())
         assert swapped == (14 if fused else 0)
         with torch.no_grad():

@@ -7,9 +7,10 @@ import torch
 import yaml
 from conftest import REPO, nothing_to_do, run_snakemake, write_pair
 
-from longcat.basemodel import load_components
-from longcat.cache import CacheReader
-from longcat.frames import decode_clip, frame_plan
+from longcat.basemodel.loader import load_components
+from longcat.cache.reader import CacheReader
+from longcat.data.frames import decode_clip, frame_plan
+from longcat.settings import load_settings
 
 
 def snapshot(directory):
@@ -43,7 +44,8 @@ def test_demo_cache_end_to_end_and_incremental(tmp_path):
     reader.check()
     assert len(reader.samples) == 12
     metadata = {row["key"]: row for row in pq.read_table(results / "metadata.parquet").to_pylist()}
-    config_frames = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["frames"]
+    settings = load_settings(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+    config_frames = settings.frames
     components = load_components(results / "base_model", components=("vae",))
     vae = components["vae"]
     mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
@@ -54,7 +56,8 @@ def test_demo_cache_end_to_end_and_incremental(tmp_path):
     # Shapes, dtype and normalisation against a direct encode of the same frames (a portrait clip).
     sample = next(s for s in reader.samples if s.latent_shape[2] > s.latent_shape[3])
     frames = decode_clip(
-        str(results / "demo" / sample.sample_id), frame_plan(metadata[sample.sample_id], config_frames)
+        str(tmp_path / settings.source.path / sample.sample_id),
+        frame_plan(metadata[sample.sample_id], config_frames),
     )
     pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
     with torch.no_grad():
@@ -80,15 +83,31 @@ def test_demo_cache_end_to_end_and_incremental(tmp_path):
         vae_before.pop(name), vae_after.pop(name)
     assert vae_after == vae_before and snapshot(text_dir) == text_before
 
+    # More demo clips: one invocation makes them, relists, probes, assigns them a new shard and caches
+    # just that shard; the cache keys do not depend on the source, so every old shard stays as it was.
+    vae_before, text_before = snapshot(vae_dir), snapshot(text_dir)
+    more = {"demo": {"num_clips": 14, "seed": 0}}
+    grown = run_snakemake(tmp_path, "cache", config=more)
+    assert jobs_run(grown, "cache_vae_shard") == 1 and jobs_run(grown, "cache_text_shard") == 1
+    assert jobs_run(grown, "base_model") == 0
+    vae_after, text_after = snapshot(vae_dir), snapshot(text_dir)
+    assert {name: vae_after[name] for name in vae_before} == vae_before
+    assert {name: text_after[name] for name in text_before} == text_before
+    reader = CacheReader(vae_dir, text_dir)
+    reader.check()
+    assert [s.sample_id for s in reader.samples if s.shard == "00003"] == ["clip-012.mp4", "clip-013.mp4"]
+    assert pq.read_table(results / "metadata.parquet").num_rows == 14
+    assert nothing_to_do(run_snakemake(tmp_path, "cache", "-n", config=more))
+
     # Another resolution: a new key directory; the old one is not touched.
     vae_before = snapshot(vae_dir)
-    wider = {"frames": {"buckets": [[80, 144], [144, 80], [96, 96]]}}
+    wider = {**more, "frames": {"buckets": [[80, 144], [144, 80], [96, 96]]}}
     run_snakemake(tmp_path, "cache_vae", config=wider)
     assert snapshot(vae_dir) == vae_before
     (new_dir,) = [path for path in (cache / "vae").iterdir() if path != vae_dir]
     new_reader = CacheReader(new_dir, text_dir)
     new_reader.check()
-    assert len(new_reader.samples) == 12
+    assert len(new_reader.samples) == 14
     assert {s.latent_shape[2:] for s in new_reader.samples} <= {(10, 18), (18, 10), (12, 12)}
 
 
@@ -99,7 +118,7 @@ def test_new_videos_build_only_new_shards(tmp_path):
             clips, f"clip {index:02d}", f"clip number {index}", width=96, height=64, rate=30, seconds=1.2
         )
     workdir = tmp_path / "work"
-    config = {"source": {"kind": "local", "path": str(clips)}}
+    config = {"source": {"kind": "local", "path": str(clips)}, "demo": None}
     run_snakemake(workdir, "cache", config=config)
     vae_dir, text_dir = only_dir(workdir / "cache" / "vae"), only_dir(workdir / "cache" / "text")
     vae_before, text_before = snapshot(vae_dir), snapshot(text_dir)

@@ -30,7 +30,9 @@ def _write(path: Path, data: dict) -> Path:
 def test_both_shipped_configs_are_valid():
     demo = load_config()
     real = load_config(REPO / "config" / "longcat-13b.yaml")
-    assert demo["source"]["kind"] == "demo"
+    assert demo["source"] == {**demo["source"], "kind": "local", "path": "results/demo_clips"}
+    assert demo["demo"] == {"num_clips": 12, "seed": 0}
+    assert real["demo"] is None
     assert real["source"]["kind"] == "s3"
     assert real["base_model"] == {**real["base_model"], "kind": "hf"}
     assert real["base_model"]["hf"]["id"] == "meituan-longcat/LongCat-Video"
@@ -73,7 +75,7 @@ def test_merge_is_deep_like_snakemake():
     "override, line",
     [
         ({"train": {"learning_rate": "fast"}}, "train.learning_rate: expected type number, found 'fast'"),
-        ({"source": {"kind": "ftp"}}, "source.kind: expected one of 'demo', 'local', 's3', found 'ftp'"),
+        ({"source": {"kind": "ftp"}}, "source.kind: expected one of 'local', 's3', found 'ftp'"),
         ({"source": {"kind": "s3"}}, "source.bucket: required key missing"),
         ({"frames": {"buckets": [[480, 830]]}}, "frames.buckets[0][1]: expected multipleOf 16, found 830"),
         ({"trian": {"gpus": 8}}, "trian: unknown key"),
@@ -134,3 +136,93 @@ def test_any_key_is_overridden_by_an_extra_configfile(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     jobs = dict(line.split() for line in result.stdout.splitlines() if line.startswith("probe_chunk "))
     assert jobs == {"probe_chunk": "3"}
+
+
+def _schema_sections(schema: dict, cls, where: str = ""):
+    """(where, dataclass, schema node) for every typed section, nested ones included."""
+    import dataclasses
+    import typing
+
+    yield where, cls, schema
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        inner = [arg for arg in typing.get_args(hints[field.name]) or (hints[field.name],)]
+        for kind in inner:
+            if dataclasses.is_dataclass(kind):
+                yield from _schema_sections(schema["properties"][field.name], kind, f"{where}{field.name}.")
+
+
+def test_typed_settings_have_exactly_the_schema_keys():
+    import dataclasses
+
+    from longcat.settings import Settings
+
+    schema = load_yaml(REPO / "config" / "schema.yaml")
+    for where, cls, node in _schema_sections(schema, Settings):
+        fields = {field.name for field in dataclasses.fields(cls)}
+        assert fields == set(node["properties"]), (
+            f"{where or 'top level'}: {cls.__name__} differs from the schema"
+        )
+
+
+def test_typed_settings_take_every_default_from_the_schema():
+    import dataclasses
+
+    from longcat.settings import Settings, load_settings, settings_dict
+
+    schema = load_yaml(REPO / "config" / "schema.yaml")
+    minimal = {
+        "source": {"kind": "s3", "bucket": "b"},
+        "base_model": {"kind": "tiny"},
+        "sample": {"prompts": ["p"]},
+        **{key: {} for key in ("probe", "frames", "shards", "cache", "train")},
+    }
+    settings = load_settings(minimal)
+    for where, cls, node in _schema_sections(schema, Settings):
+        values, given = settings_dict(settings), minimal
+        for part in where.rstrip(".").split(".") if where else []:
+            values, given = values[part], given.get(part, {})
+        if values is None:  # an optional section the config leaves out (base_model.hf, demo)
+            continue
+        for field in dataclasses.fields(cls):
+            default = node["properties"][field.name].get("default", {})
+            if field.name not in given and not isinstance(default, dict):
+                assert values[field.name] == default, f"{where}{field.name}"
+    assert settings.frames.frame_buckets == (17, 9) and isinstance(settings.frames.fps, float)
+    assert settings.train.validation_prompts == () and settings.demo is None
+
+
+def test_typed_settings_refuse_a_bad_value_in_one_line():
+    from longcat.settings import load_settings
+
+    config = load_config()
+    config["train"]["gpus"] = 0
+    config["train"]["mixed_precision"] = "bf16"
+    with pytest.raises(ConfigError, match=r"^train\.mixed_precision: CPU training") as error:
+        load_settings(config)
+    assert "\n" not in str(error.value)
+    config = load_config()
+    config["frames"]["fps"] = "fast"
+    with pytest.raises(ConfigError, match="frames.fps: expected type number, found 'fast'"):
+        load_settings(config)
+
+
+def test_the_demo_needs_a_local_source():
+    config = load_config()
+    config["source"] = {"kind": "s3", "bucket": "b"}
+    with pytest.raises(ConfigError, match="source.kind"):
+        check_config(config)
+
+
+def test_the_demo_never_takes_over_another_folder(tmp_path):
+    """With `demo` set, the demo_clips rule owns source.path (Snakemake deletes a directory output
+    before remaking it): a config that points source.path at the user's clips but keeps the demo is
+    refused before any job."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "keep.mp4").write_bytes(b"user data")
+    override = _write(tmp_path / "mine.yaml", {"source": {"kind": "local", "path": str(clips)}})
+    result = _snakemake_dry_run(tmp_path, REPO / "config" / "config.yaml", override)
+    assert result.returncode != 0
+    assert f"source.path is {clips}; set demo: null" in result.stdout
+    assert (clips / "keep.mp4").read_bytes() == b"user data"

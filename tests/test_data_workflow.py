@@ -54,6 +54,7 @@ def test_s3_source_incremental_reruns(s3_bucket, tmp_path):
             "prefix": "data/",
             "endpoint_url": client.meta.endpoint_url,
         },
+        "demo": None,
         "probe": {"chunks": 3, "workers": 4, "min_width": 32, "min_height": 32},
     }
     results = workdir / "results"
@@ -107,6 +108,7 @@ def test_excluded_keys_leave_their_shard_only(tmp_path):
     exclude.write_text("# keys to drop\n")
     config = {
         "source": {"kind": "local", "path": str(clips)},
+        "demo": None,
         "probe": {"chunks": 2, "min_width": 32, "min_height": 32},
         "shards": {"size": 3, "exclude": str(exclude)},
     }
@@ -130,10 +132,11 @@ def test_excluded_keys_leave_their_shard_only(tmp_path):
 
 
 def test_demo_clips_are_deterministic(tmp_path):
-    from longcat.demo import make_demo_clips
+    from longcat.data.demo import make_demo_clips
+    from longcat.settings import Demo
 
-    first = make_demo_clips(tmp_path / "one", num_clips=4, seed=3)
-    make_demo_clips(tmp_path / "two", num_clips=4, seed=3)
+    first = make_demo_clips(tmp_path / "one", Demo(num_clips=4, seed=3))
+    make_demo_clips(tmp_path / "two", Demo(num_clips=4, seed=3))
 
     names = sorted(path.name for path in (tmp_path / "one").iterdir())
     assert names == sorted(path.name for path in (tmp_path / "two").iterdir()) and len(names) == 8

@@ -7,9 +7,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from longcat.basemodel import SUBFOLDERS, load_components, prepare_base_model
+from longcat.basemodel.layout import SUBFOLDERS
+from longcat.basemodel.loader import load_components
+from longcat.basemodel.prepare import prepare_base_model
 from longcat.export import export_model
 from longcat.pipeline import LongCatVideoPipeline
+from longcat.settings import BaseModel
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_export_is_self_contained(tiny_base_model, trained, tmp_path):
             blob = blobs / f"{len(list(blobs.iterdir())):04d}"
             blob.write_bytes(source.read_bytes())
             target.symlink_to(blob)
-    linked = prepare_base_model({"base_model": {"kind": "dir", "dir": str(snapshot)}}, tmp_path / "linked")
+    linked = prepare_base_model(BaseModel("dir", None, str(snapshot), None), tmp_path / "linked")
     out = export_model(trained["dit"], linked, tmp_path / "export")
     for name in SUBFOLDERS:
         assert (out / name).is_dir() and not (out / name).is_symlink()

@@ -1,6 +1,7 @@
 """Frame plans, resolution buckets and ffmpeg decoding, on real clips made with ffmpeg."""
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +10,26 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_clip as make_h264_clip
 
-from longcat.buckets import closest_bucket, default_buckets, resolution_buckets
 from longcat.config import load_config
-from longcat.frames import ClipRejected, FramePlan, decode_clip, frame_counts, frame_plan
-from longcat.metadata import merge_metadata
-from longcat.probe import PROBE_SCHEMA, probe_video
-from longcat.source import LocalSource
+from longcat.data.buckets import closest_bucket, default_buckets, resolution_buckets
+from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_counts, frame_plan
+from longcat.data.local import LocalSource
+from longcat.data.metadata import merge_metadata
+from longcat.data.probe import PROBE_SCHEMA, probe_video
+from longcat.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
-FRAMES = {"num_frames": 17, "fps": 15, "frame_buckets": [17, 9], "short_clip": "fallback", "resolution": 64}
-FRAMES["buckets"] = [[64, 112], [112, 64], [80, 80]]
+DEFAULTS = load_settings(load_config())
+FRAMES = replace(
+    DEFAULTS.frames,
+    num_frames=17,
+    fps=15.0,
+    frame_buckets=(17, 9),
+    short_clip="fallback",
+    resolution=64,
+    buckets=((64, 112), (112, 64), (80, 80)),
+)
 
 
 def make_clip(path, size="160x90", rate=30, seconds=2.0, extra=(), source="testsrc2"):
@@ -51,7 +61,7 @@ def test_short_clip_keeps_the_target_rate_in_a_smaller_bucket():
 def test_clip_too_short_falls_to_a_frame_bucket_or_is_rejected():
     assert frame_plan(row(frame_count=24, duration=0.8), FRAMES).num_frames == 9
     with pytest.raises(ClipRejected, match="17 frames at 15 fps need 1.133 s .*short_clip: reject"):
-        frame_plan(row(frame_count=24, duration=0.8), {**FRAMES, "short_clip": "reject"})
+        frame_plan(row(frame_count=24, duration=0.8), replace(FRAMES, short_clip="reject"))
     # 9 frames at 15 fps need 0.6 s, which a 0.5 s clip does not hold, whatever its frame count.
     with pytest.raises(
         ClipRejected, match=r"0.500 s at 30 fps is too short: 9 frames .* smallest frame bucket"
@@ -60,9 +70,9 @@ def test_clip_too_short_falls_to_a_frame_bucket_or_is_rejected():
 
 
 def test_frame_counts_must_be_4k_plus_1():
-    assert frame_counts({"num_frames": 93, "frame_buckets": [61, 93, 29]}) == [93, 61, 29]
+    assert frame_counts(replace(FRAMES, num_frames=93, frame_buckets=(61, 93, 29))) == [93, 61, 29]
     with pytest.raises(ValueError, match=r"4k\+1, found \[16\]"):
-        frame_counts({"num_frames": 16})
+        frame_counts(replace(FRAMES, num_frames=16, frame_buckets=()))
 
 
 def test_bucket_follows_display_aspect_rotation_included():
@@ -85,7 +95,7 @@ def test_default_buckets_for_480p():
 
 def test_bad_bucket_is_a_clear_error():
     with pytest.raises(ValueError, match=r"frames.buckets\[1\].*multiples of 16, found 100x64"):
-        resolution_buckets({"buckets": [[64, 112], [100, 64]]})
+        resolution_buckets(replace(FRAMES, buckets=((64, 112), (100, 64))))
 
 
 def test_decode_gives_the_planned_frames(tmp_path):
@@ -137,7 +147,7 @@ def test_crop_keeps_the_centre(tmp_path):
         + ["-filter_complex", "[0][1][2]hstack=inputs=3", "-pix_fmt", "yuv444p", str(clip)],
         check=True,
     )
-    plan = frame_plan(row(width=288, height=64, aspect_ratio=288 / 64), {**FRAMES, "buckets": [[80, 80]]})
+    plan = frame_plan(row(width=288, height=64, aspect_ratio=288 / 64), replace(FRAMES, buckets=((80, 80),)))
     frames = decode_clip(str(clip), plan).astype(int)
     red, green, blue = frames[..., 0].mean(), frames[..., 1].mean(), frames[..., 2].mean()
     assert green > 100 and red < 30 and blue < 30
@@ -163,10 +173,10 @@ def test_clip_shorter_than_its_metadata_is_rejected(tmp_path):
 def real_frames():
     """The real job's frame settings (93 frames, buckets [93, 73, 49], 15 fps, schema defaults filled in),
     with one tiny resolution bucket so the clips stay small."""
-    frames = load_config(REPO / "config" / "longcat-13b.yaml")["frames"]
-    assert (frames["num_frames"], frames["frame_buckets"], frames["fps"]) == (93, [93, 73, 49], 15)
-    assert frames["short_clip"] == "fallback"
-    return {**frames, "buckets": [[48, 64]]}
+    frames = load_settings(load_config(REPO / "config" / "longcat-13b.yaml")).frames
+    assert (frames.num_frames, frames.frame_buckets, frames.fps) == (93, (93, 73, 49), 15)
+    assert frames.short_clip == "fallback"
+    return replace(frames, buckets=((48, 64),))
 
 
 SECONDS = (3.5, 5.0, 6.2, 10.0)
@@ -229,14 +239,14 @@ def test_planned_frames_arrive_at_real_time(probed_clips, real_frames):
 
 
 def test_stretch_is_opt_in_limited_and_recorded(real_frames):
-    stretch = {**real_frames, "short_clip": "stretch", "max_stretch": 1.25}
+    stretch = replace(real_frames, short_clip="stretch", max_stretch=1.25)
     five_seconds = row(fps=30.0, frame_count=150, duration=5.0, width=64, height=48)
     assert frame_plan(five_seconds, real_frames).time_stretch == 1.0
     # 93 frames over 5 s: 18.6 fps, 1.24x faster than real time, within 1.25.
     plan = frame_plan(five_seconds, stretch)
     assert (plan.num_frames, plan.fps, plan.time_stretch) == (93, 18.6, 1.24)
     # With at most 1.2x, 93 frames would need 5.17 s: the clip fills 73 at 15 fps instead.
-    plan = frame_plan(five_seconds, {**stretch, "max_stretch": 1.2})
+    plan = frame_plan(five_seconds, replace(stretch, max_stretch=1.2))
     assert (plan.num_frames, plan.fps, plan.time_stretch) == (73, 15.0, 1.0)
     # 3 s holds no bucket at 15 fps; 49 frames over 3 s are 16.33 fps (1.09x).
     plan = frame_plan(row(fps=30.0, frame_count=90, duration=3.0), stretch)
@@ -266,11 +276,11 @@ def test_too_short_clip_is_a_recorded_reject_and_stretch_is_a_metadata_column(tm
     manifest, part = tmp_path / "manifest.parquet", tmp_path / "part-000.parquet"
     pq.write_table(pa.table({"key": [record["key"] for record in records]}), manifest)
     pq.write_table(pa.Table.from_pylist(records, schema=PROBE_SCHEMA), part)
-    probe_cfg = {"min_width": 16, "min_height": 16}
+    probe = replace(DEFAULTS.probe, min_width=16, min_height=16)
 
-    def merge(frames_cfg):
+    def merge(frames):
         outputs = (tmp_path / "metadata.parquet", tmp_path / "rejected.parquet")
-        tables = merge_metadata(manifest, [part], probe_cfg, frames_cfg, *outputs)
+        tables = merge_metadata(manifest, [part], probe, frames, *outputs)
         return [{row["key"]: row for row in table.to_pylist()} for table in tables]
 
     accepted, rejected = merge(real_frames)
@@ -279,7 +289,7 @@ def test_too_short_clip_is_a_recorded_reject_and_stretch_is_a_metadata_column(tm
     assert rejected["short.mp4"]["reason"] == "too_short"
     assert "49 frames at 15 fps need 3.267 s" in rejected["short.mp4"]["detail"]
 
-    accepted, rejected = merge({**real_frames, "short_clip": "stretch"})
+    accepted, rejected = merge(replace(real_frames, short_clip="stretch"))
     assert not rejected and accepted["long.mp4"]["plan_time_stretch"] == pytest.approx(1.24)
     assert accepted["short.mp4"]["plan_num_frames"] == 49
     assert accepted["short.mp4"]["plan_time_stretch"] == pytest.approx(49 / 3 / 15, abs=1e-6)

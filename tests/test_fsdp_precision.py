@@ -9,8 +9,9 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TINY_MODEL, free_port
 
-from longcat.basemodel import tiny_dit_config
+from longcat.basemodel.tiny import tiny_dit_config
 from longcat.model import LongCatVideoTransformer3DModel
+from longcat.settings import TinyModel
 
 
 def tiny_inputs() -> dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ def _worker(rank: int, world_size: int, port: int) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(TINY_MODEL["seed"])
-        model = LongCatVideoTransformer3DModel.from_config(tiny_dit_config(TINY_MODEL)).eval()
+        model = LongCatVideoTransformer3DModel.from_config(tiny_dit_config(TinyModel(**TINY_MODEL))).eval()
         reference = copy.deepcopy(model).to(torch.bfloat16)
         apply_fsdp(model, init_device_mesh("cpu", (world_size,)), param_dtype=torch.bfloat16)
         root, blocks = record_inputs(model)

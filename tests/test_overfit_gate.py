@@ -30,10 +30,10 @@ import torch
 import yaml
 from conftest import REPO, TINY_MODEL, build_caches
 
-from longcat.basemodel import write_tiny_base_model
-from longcat.cache import CacheReader
-from longcat.demo import PATTERNS, DemoClip, encode_clip
-from longcat.train.config import TrainConfig
+from longcat.basemodel.tiny import write_tiny_base_model
+from longcat.cache.reader import CacheReader
+from longcat.data.demo import PATTERNS, DemoClip, encode_clip
+from longcat.settings import TinyModel, load_settings
 from longcat.train.launch import launch_command
 
 # Two demo patterns that look nothing alike: a red square moving on blue, and SMPTE colour bars.
@@ -101,7 +101,7 @@ def write_clips(directory: Path) -> list[dict]:
 
 
 def build_reader(root: Path, config: dict, base_model: Path, rows: list[dict]) -> CacheReader:
-    reader = CacheReader(*build_caches(root, config, base_model, rows))
+    reader = CacheReader(*build_caches(root, load_settings(config), base_model, rows))
     assert [sample.sample_id for sample in reader.samples] == [row["key"] for row in rows]
     return reader
 
@@ -126,7 +126,7 @@ def train(work: Path, config: dict, base_model: Path, reader: CacheReader) -> Pa
     config_path = work / "train_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     run_dir = work / "run"
-    command = shlex.split(launch_command(TrainConfig.from_dict(config["train"]), sys.executable))
+    command = shlex.split(launch_command(load_settings(config).train, sys.executable))
     command += ["--config", str(config_path), "--run-dir", str(run_dir), "--base-model", str(base_model)]
     command += ["--vae-cache", str(reader.vae_dir), "--text-cache", str(reader.text_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -164,7 +164,7 @@ def test_overfit_then_sample_returns_each_captions_own_clip(tmp_path):
     torch.set_num_threads(1)
     rows = write_clips(tmp_path / "clips")
     captions = [row["caption"] for row in rows]
-    tiny = write_tiny_base_model(tmp_path / "tiny", {**TINY_MODEL, "hidden_size": 128}, captions)
+    tiny = write_tiny_base_model(tmp_path / "tiny", TinyModel(**{**TINY_MODEL, "hidden_size": 128}))
     config = gate_config(tmp_path / "clips")
     base_model = with_own_latent_statistics(
         tiny, build_reader(tmp_path / "tiny-cache", config, tiny, rows), tmp_path / "base_model"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from longcat.basemodel import load_components
+from longcat.basemodel.loader import load_components
 from longcat.flow import cfg_zero_star, normalize_latents, sampling_sigmas
 from longcat.pipeline import LongCatVideoPipeline, denoise, render_samples, sample_settings
 from longcat.video_io import write_mp4
@@ -196,17 +196,17 @@ def test_write_mp4_refuses_odd_sizes_and_bad_shapes(tmp_path):
 
 
 def test_render_samples_writes_one_video_per_prompt(tiny_base_model, tmp_path):
-    config = {
-        "frames": {"num_frames": 5, "fps": 15, "buckets": [[32, 48], [48, 32]]},
-        "sample": {
-            "prompts": ["a red square", "a blue circle"],
-            "num_inference_steps": 1,
-            "guidance_scale": 4.0,
-        },
-        "cache": {"max_tokens": 16},
-        "train": {"seed": 3},
-    }
-    settings = sample_settings(config)
+    from longcat.config import load_config
+    from longcat.settings import load_settings
+
+    config = load_config()
+    config["frames"].update(num_frames=5, fps=15, frame_buckets=[5], buckets=[[32, 48], [48, 32]])
+    config["sample"] = {"prompts": ["a red square", "a blue circle"], "num_inference_steps": 1}
+    config["sample"]["guidance_scale"] = 4.0
+    config["cache"]["max_tokens"] = 16
+    config["train"]["seed"] = 3
+    typed = load_settings(config)
+    settings = sample_settings(typed.sample, typed.frames, typed.cache.max_tokens, typed.train.seed)
     assert (settings["num_frames"], settings["height"], settings["width"], settings["seed"]) == (5, 32, 48, 3)
 
     paths = render_samples(tiny_base_model, tmp_path / "samples", settings)

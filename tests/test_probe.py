@@ -7,16 +7,12 @@ from fractions import Fraction
 import pytest
 from conftest import corrupt_first_frame, first_video_sample_of, make_clip
 
-from longcat.probe import (
-    DECODE_CHECK_BYTES,
-    HEAD_BYTES,
-    TAIL_BYTES,
-    Reject,
-    probe_object,
-    probe_rows,
-    probe_video,
-)
-from longcat.source import LocalSource, S3Source, build_manifest
+from longcat.data.decode_check import DECODE_CHECK_BYTES
+from longcat.data.local import LocalSource
+from longcat.data.manifest import build_manifest
+from longcat.data.probe import HEAD_BYTES, TAIL_BYTES, probe_object, probe_rows, probe_video
+from longcat.data.rejects import Reject
+from longcat.data.s3 import S3Source
 
 
 class CountingSource(LocalSource):
@@ -215,7 +211,9 @@ def test_index_facts_match_ffprobe(tmp_path, rate):
 
 
 def test_changing_the_chunk_count_reuses_the_stored_records(tmp_path):
-    from longcat.metadata import chunk_ids, probe_chunk, write_manifest
+    from longcat.data.manifest import write_manifest
+    from longcat.data.metadata import probe_chunk
+    from longcat.paths import chunk_id
 
     clips = tmp_path / "clips"
     for index in range(6):
@@ -227,9 +225,10 @@ def test_changing_the_chunk_count_reuses_the_stored_records(tmp_path):
     store = tmp_path / "store"
     for chunks in (2, 3):
         source.ranges.clear()
-        for chunk in chunk_ids(chunks):
+        for chunk in map(chunk_id, range(chunks)):
             out = tmp_path / f"parts-{chunks}" / f"part-{chunk}.parquet"
-            probe_chunk(source, manifest, chunk, chunks, out, store / f"part-{chunk}.parquet")
+            store_part = store / f"part-{chunk}.parquet"
+            probe_chunk(source, manifest, chunk, chunks, out, store_part, workers=8, decode_check=True)
         probed = {key for key, _, _ in source.ranges}
         assert len(probed) == (6 if chunks == 2 else 0)
 

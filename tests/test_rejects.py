@@ -3,7 +3,7 @@
 import pyarrow.parquet as pq
 from conftest import corrupt_first_frame, make_clip, run_snakemake, write_pair
 
-from longcat.source import LocalSource
+from longcat.data.local import LocalSource
 
 
 def _cut_in_half(path):
@@ -55,6 +55,7 @@ def test_each_reject_kind_is_recorded_and_good_clips_pass(tmp_path):
     workdir = tmp_path / "work"
     config = {
         "source": {"kind": "local", "path": str(clips)},
+        "demo": None,
         "probe": {"chunks": 3, "min_width": 48, "min_height": 48},
     }
 
@@ -81,7 +82,8 @@ def test_each_reject_kind_is_recorded_and_good_clips_pass(tmp_path):
 def test_corrupted_indexes_become_records_not_crashes(tmp_path):
     import random
 
-    from longcat.probe import REJECT_REASONS, probe_object
+    from longcat.data.probe import probe_object
+    from longcat.data.rejects import REJECT_REASONS
 
     original = make_clip(tmp_path / "original.mp4").read_bytes()
     rng = random.Random(0)

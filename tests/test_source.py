@@ -14,18 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, make_clip
 
-import longcat.source as source_module
-from longcat.captions import decode_caption
-from longcat.source import (
-    LocalSource,
-    S3Source,
-    SourceError,
-    build_manifest,
-    chunk_of,
-    open_source,
-    s3_client,
-    sanitize,
-)
+import longcat.data.s3 as s3_module
+from longcat import settings
+from longcat.data.captions import decode_caption
+from longcat.data.local import LocalSource
+from longcat.data.manifest import build_manifest, chunk_of
+from longcat.data.open_source import open_source
+from longcat.data.s3 import S3Source, s3_client
+from longcat.data.sources import SourceError, sanitize
 
 AWKWARD = [
     "top.mp4",
@@ -73,7 +69,16 @@ def test_s3_listing_by_prefix_pages_and_ranges(s3_bucket):
         list(pool.map(lambda key: client.put_object(Bucket=bucket, Key=key, Body=key.encode()), keys))
 
     source = open_source(
-        {"kind": "s3", "bucket": bucket, "prefix": "videos/", "endpoint_url": client.meta.endpoint_url}
+        settings.Source(
+            kind="s3",
+            path=None,
+            bucket=bucket,
+            prefix="videos/",
+            region=None,
+            endpoint_url=client.meta.endpoint_url,
+            inventory=None,
+            list_workers=8,
+        )
     )
     objects = {obj.key: obj for obj in source.list_objects()}
 
@@ -99,7 +104,7 @@ def test_s3_read_errors_name_the_object_but_no_secret(s3_bucket):
 
 
 def test_ranged_reads_and_probes_from_a_server_that_answers_ranges_with_200(rclone_s3, tmp_path):
-    from longcat.probe import probe_video
+    from longcat.data.probe import probe_video
 
     path = make_clip(tmp_path / "clip.mp4", width=320, height=192, seconds=2)
     data = path.read_bytes()
@@ -191,7 +196,7 @@ class FlakyS3:
 def flaky_s3(monkeypatch):
     """Starts FlakyS3 servers, stopped after the test; reads retry without waiting, and have credentials
     to sign with."""
-    monkeypatch.setattr(source_module, "RETRY_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(s3_module, "RETRY_BACKOFF_SECONDS", 0.0)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
     started = []
@@ -220,7 +225,7 @@ def test_object_reads_retry_throttling_and_dropped_connections(flaky_s3):
 
 
 def test_object_reads_give_up_naming_the_object_and_no_secret(flaky_s3):
-    attempts = source_module.RETRY_ATTEMPTS
+    attempts = s3_module.RETRY_ATTEMPTS
     flaky = flaky_s3(["503"] * attempts)
     with pytest.raises(SourceError) as raised:
         flaky.source().read_range("a/clip.mp4", 0, 10)

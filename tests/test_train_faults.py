@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
-from conftest import free_port
+from conftest import free_port, workflow_settings
 from test_train_loop import MemoryCache, train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,14 +83,10 @@ def test_async_checkpoints_hold_the_state_of_their_step_and_prune(tmp_path):
 
 def write_cache(root: Path) -> tuple[Path, Path]:
     """The MemoryCache samples as an on-disk VAE and text cache, as `snakemake cache` lays them out."""
-    from longcat.cache import (
-        TEXT_INDEX_SCHEMA,
-        VAE_INDEX_SCHEMA,
-        ShardWriter,
-        cache_key,
-        write_empty_text,
-        write_spec,
-    )
+    from longcat.cache.format import TEXT_INDEX_SCHEMA, VAE_INDEX_SCHEMA
+    from longcat.cache.spec import cache_key, write_spec
+    from longcat.cache.writer import ShardWriter, write_empty_text
+    from longcat.paths import CacheLayout
 
     memory = MemoryCache()
     dirs = []
@@ -102,9 +98,7 @@ def write_cache(root: Path) -> tuple[Path, Path]:
         directory.mkdir(parents=True)
         write_spec(directory / "spec.json", spec)
         metadata = {"cache_key": directory.name}
-        writer = ShardWriter(
-            directory / "shard-00000.safetensors", directory / "shard-00000.index.parquet", schema, metadata
-        )
+        writer = ShardWriter(CacheLayout(directory), "00000", schema, metadata)
         for sample in memory.samples:
             row = {"sample_id": sample.sample_id, "status": "ok", "reason": ""}
             if kind == "vae":
@@ -152,13 +146,16 @@ def training_process(launcher: int, rank: int) -> int | None:
 
 
 def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subprocess.Popen:
-    from longcat.train.config import TrainConfig
+    import dataclasses
+
+    from longcat.settings import run_config
     from longcat.train.launch import launch_command
 
-    config = {"train": train_config(**train)}
-    config_file = work / f"train-{config['train']['max_train_steps']}.yaml"
+    cfg = train_config(**train)
+    config = run_config(dataclasses.replace(workflow_settings(), train=cfg))
+    config_file = work / f"train-{cfg.max_train_steps}.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    command = launch_command(TrainConfig.from_dict(config["train"]), sys.executable)
+    command = launch_command(cfg, sys.executable)
     command += (
         f" --config {config_file} --run-dir {work / 'run'} --base-model {base_model}"
         f" --vae-cache {vae} --text-cache {text}"

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import TINY_MODEL, TRAIN_PROMPTS, free_port
+from conftest import TINY_MODEL, TRAIN_PROMPTS, free_port, train_settings
 
-from longcat.train.config import RunPaths, TrainConfig
+from longcat.paths import RunLayout
+from longcat.settings import Train
 
 TEXT_DIM = TINY_MODEL["text_dim"]
 
@@ -61,7 +62,11 @@ class MemoryCache:
         return torch.zeros(1, TEXT_DIM)
 
 
-def train_config(**overrides) -> dict:
+def run_layout(work: Path) -> RunLayout:
+    return RunLayout(work / "run", work / "base_model", work / "vae", work / "text")
+
+
+def train_config(**overrides) -> Train:
     values = {
         "run": "test",
         "gpus": 0,
@@ -82,15 +87,15 @@ def train_config(**overrides) -> dict:
         "activation_checkpointing": "every",
         "collective_timeout_s": 120,
         "seed": 7,
-        "validation_prompts": TRAIN_PROMPTS,
+        "validation_prompts": tuple(TRAIN_PROMPTS),
         "validation_inference_steps": 2,
         "validation_guidance_scale": 1.0,
     }
     values.update(overrides)
-    return values
+    return train_settings(**values)
 
 
-def _worker(rank: int, world_size: int, port: int, work: str, train: dict, resume: str | None) -> None:
+def _worker(rank: int, world_size: int, port: int, work: str, train: Train, resume: str | None) -> None:
     os.environ.update(
         {
             "RANK": str(rank),
@@ -104,9 +109,7 @@ def _worker(rank: int, world_size: int, port: int, work: str, train: dict, resum
     from longcat.train.loop import Trainer
 
     work = Path(work)
-    cfg = TrainConfig.from_dict(train)
-    paths = RunPaths(work / "run", work / "vae", work / "text", work / "base_model")
-    trainer = Trainer(cfg, paths, MemoryCache())
+    trainer = Trainer(train, run_layout(work), MemoryCache())
     code = trainer.run(Path(resume) if resume else None)
     if rank == 0:
         resumed_at = trainer.progress.step - len(trainer.progress.history)
@@ -178,7 +181,7 @@ def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, train_b
     pipeline = LongCatVideoPipeline.from_pretrained(run / "final")
     # The run overrides the base model's shift (12): the exported scheduler samples as it trained.
     assert json.loads((train_base_model / "scheduler" / "scheduler_config.json").read_text())["shift"] == 12.0
-    assert pipeline.scheduler.config.shift == train_config()["flow_shift"] == 1.0
+    assert pipeline.scheduler.config.shift == train_config().flow_shift == 1.0
     frames = pipeline(
         TRAIN_PROMPTS[0],
         num_frames=5,
@@ -220,7 +223,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, train_base_model):
     assert all(torch.isfinite(torch.tensor(result["losses"])))
 
 
-def _preempted_worker(rank: int, world_size: int, port: int, work: str, train: dict) -> None:
+def _preempted_worker(rank: int, world_size: int, port: int, work: str, train: Train) -> None:
     """Rank 0 gets a real SIGTERM once step 5 is done, as Slurm signals a job before preempting it."""
     import signal
     import threading
@@ -239,11 +242,7 @@ def _preempted_worker(rank: int, world_size: int, port: int, work: str, train: d
 
     work = Path(work)
     stop = StopRequest()
-    trainer = Trainer(
-        TrainConfig.from_dict(train),
-        RunPaths(work / "run", work / "v", work / "t", work / "base_model"),
-        MemoryCache(),
-    )
+    trainer = Trainer(train, run_layout(work), MemoryCache())
 
     def signal_when_ready():
         while trainer.progress.step < 5:
@@ -283,7 +282,7 @@ class PoisonedCache(MemoryCache):
         return latent
 
 
-def _poisoned_worker(rank: int, world_size: int, port: int, work: str, train: dict) -> None:
+def _poisoned_worker(rank: int, world_size: int, port: int, work: str, train: Train) -> None:
     os.environ.update(
         {
             "RANK": str(rank),
@@ -295,8 +294,7 @@ def _poisoned_worker(rank: int, world_size: int, port: int, work: str, train: di
     from longcat.train.loop import Trainer
 
     work = Path(work)
-    paths = RunPaths(work / "run", work / "v", work / "t", work / "base_model")
-    Trainer(TrainConfig.from_dict(train), paths, PoisonedCache()).run()
+    Trainer(train, run_layout(work), PoisonedCache()).run()
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, train_base_model):

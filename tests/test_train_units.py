@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_settings
 
+from longcat.config import ConfigError, load_config
 from longcat.flow import noise_latents, sampling_sigmas, shift_sigmas, training_sigmas
-from longcat.train.config import TrainConfig, TrainConfigError
+from longcat.settings import Train, load_settings
 from longcat.train.data import BucketedSampler
 from longcat.train.estimate import dit_parameter_counts, estimate_run, latent_shape_for
 from longcat.train.objective import per_sample_loss
@@ -21,31 +23,34 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "longca
 FULL = json.loads((FIXTURES / "full_state_dict_shapes.json").read_text())
 
 
+def train_from_config(**train) -> Train:
+    """The `train` settings of the embedded config with `train` keys set in the raw config (checked)."""
+    config = load_config()
+    config["train"].update(train)
+    return load_settings(config).train
+
+
 def test_config_rejects_bad_values_with_the_key_and_value():
-    with pytest.raises(
-        TrainConfigError, match=r"train\.lr_scheduler: expected one of .* found 'exponential'"
-    ):
-        TrainConfig.from_dict({"lr_scheduler": "exponential"})
-    with pytest.raises(TrainConfigError, match=r"train\.max_train_steps: expected int, found 'many'"):
-        TrainConfig.from_dict({"max_train_steps": "many"})
-    with pytest.raises(TrainConfigError, match=r"unknown keys \['learning_rat'\]"):
-        TrainConfig.from_dict({"learning_rat": 1e-4})
-    with pytest.raises(TrainConfigError, match=r"mixed_precision: CPU training"):
-        TrainConfig.from_dict({"gpus": 0, "mixed_precision": "bf16"})
-    cfg = TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
+    with pytest.raises(ConfigError, match=r"train\.lr_scheduler: expected one of .* found 'exponential'"):
+        train_from_config(lr_scheduler="exponential")
+    with pytest.raises(ConfigError, match=r"train\.max_train_steps: expected type integer, found 'many'"):
+        train_from_config(max_train_steps="many")
+    with pytest.raises(ConfigError, match=r"train\.learning_rat: unknown key"):
+        train_from_config(learning_rat=1e-4)
+    with pytest.raises(ConfigError, match=r"mixed_precision: CPU training"):
+        train_from_config(gpus=0, mixed_precision="bf16")
+    cfg = train_from_config(gpus=8, num_processes=8, nodes=2, mixed_precision="bf16")
     assert cfg.world_size == 16
 
 
 def test_launch_command_one_node_and_several():
     from longcat.train.launch import launch_command
 
-    one = launch_command(TrainConfig.from_dict({"gpus": 0, "num_processes": 2, "mixed_precision": "no"}))
+    one = launch_command(train_settings(gpus=0, num_processes=2, nodes=1, mixed_precision="no"))
     assert "--num_processes 2 --num_machines 1" in one and "--main_process_port 0" in one
     assert "PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in one
     assert one.endswith("-m longcat.train")
-    two = launch_command(
-        TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
-    )
+    two = launch_command(train_settings(gpus=8, num_processes=8, nodes=2, mixed_precision="bf16"))
     assert two.startswith(
         "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --overlap --kill-on-bad-exit=1 --gres gpu:8 bash -c"
     )
@@ -105,10 +110,10 @@ def test_sigma_sampling_and_shift():
 
 def test_default_training_sigmas_visit_where_the_sampler_steps():
     """The 50-step sampler at shift 12 spends 7.7% of its steps below σ = 0.5; training must too."""
-    assert TrainConfig().sigma_sampling == "uniform"
+    assert train_from_config().sigma_sampling == "uniform"
     sampler = sampling_sigmas(50, 12.0)[:-1]
     trained = training_sigmas(
-        200_000, torch.Generator().manual_seed(0), TrainConfig().sigma_sampling, shift=12.0
+        200_000, torch.Generator().manual_seed(0), train_from_config().sigma_sampling, shift=12.0
     )
     for threshold in (0.1, 0.25, 0.5, 0.75, 0.9, 0.99):
         steps_below = (sampler < threshold).float().mean().item()
@@ -132,12 +137,10 @@ def test_activation_checkpointing_choices():
     assert checkpointed_block_indices(6, "every", 2) == [0, 2, 4]
     assert checkpointed_block_indices(6, "off", 2) == []
     assert checkpointed_block_indices(6, "selective", 2) == [0, 1, 2, 3, 4, 5]
-    cfg = TrainConfig.from_dict(
-        {"activation_checkpointing": "selective", "compile": True, "mixed_precision": "no"}
-    )
+    cfg = train_from_config(activation_checkpointing="selective", compile=True, mixed_precision="no")
     assert cfg.activation_checkpointing == "selective" and cfg.compile
-    with pytest.raises(TrainConfigError, match=r"train\.compile: expected bool, found 'yes'"):
-        TrainConfig.from_dict({"compile": "yes", "mixed_precision": "no"})
+    with pytest.raises(ConfigError, match=r"train\.compile: expected type boolean, found 'yes'"):
+        train_from_config(compile="yes", mixed_precision="no")
 
 
 def test_parameter_count_and_flops_of_the_published_model():
@@ -166,16 +169,17 @@ def test_parameter_count_and_flops_of_the_published_model():
 
 
 def test_dry_run_estimates_step_time_per_frame_bucket(tmp_path, monkeypatch):
-    from longcat.config import REPO_ROOT, load_config
+    from longcat.config import REPO_ROOT
+    from longcat.paths import RunLayout
+    from longcat.settings import load_run_settings
     from longcat.train import dry_run
-    from longcat.train.config import RunPaths
 
-    workflow = load_config(REPO_ROOT / "config" / "longcat-13b.yaml")
-    cfg = TrainConfig.from_dict(workflow["train"])
-    paths = RunPaths(tmp_path / "run", tmp_path / "vae", tmp_path / "text", tmp_path / "base_model")
+    settings = load_run_settings(load_config(REPO_ROOT / "config" / "longcat-13b.yaml"))
+    cfg = settings.train
+    paths = RunLayout(tmp_path / "run", tmp_path / "base_model", tmp_path / "vae", tmp_path / "text")
 
     # No cache yet: each configured frame count in the first resolution bucket, 480x832.
-    report = dry_run.dry_run_report(workflow, cfg, paths)
+    report = dry_run.dry_run_report(settings, paths)
     buckets = {bucket["frames"]: bucket for bucket in report["bucket_estimates"]}
     assert list(buckets) == [93, 73, 49] and report["mean_step_seconds"] is None
     assert (buckets[93]["latent_shape"], buckets[93]["tokens_per_sample"]) == ([16, 24, 60, 104], 37_440)
@@ -194,7 +198,7 @@ def test_dry_run_estimates_step_time_per_frame_bucket(tmp_path, monkeypatch):
     data |= {"frames": {"93": 10, "73": 30}, "time_stretched_samples": 0}
     data |= {"optimizer_steps_per_epoch": 5, "epochs": 2.0}
     monkeypatch.setattr(dry_run, "data_report", lambda *_: data)
-    report = dry_run.dry_run_report(workflow, cfg, paths)
+    report = dry_run.dry_run_report(settings, paths)
     step = {bucket["frames"]: bucket["step_seconds"] for bucket in report["bucket_estimates"]}
     assert [bucket["samples"] for bucket in report["bucket_estimates"]] == [10, 30]
     assert report["mean_step_seconds"] == pytest.approx((10 * step[93] + 30 * step[73]) / 40)

@@ -140,8 +140,8 @@ def test_usr1_to_the_launcher_saves_a_checkpoint_and_stops_every_process(demo, t
 
     import yaml
 
+    from longcat.settings import load_run_settings
     from longcat.train.checkpoint import latest_checkpoint
-    from longcat.train.config import TrainConfig
     from longcat.train.launch import launch_command
 
     config = yaml.safe_load((demo / "runs" / "demo" / "train_config.yaml").read_text())
@@ -149,7 +149,7 @@ def test_usr1_to_the_launcher_saves_a_checkpoint_and_stops_every_process(demo, t
     config_file = tmp_path / "train_config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     run = tmp_path / "run"
-    command = launch_command(TrainConfig.from_dict(config["train"]), sys.executable)
+    command = launch_command(load_run_settings(config).train, sys.executable)
     command += f" --config {config_file} --run-dir {run}"
     env = {**os.environ, "PATH": f"{PYTHON_BIN}{os.pathsep}{os.environ['PATH']}"}
     with open(tmp_path / "train.log", "w") as log:

@@ -10,7 +10,6 @@ shards in one at a time with `assign=True`, so the 13.6B model is never held twi
 import inspect
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,8 @@ import diffusers
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from longcat.files import atomic_path, atomic_write_text
 
 from .transformer import LongCatVideoTransformer3DModel
 
@@ -189,10 +190,8 @@ def parse_size(size: int | str) -> int:
     return int(float(number) * base ** " KMGT".index(prefix.upper() or " "))
 
 
-def _write_json_atomically(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def _write_json(path: Path, payload: dict) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def save_dit(
@@ -246,16 +245,15 @@ def save_dit(
             tensors[name] = tensor.to(device="cpu", dtype=target_dtype, copy=True).contiguous()
             total_size += tensors[name].numel() * tensors[name].element_size()
             weight_map[name] = file_name
-        tmp = directory / f".{file_name}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / file_name)
+        with atomic_path(directory / file_name) as tmp:
+            save_file(tensors, tmp, metadata={"format": "pt"})
         del tensors
 
     config = {key: value for key, value in dict(model.config).items() if not key.startswith("_")}
     config = {"_class_name": MODEL_CLASS_NAME, "_diffusers_version": diffusers.__version__, **config}
-    _write_json_atomically(directory / CONFIG_NAME, config)
+    _write_json(directory / CONFIG_NAME, config)
     if len(shards) > 1:
-        _write_json_atomically(
+        _write_json(
             directory / INDEX_NAME, {"metadata": {"total_size": total_size}, "weight_map": weight_map}
         )
     else:

@@ -1,7 +1,8 @@
 """`python -m longcat.train --config FILE [--dry-run] [--resume DIR]`, one process per GPU (or CPU rank).
 
 Launch with `accelerate launch --multi_gpu --num_processes N -m longcat.train ...` (or torchrun); the
-`train` rule builds that command from the config.
+`train` rule builds that command from the config. FILE is a run's `train_config.yaml` (or a whole
+workflow config); the paths default to those of `longcat.paths.Layout`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import os
 import sys
 from pathlib import Path
 
-from longcat.train.config import TrainConfig, TrainConfigError, load_workflow_config
-from longcat.train.paths import run_paths
+import yaml
+
+from longcat.config import ConfigError
+from longcat.paths import Layout, RunLayout
+from longcat.settings import load_run_settings, load_settings
 
 log = logging.getLogger("longcat.train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m longcat.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="workflow config (YAML) with a 'train' section")
+    parser.add_argument("--config", required=True, help="a run's train_config.yaml or a workflow config")
     parser.add_argument("--dry-run", action="store_true", help="check config and data, estimate, and exit")
     parser.add_argument(
         "--resume", type=Path, help="a checkpoint step-N directory (default: the latest of the run)"
@@ -43,26 +47,41 @@ def setup_logging() -> int:
     return rank
 
 
+def run_layout(args: argparse.Namespace, default: RunLayout) -> RunLayout:
+    """The layout of the settings, with the paths given on the command line (the workflow gives them all)."""
+    return RunLayout(
+        run_dir=args.run_dir or default.run_dir,
+        base_model=args.base_model or default.base_model,
+        vae_cache=args.vae_cache or default.vae_cache,
+        text_cache=args.text_cache or default.text_cache,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = setup_logging()
-    workflow_config = load_workflow_config(args.config)
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle)
     try:
-        cfg = TrainConfig.from_dict(workflow_config["train"], where=f"{args.config}: train")
-    except TrainConfigError as error:
+        settings = load_run_settings(config, origin=args.config)
+        # A whole workflow config also names the sample prompts that empty validation_prompts fall back to.
+        sample_prompts = load_settings(config, args.config).sample.prompts if "sample" in config else ()
+    except ConfigError as error:
         log.error("%s", error)
         return 2
-    paths = run_paths(workflow_config, cfg, args.run_dir, args.base_model, args.vae_cache, args.text_cache)
+    cfg = settings.train
+    paths = run_layout(args, Layout.from_settings(settings).train_run)
 
     if args.dry_run:
         if rank == 0:
             from longcat.train.dry_run import dry_run_report, format_report
 
-            report = dry_run_report(workflow_config, cfg, paths)
+            report = dry_run_report(settings, paths)
             sys.stdout.write(format_report(report) + "\n" + json.dumps(report) + "\n")
         return 0
 
-    from longcat.cache import CacheError, CacheReader
+    from longcat.cache.reader import CacheReader
+    from longcat.cache.spec import CacheError
     from longcat.train.loop import StopRequest, Trainer
 
     stop = StopRequest()
@@ -72,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except CacheError as error:
         log.error("training data: %s", error)
         return 2
-    trainer = Trainer(cfg, paths, source, workflow_config)
+    trainer = Trainer(cfg, paths, source, sample_prompts)
     try:
         return trainer.run(args.resume, stop)
     finally:

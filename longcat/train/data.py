@@ -38,7 +38,7 @@ class CacheSample(Protocol):
 
 
 class CacheSource(Protocol):
-    """What the loader needs from the cache reader (`longcat.cache.CacheReader`)."""
+    """What the loader needs from the cache reader (`longcat.cache.reader.CacheReader`)."""
 
     samples: Sequence[CacheSample]
     max_tokens: int  # the text cache's token limit: captions are padded to it, as sampling pads them

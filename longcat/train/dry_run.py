@@ -8,8 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from longcat.frames import frame_counts
-from longcat.train.config import RunPaths, TrainConfig
+from longcat.data.buckets import resolution_buckets
+from longcat.data.frames import frame_counts
+from longcat.paths import RunLayout
+from longcat.settings import BaseModel, Frames, RunSettings, Train
 from longcat.train.data import BucketedSampler
 from longcat.train.estimate import CARDS, estimate_run, latent_shape_for
 
@@ -28,23 +30,21 @@ PUBLISHED_DIT_CONFIG = {
 }
 
 
-def dit_config_for(workflow_config: dict[str, Any], base_model: Path) -> tuple[dict[str, Any], str]:
+def dit_config_for(base: BaseModel, base_model: Path) -> tuple[dict[str, Any], str]:
     config_file = base_model / "dit" / "config.json"
     if config_file.is_file():
         return json.loads(config_file.read_text()), str(config_file)
-    base = workflow_config.get("base_model") or {}
-    if base.get("kind") == "tiny":
-        from longcat.basemodel import tiny_dit_config
+    if base.kind == "tiny":
+        from longcat.basemodel.tiny import tiny_dit_config
 
-        return tiny_dit_config(base.get("tiny") or {}), "config base_model.tiny"
+        return tiny_dit_config(base.tiny), "config base_model.tiny"
     return dict(PUBLISHED_DIT_CONFIG), "the published 13.6B config (base model not on disk yet)"
 
 
-def configured_latent_shapes(workflow_config: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+def configured_latent_shapes(frames: Frames) -> list[tuple[int, int, int, int]]:
     """Every latent shape the config allows: each frame count (largest first) in each resolution bucket."""
-    frames = {"num_frames": 93, **(workflow_config.get("frames") or {})}
-    buckets = frames.get("buckets") or [[480, 832]]
-    return [latent_shape_for(count, int(h), int(w)) for count in frame_counts(frames) for h, w in buckets]
+    buckets = resolution_buckets(frames)
+    return [latent_shape_for(count, h, w) for count in frame_counts(frames) for h, w in buckets]
 
 
 def latent_volume(shape: tuple[int, ...]) -> int:
@@ -56,8 +56,9 @@ def frames_of(latent_shape: tuple[int, ...]) -> int:
     return 4 * (latent_shape[1] - 1) + 1
 
 
-def data_report(cfg: TrainConfig, paths: RunPaths, fps: float | None = None) -> dict[str, Any]:
-    from longcat.cache import CacheError, CacheReader
+def data_report(cfg: Train, paths: RunLayout, fps: float) -> dict[str, Any]:
+    from longcat.cache.reader import CacheReader
+    from longcat.cache.spec import CacheError
 
     try:
         reader = CacheReader(paths.vae_cache, paths.text_cache)
@@ -73,7 +74,7 @@ def data_report(cfg: TrainConfig, paths: RunPaths, fps: float | None = None) -> 
     steps_per_epoch = sampler.batches_per_rank // per_step
     frames = Counter(frames_of(shape) for shape in shapes)
     # Sampled faster than frames.fps: only `short_clip: stretch` does that (the rate is cached per sample).
-    stretched = sum(1 for sample in reader.samples if fps and sample.fps > fps * (1 + 1e-6))
+    stretched = sum(1 for sample in reader.samples if sample.fps > fps * (1 + 1e-6))
     return {
         "ready": True,
         "samples": len(shapes),
@@ -87,9 +88,10 @@ def data_report(cfg: TrainConfig, paths: RunPaths, fps: float | None = None) -> 
     }
 
 
-def dry_run_report(workflow_config: dict[str, Any], cfg: TrainConfig, paths: RunPaths) -> dict[str, Any]:
-    dit_config, dit_source = dit_config_for(workflow_config, paths.base_model)
-    data = data_report(cfg, paths, (workflow_config.get("frames") or {}).get("fps"))
+def dry_run_report(settings: RunSettings, paths: RunLayout) -> dict[str, Any]:
+    cfg = settings.train
+    dit_config, dit_source = dit_config_for(settings.base_model, paths.base_model)
+    data = data_report(cfg, paths, settings.frames.fps)
 
     def estimate(shape: tuple[int, ...], card: str) -> dict[str, Any]:
         return estimate_run(
@@ -110,7 +112,7 @@ def dry_run_report(workflow_config: dict[str, Any], cfg: TrainConfig, paths: Run
         counts = {tuple(int(d) for d in key.split("x")): count for key, count in data["buckets"].items()}
         shapes = list(counts)
     else:
-        shapes = configured_latent_shapes(workflow_config)
+        shapes = configured_latent_shapes(settings.frames)
         # No samples yet: each frame count in the first resolution bucket (480x832 for the real job).
         counts = dict.fromkeys(shape for shape in shapes if shape[2:] == shapes[0][2:])
     largest = max(shapes, key=latent_volume)

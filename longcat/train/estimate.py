@@ -42,15 +42,16 @@ def swiglu_hidden(hidden_size: int, mlp_ratio: float) -> int:
 
 
 def dit_parameter_counts(config: dict[str, Any]) -> dict[str, int]:
-    """Parameters of the LongCat DiT for a `dit/config.json`: per block, embedders, final layer, total."""
+    """Parameters of the LongCat DiT for a `dit/config.json` (every key present, as the model saves it):
+    per block, embedders, final layer, total."""
     d = config["hidden_size"]
     a = config["adaln_tembed_dim"]
     c = config["caption_channels"]
-    f = config.get("frequency_embedding_size", 256)
+    f = config["frequency_embedding_size"]
     head = d // config["num_heads"]
-    patch = math.prod(config.get("patch_size", (1, 2, 2)))
-    channels_in, channels_out = config.get("in_channels", 16), config.get("out_channels", 16)
-    ff = swiglu_hidden(d, config.get("mlp_ratio", 4))
+    patch = math.prod(config["patch_size"])
+    channels_in, channels_out = config["in_channels"], config["out_channels"]
+    ff = swiglu_hidden(d, config["mlp_ratio"])
     block = (
         (a * 6 * d + 6 * d)  # adaLN modulation
         + 2 * d  # pre cross-attention norm
@@ -155,7 +156,7 @@ def estimate_run(
     card = CARDS[card_name]
     mfu = mfu or card.typical_mfu
     counts = dit_parameter_counts(dit_config)
-    patch = tuple(dit_config.get("patch_size", (1, 2, 2)))
+    patch = tuple(dit_config["patch_size"])
     tokens = video_tokens(latent_shape, patch)
     flops = train_flops_per_sample(counts["total"], tokens, dit_config["hidden_size"], dit_config["depth"])
     samples_per_gpu = batch_size * gradient_accumulation_steps

@@ -6,7 +6,7 @@ import shlex
 import signal
 import threading
 
-from longcat.train.config import TrainConfig
+from longcat.settings import Train
 
 # torchrun forwards these to the training processes (Slurm sends SIGUSR1 before preemption with
 # `--signal=USR1@SECONDS`; without forwarding, the launcher dies of it and leaves its workers running),
@@ -16,7 +16,7 @@ SHUTDOWN_TIMEOUT_S = 900
 FIRST_NODE = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
 
 
-def launch_command(cfg: TrainConfig, python: str = "python") -> str:
+def launch_command(cfg: Train, python: str = "python") -> str:
     """`accelerate launch ... -m longcat.train`; the caller appends the training arguments.
 
     One process in all: `torchrun --standalone`, the launcher underneath accelerate's.
@@ -61,7 +61,7 @@ def launch_command(cfg: TrainConfig, python: str = "python") -> str:
     return shlex.join([*srun_per_node(cfg), "bash", "-c", per_node, "launch"])
 
 
-def srun_per_node(cfg: TrainConfig) -> list[str]:
+def srun_per_node(cfg: Train) -> list[str]:
     """`srun` for one launcher per node, run from the job's shell on the allocation's first node.
 
     That shell is itself inside a job step (Snakemake's job process runs under `srun`), which holds

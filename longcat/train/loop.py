@@ -5,36 +5,33 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.device_mesh import init_device_mesh
 
+from longcat.files import atomic_write_text
 from longcat.flow import noise_latents, scheduler_shift, training_sigmas
+from longcat.paths import RunLayout
+from longcat.settings import Train, settings_dict
+from longcat.train.build import build_model, init_distributed, make_optimizer, micro_batch_generator
 from longcat.train.checkpoint import (
     Checkpointer,
     full_model_state_dict,
     latest_checkpoint,
     load_checkpoint,
 )
-from longcat.train.config import RunPaths, TrainConfig
 from longcat.train.data import CacheSource, TrainLoader
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
 from longcat.train.metrics import Metrics, peak_memory_gib
 from longcat.train.objective import per_sample_loss, sigma_bucket
-from longcat.train.parallelize import (
-    apply_activation_checkpointing,
-    apply_compile,
-    apply_fsdp,
-    load_sharded_from_rank0,
-)
 from longcat.train.schedule import make_scheduler
+from longcat.train.validation import Validator, most_common_shape, validation_prompts
 
 log = logging.getLogger(__name__)
 
@@ -66,72 +63,19 @@ class StopRequest:
         log.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
 
 
-def init_distributed(cfg: TrainConfig) -> tuple[int, int, torch.device]:
-    timeout = datetime.timedelta(seconds=cfg.collective_timeout_s)
-    if cfg.on_gpu:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timeout, device_id=device if cfg.on_gpu else None)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def build_model(base_model: Path, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """The DiT on the meta device, checkpointed and sharded, then filled from rank 0's copy of the weights."""
-    from longcat.model import LongCatVideoTransformer3DModel
-    from longcat.model.loading import load_dit
-
-    dit_dir = Path(base_model) / "dit"
-    with torch.device("meta"):
-        model = LongCatVideoTransformer3DModel.from_config(
-            LongCatVideoTransformer3DModel.load_config(dit_dir)
-        )
-    apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_every)
-    if cfg.compile:
-        apply_compile(model)
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    param_dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
-    apply_fsdp(model, mesh, param_dtype, cfg.reshard_after_forward, cfg.cpu_offload)
-    home = torch.device("cpu") if cfg.cpu_offload else device
-    load_sharded_from_rank0(model, lambda: load_dit(dit_dir, dtype=torch.float32, device="cpu"), home)
-    model.train()
-    return model
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2),
-        weight_decay=cfg.adam_weight_decay,
-        eps=cfg.adam_epsilon,
-        foreach=True,
-    )
-
-
-def micro_batch_generator(seed: int, rank: int, micro_index: int, device: torch.device) -> torch.Generator:
-    """Noise, σ and conditioning for a micro-batch depend only on (seed, rank, index): resume repeats them."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + rank) * 1_000_000_007 + micro_index)
-    return generator
-
-
 class Trainer:
+    """One process of a run: `cfg` is the run's `train` settings, `paths` its layout, `source` the cached
+    samples; `sample_prompts` (the workflow's sample.prompts) stand in for empty validation_prompts."""
+
     def __init__(
         self,
-        cfg: TrainConfig,
-        paths: RunPaths,
+        cfg: Train,
+        paths: RunLayout,
         source: CacheSource,
-        workflow_config: dict[str, Any] | None = None,
+        sample_prompts: Sequence[str] = (),
     ):
         self.cfg = cfg
         self.paths = paths
-        self.workflow_config = workflow_config or {}
         self.rank, self.world_size, self.device = init_distributed(cfg)
         torch.manual_seed(cfg.seed)
         self.loader = TrainLoader(
@@ -161,6 +105,26 @@ class Trainer:
         self.hidden, self.depth = dit_config["hidden_size"], dit_config["depth"]
         self.patch = tuple(dit_config["patch_size"])
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.validator = self.make_validator(sample_prompts) if cfg.validation_every_n_steps else None
+
+    def make_validator(self, sample_prompts: Sequence[str]) -> Validator:
+        cfg = self.cfg
+        return Validator(
+            prompts=tuple(
+                validation_prompts(cfg.validation_prompts, sample_prompts, cfg.num_validation_videos)
+            ),
+            num_inference_steps=cfg.validation_inference_steps,
+            guidance_scale=cfg.validation_guidance_scale,
+            seed=cfg.seed,
+            flow_shift=self.flow_shift,
+            out_dir=self.paths.validation,
+            base_model=self.paths.base_model,
+            latent_shape=most_common_shape(sample.latent_shape for sample in self.loader.dataset.samples),
+            max_tokens=self.loader.dataset.max_tokens,
+            device=self.device,
+            dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32,
+            rank=self.rank,
+        )
 
     def trainer_state(self) -> dict[str, Any]:
         return {
@@ -221,8 +185,7 @@ class Trainer:
         cfg = self.cfg
         self.resume(resume)
         metrics = Metrics(self.paths.tensorboard, self.rank == 0, self.progress.step, cfg.max_train_steps)
-        hparams = {f.name: getattr(cfg, f.name) for f in cfg.__dataclass_fields__.values()}
-        metrics.hparams(hparams | {"flow_shift": self.flow_shift})
+        metrics.hparams(settings_dict(cfg) | {"flow_shift": self.flow_shift})
         card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
         batches = iter(self.loader)
         try:
@@ -234,8 +197,8 @@ class Trainer:
                 stopping = self.stop_requested(stop)
                 if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps or stopping:
                     self.save()
-                if cfg.validation_every_n_steps and step % cfg.validation_every_n_steps == 0:
-                    self.validate(metrics)
+                if self.validator is not None and step % cfg.validation_every_n_steps == 0:
+                    self.validator(self.model, step, metrics)
                 if stopping:
                     self.checkpointer.wait()
                     log.warning("stopped by signal at step %d; exit %d to be run again", step, EXIT_PREEMPTED)
@@ -335,11 +298,6 @@ class Trainer:
         scalars["train/sigma"] = everything[:, 0].cpu()
         return scalars
 
-    def validate(self, metrics: Metrics) -> None:
-        from longcat.train.validation import render_validation_videos
-
-        render_validation_videos(self, metrics)
-
     def export(self) -> None:
         """Gather the full weights, write the published layout to `final/`, then `train.done`."""
         state = full_model_state_dict(self.model)
@@ -347,8 +305,6 @@ class Trainer:
             from longcat.export import export_model
 
             export_model(state, self.paths.base_model, self.paths.final, flow_shift=self.flow_shift)
-            tmp = self.paths.done.with_name(self.paths.done.name + ".tmp")
-            tmp.write_text(f"step {self.progress.step}\n")
-            tmp.replace(self.paths.done)
+            atomic_write_text(self.paths.done, f"step {self.progress.step}\n")
             log.info("exported the model to %s", self.paths.final)
         dist.barrier()

@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_snakemake
+from conftest import run_snakemake, train_settings
 from safetensors.torch import load_file
 
-from longcat.train.config import TrainConfig
 from longcat.train.launch import launch_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -224,7 +223,7 @@ def test_multi_node_training_is_one_job_of_n_nodes(
     args = ("train", "--directory", str(demo_dir), "--profile", "slurm", "--configfile", str(configfile))
     dry = slurm_snakemake(*args, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    cfg = TrainConfig.from_dict({"gpus": 8, "num_processes": 8, "nodes": 2, "mixed_precision": "bf16"})
+    cfg = train_settings(gpus=8, num_processes=8, nodes=2, mixed_precision="bf16")
     srun = "srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --overlap --kill-on-bad-exit=1 --gres gpu:8 bash -c"
     assert launch_command(cfg).startswith(srun)
     (line,) = [line for line in (dry.stdout + dry.stderr).splitlines() if srun in line]

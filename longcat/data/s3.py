@@ -1,133 +1,25 @@
-"""List and open the clip source: an S3 bucket (or an S3 Inventory), a local tree, or the demo clips.
+"""An S3 bucket as a clip source: listed with ListObjectsV2 (or read from an S3 Inventory), read with
+ranged GETs on presigned URLs over a pool of keep-alive connections.
 
-A source is a flat set of objects (key, size, etag, last-modified). Videos pair with a caption of the
-same stem (`a/b/clip.mp4` + `a/b/clip.txt`). Reading is by byte range only, so probing never needs a
-whole object. Error messages name the bucket and key but never a credential or a presigned signature.
+Listing goes through boto3. Object reads bypass botocore: many small ranged GETs per clip are sent at
+once on connections of their own, so the time of a probe is one round trip, not one per read.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
 import http.client
-import io
-import json
-import logging
 import os
 import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote_plus, urlparse, urlsplit
+from datetime import UTC
+from urllib.parse import parse_qs, quote, urlsplit
 
-import pyarrow as pa
-
-log = logging.getLogger(__name__)
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v")
-CAPTION_SUFFIX = ".txt"
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("caption_key", pa.string()),
-        ("size", pa.int64()),
-        ("etag", pa.string()),
-        ("last_modified", pa.timestamp("us", tz="UTC")),
-        ("caption_size", pa.int64()),
-        ("caption_etag", pa.string()),
-    ]
-)
-
-
-class SourceError(RuntimeError):
-    """The source cannot be listed or read; the message names the location, never a secret."""
-
-
-@dataclass(frozen=True)
-class SourceObject:
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime
-
-
-# Query strings of presigned URLs carry the signature and the access key id.
-_SECRET_PATTERNS = [
-    re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+", re.IGNORECASE),
-    re.compile(r"((?:Signature|AWSAccessKeyId|x-amz-security-token)=)[^&\s'\"]+", re.IGNORECASE),
-    re.compile(r"\b(A(?:KIA|SIA))[A-Z0-9]{16}\b"),
-]
-
-
-def sanitize(message: object) -> str:
-    """The text of an error with signatures, tokens and access key ids blanked out."""
-    text = str(message)
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + "***", text)
-    return text
-
-
-class Source:
-    """Lists objects and reads byte ranges of one of them."""
-
-    description = "source"
-
-    def list_objects(self) -> Iterator[SourceObject]:
-        raise NotImplementedError
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of an object (fewer at the end of the object)."""
-        raise NotImplementedError
-
-    def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Several ranges of one object; sources with a round trip per read have them in flight at once."""
-        return [self.read_range(key, start, end) for start, end in ranges]
-
-    def read_all(self, key: str) -> bytes:
-        raise NotImplementedError
-
-
-class LocalSource(Source):
-    """A directory tree at any depth; keys are POSIX paths relative to the root."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.description = f"local directory {self.root}"
-
-    def list_objects(self) -> Iterator[SourceObject]:
-        if not self.root.is_dir():
-            raise SourceError(f"source.path: expected a directory, found nothing at {self.root}")
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath, name)
-                if not path.is_file():
-                    continue
-                stat = path.stat()
-                yield SourceObject(
-                    key=path.relative_to(self.root).as_posix(),
-                    size=stat.st_size,
-                    etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}",
-                    last_modified=datetime.fromtimestamp(stat.st_mtime, UTC),
-                )
-
-    def _path(self, key: str) -> Path:
-        return self.root / key
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        with open(self._path(key), "rb") as handle:
-            handle.seek(start)
-            return handle.read(max(0, end - start))
-
-    def read_all(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
+from longcat.data.inventory import list_inventory, strip_etag
+from longcat.data.sources import Source, SourceError, SourceObject, sanitize
 
 
 def s3_client(region: str | None = None, endpoint_url: str | None = None, max_pool: int = 32):
@@ -193,10 +85,6 @@ class Connections:
             connection.close()
 
 
-def _strip_etag(etag: str | None) -> str:
-    return (etag or "").strip('"')
-
-
 class S3Source(Source):
     """Objects under `prefix` in `bucket`, listed with ListObjectsV2 or read from an S3 Inventory."""
 
@@ -248,7 +136,7 @@ class S3Source(Source):
             yield SourceObject(
                 key=item["Key"][len(self.prefix) :],
                 size=int(item["Size"]),
-                etag=_strip_etag(item.get("ETag")),
+                etag=strip_etag(item.get("ETag")),
                 last_modified=item["LastModified"].astimezone(UTC),
             )
 
@@ -270,58 +158,11 @@ class S3Source(Source):
             for obj in self._page_objects(page)
         ]
 
-    def _inventory_location(self) -> tuple[str, str]:
-        parsed = urlparse(self.inventory)
-        if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.endswith("manifest.json"):
-            raise SourceError(
-                f"source.inventory: expected s3://BUCKET/.../manifest.json, found {self.inventory!r}"
-            )
-        return parsed.netloc, parsed.path.lstrip("/")
-
-    def _read_other(self, bucket: str, key: str) -> bytes:
-        response = self._call("reading", key, self.client.get_object, Bucket=bucket, Key=key)
-        return self._call("reading", key, response["Body"].read)
-
     def _list_inventory(self) -> Iterator[SourceObject]:
-        bucket, manifest_key = self._inventory_location()
-        body = self._call(
-            "reading inventory manifest",
-            manifest_key,
-            self.client.get_object,
-            Bucket=bucket,
-            Key=manifest_key,
-        )["Body"].read()
-        try:
-            manifest = json.loads(body)
-            file_format = manifest["fileFormat"].lower()
-            parts = [part["key"] for part in manifest["files"]]
-        except (ValueError, KeyError, TypeError) as error:
-            raise SourceError(
-                f"s3://{bucket}/{manifest_key}: expected an S3 Inventory manifest with fileFormat and files, "
-                f"found {type(error).__name__}: {error}"
-            ) from None
-        if file_format not in {"csv", "parquet"}:
-            raise SourceError(
-                f"s3://{bucket}/{manifest_key}: inventory fileFormat {manifest['fileFormat']!r} is not "
-                "supported (expected CSV or Parquet)"
-            )
-        schema = [name.strip() for name in manifest.get("fileSchema", "").split(",") if name.strip()]
-        for part in parts:
-            data = self._call(
-                "reading inventory part", part, self.client.get_object, Bucket=bucket, Key=part
-            )["Body"].read()
-            rows = _inventory_csv(data, schema, part) if file_format == "csv" else _inventory_parquet(data)
-            for row in rows:
-                if row["bucket"] != self.bucket or not row["key"].startswith(self.prefix):
-                    continue
-                if row["key"].endswith("/") or row.get("is_delete_marker") in (True, "true"):
-                    continue
-                yield SourceObject(
-                    key=row["key"][len(self.prefix) :],
-                    size=int(row["size"] or 0),
-                    etag=_strip_etag(row["etag"]),
-                    last_modified=_parse_time(row["last_modified"]),
-                )
+        def read(what: str, bucket: str, key: str) -> bytes:
+            return self._call(what, key, self.client.get_object, Bucket=bucket, Key=key)["Body"].read()
+
+        return list_inventory(read, self.inventory, self.bucket, self.prefix)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.read_ranges(key, [(start, end)])[0]
@@ -439,120 +280,3 @@ class S3Source(Source):
             if response.status not in RETRY_STATUSES:
                 raise SourceError(f"reading {where} failed: {failure}")
         raise SourceError(f"reading {where} failed after {RETRY_ATTEMPTS} attempts: {sanitize(failure)}")
-
-
-_INVENTORY_FIELDS = {
-    "bucket": "bucket",
-    "key": "key",
-    "size": "size",
-    "lastmodifieddate": "last_modified",
-    "last_modified_date": "last_modified",
-    "etag": "etag",
-    "e_tag": "etag",
-    "isdeletemarker": "is_delete_marker",
-    "is_delete_marker": "is_delete_marker",
-}
-
-
-def _inventory_csv(data: bytes, schema: list[str], where: str) -> Iterator[dict]:
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    columns = [_INVENTORY_FIELDS.get(name.lower(), name) for name in schema]
-    if "key" not in columns:
-        raise SourceError(f"{where}: inventory fileSchema has no Key column (found {schema})")
-    for line_number, values in enumerate(csv.reader(io.StringIO(data.decode("utf-8"))), start=1):
-        if len(values) != len(columns):
-            raise SourceError(
-                f"{where} line {line_number}: expected {len(columns)} fields ({', '.join(schema)}), "
-                f"found {len(values)}"
-            )
-        row = dict(zip(columns, values, strict=True))
-        # Inventory CSVs URL-encode keys.
-        row["key"] = unquote_plus(row["key"])
-        yield {"size": 0, "etag": "", "last_modified": None, **row}
-
-
-def _inventory_parquet(data: bytes) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(io.BytesIO(data))
-    renamed = table.rename_columns([_INVENTORY_FIELDS.get(n.lower(), n) for n in table.column_names])
-    for row in renamed.to_pylist():
-        yield {"size": 0, "etag": "", "last_modified": None, **row}
-
-
-def _parse_time(value) -> datetime:
-    if value is None or value == "":
-        return datetime.fromtimestamp(0, UTC)
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value / 1000, UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
-
-
-def open_source(source_config: Mapping, demo_dir: str | Path | None = None) -> Source:
-    """The Source for the `source` section of the config (the demo reads the clips its rule made)."""
-    kind = source_config.get("kind")
-    if kind == "s3":
-        bucket = source_config.get("bucket")
-        if not bucket:
-            raise SourceError("source.bucket: expected a bucket name for source.kind s3, found none")
-        return S3Source(
-            bucket=bucket,
-            prefix=source_config.get("prefix") or "",
-            region=source_config.get("region"),
-            endpoint_url=source_config.get("endpoint_url"),
-            inventory=source_config.get("inventory"),
-            list_workers=int(source_config.get("list_workers", 8)),
-        )
-    if kind == "local":
-        path = source_config.get("path")
-        if not path:
-            raise SourceError("source.path: expected a directory for source.kind local, found none")
-        return LocalSource(path)
-    if kind == "demo":
-        if demo_dir is None:
-            raise SourceError("source.kind demo: the demo clip directory was not given")
-        return LocalSource(demo_dir)
-    raise SourceError(f"source.kind: expected one of s3, local, demo, found {kind!r}")
-
-
-def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
-    """One manifest row per video, with the caption of the same stem (or none), sorted by key."""
-    by_key = {obj.key: obj for obj in objects}
-    rows = []
-    for key in sorted(by_key):
-        obj = by_key[key]
-        stem, suffix = os.path.splitext(key)
-        if suffix.lower() not in VIDEO_SUFFIXES:
-            continue
-        caption = by_key.get(stem + CAPTION_SUFFIX)
-        rows.append(
-            {
-                "key": key,
-                "caption_key": caption.key if caption else None,
-                "size": obj.size,
-                "etag": obj.etag,
-                "last_modified": obj.last_modified,
-                "caption_size": caption.size if caption else None,
-                "caption_etag": caption.etag if caption else None,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-
-
-def build_manifest(source: Source) -> pa.Table:
-    table = pair_captions(source.list_objects())
-    log.info(
-        "listed %s: %d videos, %d without caption",
-        source.description,
-        table.num_rows,
-        table.column("caption_key").null_count,
-    )
-    return table
-
-
-def chunk_of(key: str, chunks: int) -> int:
-    """The probe chunk of a key: a stable hash, so adding keys never moves existing ones."""
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % chunks

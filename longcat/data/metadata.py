@@ -9,16 +9,19 @@ so changing them never re-probes anything.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from longcat.probe import PROBE_SCHEMA, probe_rows
-from longcat.source import Source, build_manifest, chunk_of
+from longcat.data.buckets import display_size
+from longcat.data.frames import ClipRejected, frame_plan
+from longcat.data.manifest import chunk_of, manifest_chunk
+from longcat.data.probe import PROBE_SCHEMA, probe_rows
+from longcat.data.sources import Source
+from longcat.data.tables import write_table
+from longcat.settings import Frames, Probe
 
 log = logging.getLogger(__name__)
 
@@ -42,38 +45,6 @@ REJECTED_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
-
-
-def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write a parquet file atomically (temp file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        pq.write_table(table, temp, compression="zstd")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def chunk_ids(chunks: int) -> list[str]:
-    return [f"{index:03d}" for index in range(chunks)]
-
-
-def write_manifest(source: Source, path: str | Path) -> pa.Table:
-    table = build_manifest(source)
-    write_table(table, path)
-    return table
-
-
-def manifest_chunk(manifest: pa.Table, chunk: str, chunks: int) -> list[dict]:
-    """The manifest rows whose key hashes to `chunk`."""
-    index = int(chunk)
-    if not 0 <= index < chunks:
-        raise ValueError(f"probe chunk {chunk}: expected 000..{chunks - 1:03d} (probe.chunks={chunks})")
-    return [row for row in manifest.to_pylist() if chunk_of(row["key"], chunks) == index]
 
 
 def read_records(path: str | Path, keys: Sequence[str] | None = None) -> list[dict]:
@@ -100,8 +71,9 @@ def probe_chunk(
     chunks: int,
     output: str | Path,
     store: str | Path,
-    workers: int = 8,
-    decode_check: bool = True,
+    *,
+    workers: int,
+    decode_check: bool,
 ) -> pa.Table:
     """Probe the objects of one chunk, reusing the store's records by etag, and write the part file.
 
@@ -118,7 +90,7 @@ def probe_chunk(
         for other in sorted(store.parent.glob("part-*.parquet")):
             if other != store:
                 previous += read_records(other, missing)
-    records, probed = probe_rows(source, rows, previous, workers, decode_check)
+    records, probed = probe_rows(source, rows, previous, workers=workers, decode_check=decode_check)
     table = pa.Table.from_pylist(records, schema=PROBE_SCHEMA)
     rejected = sum(1 for record in records if record["reason"])
     log.info(
@@ -139,21 +111,18 @@ def probe_chunk(
     return table
 
 
-def _acceptance(record: dict, probe_cfg: Mapping, frames_cfg: Mapping) -> tuple[str, str] | dict:
+def _acceptance(record: dict, probe: Probe, frames: Frames) -> tuple[str, str] | dict:
     """A reject (reason, detail) or the plan columns for one probed record."""
-    from longcat.buckets import display_size
-    from longcat.frames import ClipRejected, frame_plan
-
     row = {**record, "frame_count": record["num_frames"]}
     shown_width, shown_height = display_size(record["width"], record["height"], record["rotation"] or 0)
-    min_width, min_height = int(probe_cfg.get("min_width", 0)), int(probe_cfg.get("min_height", 0))
+    min_width, min_height = probe.min_width, probe.min_height
     if shown_width < min_width or shown_height < min_height:
         return (
             "too_small",
             f"{shown_width}x{shown_height} is below probe.min_width x min_height = {min_width}x{min_height}",
         )
     try:
-        plan = frame_plan(row, dict(frames_cfg))
+        plan = frame_plan(row, frames)
     except ClipRejected as reject:
         return "too_short", str(reject)
     return {
@@ -170,8 +139,8 @@ def _acceptance(record: dict, probe_cfg: Mapping, frames_cfg: Mapping) -> tuple[
 def merge_metadata(
     manifest_path: str | Path,
     part_paths: Sequence[str | Path],
-    probe_cfg: Mapping,
-    frames_cfg: Mapping,
+    probe: Probe,
+    frames: Frames,
     metadata_path: str | Path,
     rejected_path: str | Path,
 ) -> tuple[pa.Table, pa.Table]:
@@ -193,7 +162,7 @@ def merge_metadata(
         if record["reason"]:
             rejected.append(record)
             continue
-        outcome = _acceptance(record, probe_cfg, frames_cfg)
+        outcome = _acceptance(record, probe, frames)
         if isinstance(outcome, tuple):
             rejected.append({**record, "reason": outcome[0], "detail": outcome[1]})
         else:

@@ -2,19 +2,21 @@
 
 import math
 
+from longcat.settings import Frames
+
 # The Wan VAE downsamples 8x spatially and the DiT patchifies 2x2 more.
 BUCKET_MULTIPLE = 16
 
 
-def resolution_buckets(frames_cfg: dict) -> list[tuple[int, int]]:
+def resolution_buckets(frames: Frames) -> list[tuple[int, int]]:
     """The configured `frames.buckets` as (height, width) pairs, checked.
 
     Without an explicit list, landscape, portrait and square buckets are derived from
     `frames.resolution` (the short side): about 16:9, 9:16, 4:3, 3:4 and 1:1.
     """
-    configured = frames_cfg.get("buckets")
+    configured = frames.buckets
     if configured is None:
-        return default_buckets(int(frames_cfg["resolution"]))
+        return default_buckets(frames.resolution)
     buckets = []
     for position, pair in enumerate(configured):
         if len(pair) != 2:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
+
+from longcat.files import write_dir_atomically
+from longcat.settings import Demo
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ PATTERNS = [
         "a red square moving across a blue background",
     ),
 ]
+# The captions the demo's clips are built from: the fixed corpus of the tiny model's tokenizer.
+DEMO_CAPTIONS = tuple(caption for _, caption in PATTERNS)
 SIZES = [(128, 72), (96, 96), (72, 128), (160, 96), (112, 64), (64, 112)]
 RATES = [24, 25, 30, 15, 12]
 
@@ -60,11 +63,11 @@ class DemoClip:
     faststart: bool
 
 
-def plan_clips(num_clips: int, seed: int = 0) -> list[DemoClip]:
+def plan_clips(demo: Demo) -> list[DemoClip]:
     """The clips the demo makes: the same list for the same (num_clips, seed)."""
-    rng = random.Random(seed)
+    rng = random.Random(demo.seed)
     clips = []
-    for index in range(num_clips):
+    for index in range(demo.num_clips):
         pattern, caption = PATTERNS[index % len(PATTERNS)]
         # Every third clip is portrait and one clip is shorter than the full frame plan.
         width, height = SIZES[(index + rng.randrange(len(SIZES))) % len(SIZES)]
@@ -112,22 +115,15 @@ def encode_clip(clip: DemoClip, path: str | Path) -> None:
         raise RuntimeError(f"demo clip {clip.name} ({clip.source}): ffmpeg failed: {message}") from None
 
 
-def make_demo_clips(out_dir: str | Path, num_clips: int, seed: int = 0) -> list[DemoClip]:
+def make_demo_clips(out_dir: str | Path, demo: Demo) -> list[DemoClip]:
     """Write NAME.mp4 + NAME.txt for each demo clip into `out_dir`, which appears complete or not at all."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    clips = plan_clips(num_clips, seed)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    clips = plan_clips(demo)
+
+    def fill(building: Path) -> None:
         for clip in clips:
             encode_clip(clip, building / f"{clip.name}.mp4")
             (building / f"{clip.name}.txt").write_text(clip.caption + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        building.chmod(0o755)
-        building.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+
+    write_dir_atomically(out_dir, fill)
     log.info("wrote %d demo clips to %s", len(clips), out_dir)
     return clips

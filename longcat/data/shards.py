@@ -17,12 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from longcat.metadata import METADATA_SCHEMA, write_table
+from longcat.data.metadata import METADATA_SCHEMA
+from longcat.data.tables import write_table
+from longcat.paths import shard_id
+from longcat.settings import Shards
 
 log = logging.getLogger(__name__)
 
 ASSIGNMENT_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string())])
-SHARD_ID_WIDTH = 5
 
 
 def read_exclusions(path: str | Path | None) -> frozenset[str]:
@@ -62,9 +64,7 @@ def assign_shards(
     new_keys = sorted(set(accepted_keys) - known - excluded)
     shard_numbers = [int(shard) for shard in pc.unique(previous.column("shard")).to_pylist()]
     next_shard = max(shard_numbers, default=-1) + 1
-    new_shards = [
-        f"{next_shard + position // shard_size:0{SHARD_ID_WIDTH}d}" for position in range(len(new_keys))
-    ]
+    new_shards = [shard_id(next_shard + position // shard_size) for position in range(len(new_keys))]
     added = pa.Table.from_pydict({"key": new_keys, "shard": new_shards}, schema=ASSIGNMENT_SCHEMA)
     return pa.concat_tables([previous, added])
 
@@ -73,8 +73,7 @@ def update_assignments(
     metadata_path: str | Path,
     store_path: str | Path,
     output_path: str | Path,
-    shard_size: int,
-    exclude_path: str | Path | None = None,
+    shards: Shards,
 ) -> pa.Table:
     """Extend the stored assignment table with newly accepted keys and write it to the store and the output.
 
@@ -82,7 +81,7 @@ def update_assignments(
     """
     previous = read_assignments(store_path)
     accepted = pq.read_table(metadata_path, columns=["key"]).column("key").to_pylist()
-    table = assign_shards(previous, accepted, shard_size, read_exclusions(exclude_path))
+    table = assign_shards(previous, accepted, shards.size, read_exclusions(shards.exclude))
     new_shards = sorted(set(table.column("shard").to_pylist()) - set(previous.column("shard").to_pylist()))
     log.info(
         "shards: %d keys in %d shards; %d new keys in new shards %s",

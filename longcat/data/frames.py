@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import ffmpeg
 import numpy as np
 
-from longcat.buckets import closest_bucket, display_size, resolution_buckets
+from longcat.data.buckets import closest_bucket, display_size, resolution_buckets
+from longcat.settings import Frames
 
 
 class ClipRejected(Exception):
@@ -32,19 +33,17 @@ class FramePlan:
     time_stretch: float = 1.0  # fps over frames.fps: how much faster than real time motion plays
 
 
-def frame_counts(frames_cfg: dict) -> list[int]:
+def frame_counts(frames: Frames) -> list[int]:
     """The allowed frame counts, largest first: `num_frames` and the smaller `frame_buckets`, each 4k+1."""
-    wanted = int(frames_cfg["num_frames"])
-    counts = {wanted} | {
-        int(count) for count in frames_cfg.get("frame_buckets") or [] if int(count) <= wanted
-    }
+    wanted = frames.num_frames
+    counts = {wanted} | {count for count in frames.frame_buckets if count <= wanted}
     bad = sorted(count for count in counts if count < 1 or (count - 1) % 4)
     if bad:
         raise ValueError(f"frames.num_frames / frames.frame_buckets: frame counts must be 4k+1, found {bad}")
     return sorted(counts, reverse=True)
 
 
-def frame_plan(row: dict, frames_cfg: dict) -> FramePlan:
+def frame_plan(row: dict, frames: Frames) -> FramePlan:
     """The sampling plan of one metadata row (fps, duration, aspect_ratio or size and rotation).
 
     Frames are taken from the clip's start at exactly `frames.fps` (the model has no fps input, so any
@@ -60,14 +59,14 @@ def frame_plan(row: dict, frames_cfg: dict) -> FramePlan:
     if source_fps <= 0 or duration <= 0:
         raise ClipRejected(f"no usable video timing (fps={source_fps}, duration={duration})")
 
-    counts = frame_counts(frames_cfg)
-    target_fps = float(frames_cfg["fps"])
-    short_clip = frames_cfg.get("short_clip", "fallback")
+    counts = frame_counts(frames)
+    target_fps = frames.fps
+    short_clip = frames.short_clip
     if short_clip == "reject":
         counts = counts[:1]
     # The fastest rate a clip may be sampled at: frames.fps, or with `stretch` up to max_stretch times
     # that, but never faster than the source's own frames.
-    max_stretch = float(frames_cfg["max_stretch"]) if short_clip == "stretch" else 1.0
+    max_stretch = frames.max_stretch if short_clip == "stretch" else 1.0
     fastest = max(target_fps, min(source_fps, target_fps * max_stretch))
     for num_frames in counts:
         if num_frames / target_fps <= duration + DURATION_TOLERANCE_S:
@@ -86,7 +85,7 @@ def frame_plan(row: dict, frames_cfg: dict) -> FramePlan:
             needs += " (the smallest frame bucket)"
         raise ClipRejected(f"{duration:.3f} s at {source_fps:.3g} fps is too short: {needs}")
 
-    bucket_height, bucket_width = closest_bucket(display_aspect_ratio(row), resolution_buckets(frames_cfg))
+    bucket_height, bucket_width = closest_bucket(display_aspect_ratio(row), resolution_buckets(frames))
     return FramePlan(
         num_frames=num_frames,
         fps=round(fps, 6),

@@ -1,0 +1,132 @@
+"""Writing a cache shard so that a killed job resumes where it stopped and still gives the same bytes.
+
+Each finished sample goes to its own part file under `.partial-shard-NNNNN/` first; `finish` assembles
+the shard from the parts in shard-list order, with no timestamps, so the result is byte-identical to an
+uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from longcat.cache.format import (
+    EMPTY_TEXT_TENSOR,
+    read_safetensors_header,
+    safetensors_header,
+    tensor_bytes,
+    write_safetensors,
+)
+from longcat.cache.spec import CacheError, canonical_json
+from longcat.files import atomic_write
+from longcat.paths import CacheLayout
+
+log = logging.getLogger(__name__)
+
+
+def write_index(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+
+
+def write_empty_text(path: str | Path, embedding, metadata: Mapping) -> None:
+    """The empty caption's embedding, the one tensor of `empty.safetensors`."""
+    write_safetensors(path, [(EMPTY_TEXT_TENSOR, tensor_bytes(embedding))], metadata)
+
+
+def _part_row(path: Path) -> dict:
+    """The index row a per-sample part file carries (its header is checked against its size)."""
+    header, _ = read_safetensors_header(path)
+    return json.loads(header["__metadata__"]["row"])
+
+
+class ShardWriter:
+    """Builds one shard's safetensors and index from per-sample parts that survive a crash.
+
+    `done` holds the rows of samples finished by earlier attempts; `add` records a new one; `finish`
+    assembles the shard in the order given, writes the index and removes the parts.
+    """
+
+    def __init__(self, cache: CacheLayout, shard: str, schema: pa.Schema, metadata: Mapping):
+        self.tensors_path = cache.tensors(shard)
+        self.index_path = cache.index(shard)
+        self.partial_dir = cache.partial(shard)
+        self.schema = schema
+        self.metadata = dict(metadata)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.tensors_path, self.index_path):
+            # A temp file (longcat.files names them `.NAME.*.tmp`) of a job killed while writing.
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        self.done: dict[str, dict] = {}
+        for part in sorted(self.partial_dir.glob("*.safetensors")):
+            try:
+                row = _part_row(part)
+            except (CacheError, KeyError, ValueError):
+                log.warning("%s: unreadable part from an earlier attempt, encoding that sample again", part)
+                part.unlink()
+                continue
+            self.done[row["sample_id"]] = row
+        if self.done:
+            log.info("%s: resuming, %d samples already done", self.tensors_path.name, len(self.done))
+
+    def _part_path(self, sample_id: str) -> Path:
+        return self.partial_dir / (hashlib.sha1(sample_id.encode("utf-8")).hexdigest() + ".safetensors")
+
+    def add(self, row: dict, tensor=None) -> None:
+        """Record one sample: its index row (with `sample_id` and `status`) and its tensor when it has one."""
+        tensors = [(row["sample_id"], tensor_bytes(tensor))] if tensor is not None else []
+        write_safetensors(self._part_path(row["sample_id"]), tensors, {"row": canonical_json(row)})
+        self.done[row["sample_id"]] = row
+
+    def finish(self, sample_ids: Iterable[str]) -> None:
+        """Assemble the shard from the parts, in `sample_ids` order, then drop the parts."""
+        sample_ids = list(sample_ids)
+        missing = [sample_id for sample_id in sample_ids if sample_id not in self.done]
+        if missing:
+            raise CacheError(
+                f"{self.tensors_path}: {len(missing)} samples not encoded yet, e.g. {missing[0]!r}"
+            )
+        rows, entries, sources = [], [], []
+        for sample_id in sample_ids:
+            part = self._part_path(sample_id)
+            header, data_start = read_safetensors_header(part)
+            rows.append(json.loads(header["__metadata__"]["row"]))
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                begin, end = entry["data_offsets"]
+                entries.append((name, entry["dtype"], tuple(entry["shape"]), end - begin))
+                sources.append((part, data_start + begin, end - begin))
+
+        def write(handle):
+            handle.write(safetensors_header(entries, self.metadata))
+            for part, offset, nbytes in sources:
+                with open(part, "rb") as source:
+                    source.seek(offset)
+                    shutil.copyfileobj(_Limited(source, nbytes), handle, length=1 << 22)
+
+        atomic_write(self.tensors_path, write)
+        write_index(self.index_path, rows, self.schema)
+        shutil.rmtree(self.partial_dir)
+
+
+class _Limited:
+    """A reader of at most `remaining` bytes of `handle`, for copyfileobj."""
+
+    def __init__(self, handle, remaining: int):
+        self.handle = handle
+        self.remaining = remaining
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.remaining if size < 0 else min(size, self.remaining)
+        data = self.handle.read(size)
+        self.remaining -= len(data)
+        return data

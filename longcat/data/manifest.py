@@ -1,0 +1,89 @@
+"""The manifest: one row per video of the source, paired with the caption of the same stem.
+
+Videos pair with a caption of the same stem (`a/b/clip.mp4` + `a/b/clip.txt`). Each key also has a
+probe chunk, from a stable hash of the key, so a relist never moves an existing key to another chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+
+from longcat.data.sources import Source, SourceObject
+from longcat.data.tables import write_table
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v")
+CAPTION_SUFFIX = ".txt"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption_key", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+        ("last_modified", pa.timestamp("us", tz="UTC")),
+        ("caption_size", pa.int64()),
+        ("caption_etag", pa.string()),
+    ]
+)
+
+
+def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
+    """One manifest row per video, with the caption of the same stem (or none), sorted by key."""
+    by_key = {obj.key: obj for obj in objects}
+    rows = []
+    for key in sorted(by_key):
+        obj = by_key[key]
+        stem, suffix = os.path.splitext(key)
+        if suffix.lower() not in VIDEO_SUFFIXES:
+            continue
+        caption = by_key.get(stem + CAPTION_SUFFIX)
+        rows.append(
+            {
+                "key": key,
+                "caption_key": caption.key if caption else None,
+                "size": obj.size,
+                "etag": obj.etag,
+                "last_modified": obj.last_modified,
+                "caption_size": caption.size if caption else None,
+                "caption_etag": caption.etag if caption else None,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+
+def build_manifest(source: Source) -> pa.Table:
+    table = pair_captions(source.list_objects())
+    log.info(
+        "listed %s: %d videos, %d without caption",
+        source.description,
+        table.num_rows,
+        table.column("caption_key").null_count,
+    )
+    return table
+
+
+def write_manifest(source: Source, path: str | Path) -> pa.Table:
+    table = build_manifest(source)
+    write_table(table, path)
+    return table
+
+
+def chunk_of(key: str, chunks: int) -> int:
+    """The probe chunk of a key: a stable hash, so adding keys never moves existing ones."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % chunks
+
+
+def manifest_chunk(manifest: pa.Table, chunk: str, chunks: int) -> list[dict]:
+    """The manifest rows whose key hashes to `chunk`."""
+    index = int(chunk)
+    if not 0 <= index < chunks:
+        raise ValueError(f"probe chunk {chunk}: expected 000..{chunks - 1:03d} (probe.chunks={chunks})")
+    return [row for row in manifest.to_pylist() if chunk_of(row["key"], chunks) == index]

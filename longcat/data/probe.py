@@ -1,0 +1,177 @@
+"""Header-only probing of MP4/MOV clips through bounded range reads.
+
+ffprobe pointed at a URL reads open-ended ranges and the server streams far more than the header.
+Instead the object's head and tail are read at once (two ranged GETs in flight, so the `moov` index
+arrives in one round trip whether it sits at the start or the end), and the index is read from there
+(`longcat.data.mp4`). The decode check (`longcat.data.decode_check`) hands FFmpeg's decoder the start
+of the first picture, which the head read already holds in the usual layouts.
+
+Each object ends as one record: probed facts, or a reject with one of REJECT_REASONS and a detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+import pyarrow as pa
+
+from longcat.data.captions import decode_caption
+from longcat.data.decode_check import DECODE_CHECK_BYTES, decoded_pixel_format
+from longcat.data.fetched import FetchedBytes
+from longcat.data.mp4 import fetch_index, parse_video_track, track_columns
+from longcat.data.rejects import TRANSIENT_REASONS, Reject
+from longcat.data.sources import Source, SourceError, sanitize
+
+log = logging.getLogger(__name__)
+
+# The first reads, at once: a short clip's whole index sits in one of them, at the start or at the end.
+HEAD_BYTES = 16 * 1024
+TAIL_BYTES = 16 * 1024
+CAPTION_READ_THREADS = 64
+
+PROBE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("caption_key", pa.string()),
+        ("etag", pa.string()),
+        ("size", pa.int64()),
+        ("caption_etag", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("display_aspect", pa.float64()),
+        ("aspect_ratio", pa.float64()),
+        ("fps", pa.float64()),
+        ("fps_real", pa.float64()),
+        ("num_frames", pa.int64()),
+        ("duration", pa.float64()),
+        ("codec", pa.string()),
+        ("pix_fmt", pa.string()),
+        ("rotation", pa.int32()),
+        ("caption", pa.string()),
+        ("caption_encoding", pa.string()),
+        ("caption_fixups", pa.string()),
+        ("probe_bytes", pa.int64()),
+    ]
+)
+
+
+@cache
+def _caption_reads() -> ThreadPoolExecutor:
+    """Caption reads in flight beside the video's own: one pool, started by the first probe."""
+    return ThreadPoolExecutor(max_workers=CAPTION_READ_THREADS, thread_name_prefix="probe-caption")
+
+
+def probe_video(source: Source, key: str, size: int, decode_check: bool = True) -> tuple[dict, int]:
+    """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
+
+    Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the start of the first
+    frame, which rejects undecodable streams and fills in the pixel format.
+    """
+    if size == 0:
+        raise Reject("zero_bytes", "the object is empty")
+    fetched = FetchedBytes(source, key, size)
+    try:
+        # In the usual layouts the head holds the first picture's start too: after a short `ftyp` when
+        # the index is at the end, after the index when it is at the start.
+        fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
+        moov_offset, moov_length = fetch_index(fetched)
+        track = parse_video_track(fetched.read(moov_offset, moov_offset + moov_length))
+        columns = track_columns(track)
+        if decode_check:
+            if track.first_sample is None:
+                raise Reject("undecodable", "the video track has no chunk offsets")
+            start, length = track.first_sample
+            if start + length > size:
+                raise Reject("truncated", f"the first video sample ends at {start + length}, past {size}")
+            columns["pix_fmt"], columns["codec"] = decoded_pixel_format(fetched, track)
+    except Reject as reject:
+        reject.bytes_read = fetched.bytes_read
+        raise
+    return columns, fetched.bytes_read
+
+
+def _empty_record(row: Mapping) -> dict:
+    record = dict.fromkeys(PROBE_SCHEMA.names)
+    for name in ("key", "caption_key", "etag", "size", "caption_etag"):
+        record[name] = row.get(name)
+    record["probe_bytes"] = 0
+    return record
+
+
+def probe_object(source: Source, row: Mapping, decode_check: bool = True) -> dict:
+    """The probe record of one manifest row: facts and caption, or a reason it is rejected."""
+    record = _empty_record(row)
+    key = row["key"]
+    try:
+        if row["size"] == 0:
+            raise Reject("zero_bytes", "the object is empty")
+        if not row.get("caption_key"):
+            stem = os.path.splitext(key)[0]
+            raise Reject("missing_caption", f"no caption {stem}.txt beside the video")
+        # The caption is read beside the video's first reads; its rejects come first.
+        caption_read = _caption_reads().submit(source.read_all, row["caption_key"])
+        try:
+            video, video_reject = probe_video(source, key, int(row["size"]), decode_check), None
+        except Reject as reject:
+            video, video_reject = None, reject
+        caption = decode_caption(caption_read.result())
+        if not caption.text:
+            raise Reject("empty_caption", f"{row['caption_key']} holds no text")
+        record.update(
+            caption=caption.text, caption_encoding=caption.encoding, caption_fixups=caption.fixups_text
+        )
+        if video_reject is not None:
+            raise video_reject
+        columns, bytes_read = video
+        record.update(columns)
+        record["probe_bytes"] = bytes_read
+    except Reject as reject:
+        record.update(
+            reason=reject.reason, detail=reject.detail, probe_bytes=getattr(reject, "bytes_read", 0)
+        )
+    except (SourceError, OSError) as error:
+        record.update(reason="read_error", detail=sanitize(error))
+    except (struct.error, ValueError, IndexError) as error:
+        # Malformed boxes the walk did not foresee: a reject of this object, not a failed chunk.
+        log.warning("%s: malformed container (%s: %s)", key, type(error).__name__, error)
+        record.update(reason="undecodable", detail=f"malformed container: {type(error).__name__}: {error}")
+    return record
+
+
+def reuse_key(row: Mapping) -> tuple:
+    return (row["key"], row["etag"], row["size"], row["caption_etag"])
+
+
+def probe_rows(
+    source: Source,
+    rows: Iterable[Mapping],
+    previous: Iterable[Mapping] = (),
+    *,
+    workers: int,
+    decode_check: bool = True,
+) -> tuple[list[dict], int]:
+    """Probe records for `rows`, reusing previous records whose key, etag, size and caption etag match.
+
+    Returns the records in the order of `rows` and how many were probed afresh.
+    """
+    rows = list(rows)
+    known = {
+        reuse_key(record): record for record in previous if record.get("reason") not in TRANSIENT_REASONS
+    }
+    todo = [row for row in rows if reuse_key(row) not in known]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        probed = pool.map(lambda row: probe_object(source, row, decode_check), todo)
+        fresh = {reuse_key(row): record for row, record in zip(todo, probed, strict=True)}
+    records = []
+    for row in rows:
+        record = dict(known.get(reuse_key(row)) or fresh[reuse_key(row)])
+        record["caption_key"] = row.get("caption_key")
+        records.append(record)
+    return records, len(todo)

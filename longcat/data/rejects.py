@@ -1,0 +1,27 @@
+"""Why an object is not a training sample: one reason of REJECT_REASONS and a detail, per object."""
+
+from __future__ import annotations
+
+REJECT_REASONS = (
+    "zero_bytes",
+    "not_a_video",
+    "no_video_stream",
+    "truncated",
+    "undecodable",
+    "too_short",
+    "too_small",
+    "missing_caption",
+    "empty_caption",
+    "read_error",
+)
+# Reasons that depend on the network, not on the object: never kept for reuse.
+TRANSIENT_REASONS = frozenset({"read_error"})
+
+
+class Reject(Exception):
+    """The object is rejected for `reason` (one of REJECT_REASONS); `detail` says what was found."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,111 @@
+"""Reading a shard's clips for the VAE: decoded ahead of the encoder, in shard order, memory bounded.
+
+A few threads each drive one ffmpeg process per clip (the pixel work happens in those processes) and
+hand finished arrays to the encoder through a bounded window, so the accelerator never waits on ffmpeg.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from longcat.cache.spec import CacheError
+from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_plan
+from longcat.data.sources import SourceError, sanitize
+from longcat.settings import Frames
+
+
+@contextmanager
+def local_copy(source, key: str, temp_dir: str | None = None) -> Iterator[str]:
+    """A local path to `key`: the file itself for a local source, else a temp copy deleted after use."""
+    root = getattr(source, "root", None)
+    if root is not None:
+        yield str(Path(root, key))
+        return
+    suffix = Path(key).suffix or ".mp4"
+    handle, path = tempfile.mkstemp(suffix=suffix, prefix="longcat-clip-", dir=temp_dir)
+    try:
+        with os.fdopen(handle, "wb") as output:
+            output.write(source.read_all(key))
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@dataclass
+class DecodedClip:
+    sample_id: str
+    plan: FramePlan | None
+    frames: np.ndarray | None  # [F, H, W, 3] uint8
+    reason: str | None = None
+
+
+def decode_row(row: Mapping, frames: Frames, source, threads: int, temp_dir: str | None) -> DecodedClip:
+    """Plan and decode one metadata row; a clip that cannot be used comes back with its reason."""
+    sample_id = row["key"]
+    try:
+        plan = frame_plan(row, frames)
+        with local_copy(source, sample_id, temp_dir) as path:
+            pixels = decode_clip(path, plan, threads=threads)
+    except ClipRejected as rejected:
+        return DecodedClip(sample_id, None, None, str(rejected))
+    except (SourceError, OSError) as error:  # this clip's failure, not the shard's
+        return DecodedClip(sample_id, None, None, f"reading the clip failed: {sanitize(error)}")
+    return DecodedClip(sample_id, plan, pixels)
+
+
+def decode_ahead(
+    rows: list[Mapping], decode: Callable[[Mapping], DecodedClip], workers: int, window: int | None = None
+) -> Iterator[DecodedClip]:
+    """Decode rows on `workers` threads, at most `window` (2 x workers) clips in flight, in row order."""
+    window = max(1, window or 2 * workers)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        rows_left = iter(rows)
+        for row in rows_left:
+            pending.append(pool.submit(decode, row))
+            if len(pending) >= window:
+                break
+        while pending:
+            clip = pending.popleft().result()
+            next_row = next(rows_left, None)
+            if next_row is not None:
+                pending.append(pool.submit(decode, next_row))
+            yield clip
+
+
+def same_shape_batches(clips: Iterator[DecodedClip], batch_size: int) -> Iterator[list[DecodedClip]]:
+    """Runs of at most `batch_size` consecutive decoded clips of one frame shape; a failed clip comes
+    alone (it has no frames) and does not break the run around it.
+    """
+    run: list[DecodedClip] = []
+    for clip in clips:
+        if clip.frames is None:
+            yield [clip]
+            continue
+        if run and clip.frames.shape != run[0].frames.shape:
+            yield run
+            run = []
+        run.append(clip)
+        if len(run) == batch_size:
+            yield run
+            run = []
+    if run:
+        yield run
+
+
+def read_shard_rows(shard_list: str | Path) -> list[dict]:
+    """The metadata rows of one shard list, in shard order."""
+    rows = pq.read_table(shard_list).to_pylist()
+    if rows and "key" not in rows[0]:
+        raise CacheError(f"{shard_list}: expected a `key` column in the shard list, found {sorted(rows[0])}")
+    return rows

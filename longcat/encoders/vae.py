@@ -1,0 +1,260 @@
+"""Encode one shard's clips to normalised VAE latents (the `cache_vae_shard` job).
+
+Clips of one shape are encoded a few at a time (the Wan encoder walks a clip 4 frames at a time, too
+little work to fill a large GPU on its own), and finished latents are written by a background thread
+while the next batch encodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from longcat.cache.format import STATUS_FAILED, STATUS_OK, VAE_INDEX_SCHEMA
+from longcat.cache.spec import cache_key, checked_spec, vae_cache_spec
+from longcat.cache.writer import ShardWriter
+from longcat.encoders.decode import DecodedClip, decode_ahead, decode_row, read_shard_rows, same_shape_batches
+from longcat.encoders.dtypes import compute_dtype, torch_dtype
+from longcat.flow import normalize_latents
+from longcat.paths import CacheLayout
+from longcat.settings import Cache, Frames, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Speed settings of a VAE cache job (`cache.vae_batch_size`, `channels_last`, `cudnn_benchmark`,
+    `fused_rms_norm`, `decode_workers`); not part of the cache key: they change latents by bf16 noise at
+    most.
+    """
+
+    batch_size: int
+    channels_last: bool
+    cudnn_benchmark: bool
+    fused_rms_norm: bool
+    decode_workers: int
+
+    @classmethod
+    def from_settings(cls, cache: Cache) -> EncodeOptions:
+        return cls(
+            batch_size=cache.vae_batch_size,
+            channels_last=cache.channels_last,
+            cudnn_benchmark=cache.cudnn_benchmark,
+            fused_rms_norm=cache.fused_rms_norm,
+            decode_workers=cache.decode_workers,
+        )
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last_3d if self.channels_last else torch.contiguous_format
+
+
+class FusedChannelRMSNorm(torch.nn.Module):
+    """Wan's channel RMS norm, `normalize(x.float(), dim=1).to(x.dtype) * sqrt(C) * gamma`, as one
+    `rms_norm` call, `x * rsqrt(mean(x^2)) * gamma`: the same function with one rounding instead of three,
+    and on CUDA one fused pass over memory instead of about seven (at full resolution those passes cost
+    about as much as the convolution they feed). Channels-last input makes the channel axis contiguous.
+    """
+
+    def __init__(self, original: torch.nn.Module):
+        super().__init__()
+        self.original = original
+        # normalize clamps the norm at 1e-12, so mean(x^2) at 1e-24 / C.
+        self.eps = 1e-24 / original.scale**2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gamma = self.original.gamma
+        normalised = torch.nn.functional.rms_norm(
+            x.movedim(1, -1), (x.shape[1],), weight=gamma.reshape(-1), eps=self.eps
+        )
+        return normalised.movedim(-1, 1)
+
+
+def _fusable(module: torch.nn.Module) -> bool:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    bias = getattr(module, "bias", None)
+    return isinstance(module, WanRMS_norm) and module.channel_first and isinstance(bias, float) and bias == 0
+
+
+def _swap_rms_norms(encoder: torch.nn.Module, fused: bool) -> None:
+    parents = [module for module in encoder.modules() if not isinstance(module, FusedChannelRMSNorm)]
+    for parent in parents:
+        for name, child in list(parent.named_children()):
+            if fused and _fusable(child):
+                setattr(parent, name, FusedChannelRMSNorm(child))
+            elif not fused and isinstance(child, FusedChannelRMSNorm):
+                setattr(parent, name, child.original)
+
+
+def prepare_vae(vae, options: EncodeOptions):
+    """Set the VAE up as the options ask (layout, fused norms) and cuDNN's autotuner (process-wide)."""
+    torch.backends.cudnn.benchmark = options.cudnn_benchmark
+    _swap_rms_norms(vae.encoder, options.fused_rms_norm)
+    # Whole-clip encodes: tiling would split the frame, slicing would undo the batch.
+    vae.disable_tiling()
+    vae.disable_slicing()
+    # Channels innermost (or not) for the 3D convolutions and the 2D ones of the frame-wise downsamplers.
+    layouts = {
+        5: options.memory_format,
+        4: torch.channels_last if options.channels_last else torch.contiguous_format,
+    }
+    for parameter in vae.parameters():
+        if parameter.dim() in layouts:
+            parameter.data = parameter.data.contiguous(memory_format=layouts[parameter.dim()])
+    return vae.eval()
+
+
+@torch.inference_mode()
+def encode_batch(
+    vae,
+    clips: list[np.ndarray],
+    device: torch.device,
+    dtype: torch.dtype,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """uint8 frames of one shape, each [F, H, W, 3] -> normalised posterior-mean latents
+    [B, 16, T, H/8, W/8] in float32, on `device`. Samples do not interact: each equals its own encode.
+    """
+    on_gpu = device.type == "cuda"
+    # One pinned staging buffer lets the upload overlap the encoder still running on the previous batch.
+    host = torch.empty((len(clips), *clips[0].shape), dtype=torch.uint8, pin_memory=on_gpu)
+    torch.stack([torch.from_numpy(frames) for frames in clips], out=host)
+    pixels = host.to(device, non_blocking=on_gpu).permute(0, 4, 1, 2, 3)
+    # Scale in float32, then round to the compute dtype once.
+    pixels = (pixels.float() / 127.5 - 1.0).to(dtype).contiguous(memory_format=memory_format)
+    posterior = vae.encode(pixels).latent_dist
+    return normalize_latents(posterior.mode(), vae.config)
+
+
+@dataclass
+class _LatentBatch:
+    """Latents on their way to the host: `ready` fires when `latents` (pinned on a GPU run) hold them."""
+
+    clips: list[DecodedClip]
+    latents: torch.Tensor
+    ready: torch.cuda.Event | None = None
+
+
+def _to_host(latents: torch.Tensor, store_dtype: torch.dtype) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    stored = latents.to(store_dtype)
+    if stored.device.type != "cuda":
+        return stored, None
+    host = torch.empty(stored.shape, dtype=store_dtype, pin_memory=True)
+    host.copy_(stored, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
+
+
+def _write_batch(writer: ShardWriter, batch: _LatentBatch) -> None:
+    if batch.ready is not None:
+        batch.ready.synchronize()
+    for clip, latent in zip(batch.clips, batch.latents, strict=True):
+        writer.add(
+            {
+                "sample_id": clip.sample_id,
+                "status": STATUS_OK,
+                "reason": None,
+                "num_frames": clip.plan.num_frames,
+                "fps": clip.plan.fps,
+                "bucket_height": clip.plan.height,
+                "bucket_width": clip.plan.width,
+                "latent_shape": list(latent.shape),
+            },
+            latent,
+        )
+
+
+def cache_vae_shard(
+    rows: list[dict],
+    vae,
+    frames: Frames,
+    source,
+    writer: ShardWriter,
+    store_dtype: torch.dtype,
+    device: torch.device,
+    options: EncodeOptions,
+    ffmpeg_threads: int = 0,
+    temp_dir: str | None = None,
+) -> None:
+    """Encode every row not already done by an earlier attempt, then assemble the shard.
+
+    `vae` is expected to be in `options`' layout already (`prepare_vae`); `ffmpeg_threads` 0 lets each
+    ffmpeg process choose.
+    """
+    todo = [row for row in rows if row["key"] not in writer.done]
+    dtype = compute_dtype(device)
+    workers = options.decode_workers
+
+    def decode(row):
+        return decode_row(row, frames, source, ffmpeg_threads, temp_dir)
+
+    progress = tqdm(
+        total=len(rows), initial=len(rows) - len(todo), desc=writer.tensors_path.name, unit="clip"
+    )
+    # One writer thread keeps the parts in encode order; a short queue bounds the latents held in memory.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as write_pool:
+        writes: deque = deque()
+        decoded = decode_ahead(todo, decode, workers, window=2 * workers + options.batch_size)
+        for batch in same_shape_batches(decoded, options.batch_size):
+            if batch[0].frames is None:
+                clip = batch[0]
+                log.warning("%s: skipped: %s", clip.sample_id, clip.reason)
+                row = {"sample_id": clip.sample_id, "status": STATUS_FAILED, "reason": clip.reason}
+                writes.append(write_pool.submit(writer.add, row))
+            else:
+                latents = encode_batch(
+                    vae, [clip.frames for clip in batch], device, dtype, options.memory_format
+                )
+                host, ready = _to_host(latents, store_dtype)
+                writes.append(write_pool.submit(_write_batch, writer, _LatentBatch(batch, host, ready)))
+            while len(writes) > 2 or (writes and writes[0].done()):
+                writes.popleft().result()  # re-raises a failed write here, in the shard's thread
+            progress.update(len(batch))
+        while writes:
+            writes.popleft().result()
+    progress.close()
+    writer.finish(row["key"] for row in rows)
+
+
+def run_vae_shard(
+    settings: Settings,
+    shard_list: str | Path,
+    cache: CacheLayout,
+    shard: str,
+    base_model: str | Path,
+    device: torch.device,
+    threads: int,
+) -> None:
+    """The whole `cache_vae_shard` job: load the VAE, encode the shard's clips, write the shard.
+
+    `threads` is the job's CPU allotment, shared by the decode_workers ffmpeg processes.
+    """
+    from longcat.basemodel.loader import load_components
+    from longcat.data.open_source import open_source
+
+    spec = checked_spec(cache.root, vae_cache_spec(settings))
+    rows = read_shard_rows(shard_list)
+    writer = ShardWriter(cache, shard, VAE_INDEX_SCHEMA, {"cache_key": cache_key(spec)})
+    options = EncodeOptions.from_settings(settings.cache)
+    vae = load_components(base_model, device, compute_dtype(device), components=("vae",))["vae"]
+    cache_vae_shard(
+        rows,
+        prepare_vae(vae, options),
+        settings.frames,
+        open_source(settings.source),
+        writer,
+        store_dtype=torch_dtype(spec["dtype"]),
+        device=device,
+        options=options,
+        ffmpeg_threads=max(1, threads // options.decode_workers),
+    )

@@ -1,0 +1,192 @@
+"""Every file and directory the workflow reads or writes, from the settings: the rules and the library
+both ask here, so a path has one definition.
+
+    {results}/demo_clips/ (the demo's source.path)    {results}/manifest.parquet
+    {results}/metadata/part-CCC.parquet               {results}/metadata.parquet, rejected.parquet
+    {results}/shards/assignments.parquet              {results}/shards/shard-NNNNN.parquet
+    {results}/store/...                               history a relist reuses (not a rule output)
+    {results}/base_model/                             {results}/logs/...
+    {cache_dir}/vae/<key>/shard-NNNNN.{safetensors,index.parquet}, spec.json
+    {cache_dir}/text/<key>/..., empty.safetensors
+    {runs_dir}/<run>/train_config.yaml, checkpoints/step-N/, tb/, validation/, final/, train.done,
+                     exports/step-N/, samples/, logs/
+
+Methods that take a shard, chunk or step accept a Snakemake wildcard pattern too ("{shard}").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from longcat.cache.spec import CacheSettings, cache_key, text_cache_spec, vae_cache_spec
+
+SHARD_ID_WIDTH = 5
+EMPTY_TEXT_FILE = "empty.safetensors"
+
+
+def shard_id(index: int) -> str:
+    return f"{index:0{SHARD_ID_WIDTH}d}"
+
+
+def chunk_id(index: int) -> str:
+    return f"{index:03d}"
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """One cache directory: `{cache_dir}/{kind}/{key}/`."""
+
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    def tensors(self, shard: str) -> Path:
+        return self.root / f"shard-{shard}.safetensors"
+
+    def index(self, shard: str) -> Path:
+        return self.root / f"shard-{shard}.index.parquet"
+
+    def partial(self, shard: str) -> Path:
+        """Finished samples of an unfinished shard job (not a rule output: Snakemake would delete it)."""
+        return self.root / f".partial-shard-{shard}"
+
+    @property
+    def empty_text(self) -> Path:
+        return self.root / EMPTY_TEXT_FILE
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where one training run reads its inputs and writes its state."""
+
+    run_dir: Path
+    base_model: Path
+    vae_cache: Path
+    text_cache: Path
+
+    @property
+    def train_config(self) -> Path:
+        return self.run_dir / "train_config.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def checkpoint(self, step: int | str) -> Path:
+        return self.checkpoints / f"step-{step}"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.run_dir / "tb"
+
+    @property
+    def validation(self) -> Path:
+        return self.run_dir / "validation"
+
+    @property
+    def final(self) -> Path:
+        return self.run_dir / "final"
+
+    @property
+    def done(self) -> Path:
+        return self.run_dir / "train.done"
+
+    @property
+    def samples(self) -> Path:
+        return self.run_dir / "samples"
+
+    def export(self, step: int | str) -> Path:
+        return self.run_dir / "exports" / f"step-{step}"
+
+    def log(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """All paths of one workflow config."""
+
+    results: Path
+    cache_dir: Path
+    runs_dir: Path
+    run: str
+    vae_key: str
+    text_key: str
+
+    @classmethod
+    def from_settings(cls, settings: CacheSettings) -> Layout:
+        """From a workflow's `Settings` or a run's `RunSettings` (both name the run and the caches)."""
+        return cls(
+            results=Path(settings.results),
+            cache_dir=Path(settings.cache_dir),
+            runs_dir=Path(settings.runs_dir),
+            run=settings.train.run,
+            vae_key=cache_key(vae_cache_spec(settings)),
+            text_key=cache_key(text_cache_spec(settings)),
+        )
+
+    # ---- data stage
+    @property
+    def demo_clips(self) -> Path:
+        """Where the demo_clips rule writes the demo's clips (the demo's `source.path`)."""
+        return self.results / "demo_clips"
+
+    @property
+    def manifest(self) -> Path:
+        return self.results / "manifest.parquet"
+
+    def metadata_part(self, chunk: str) -> Path:
+        return self.results / "metadata" / f"part-{chunk}.parquet"
+
+    def probe_store(self, chunk: str) -> Path:
+        """Probe records a relist reuses by etag (outside the rule outputs, which Snakemake deletes)."""
+        return self.results / "store" / "probe" / f"part-{chunk}.parquet"
+
+    @property
+    def metadata(self) -> Path:
+        return self.results / "metadata.parquet"
+
+    @property
+    def rejected(self) -> Path:
+        return self.results / "rejected.parquet"
+
+    @property
+    def assignments(self) -> Path:
+        return self.results / "shards" / "assignments.parquet"
+
+    @property
+    def assignment_store(self) -> Path:
+        return self.results / "store" / "assignments.parquet"
+
+    def shard_list(self, shard: str) -> Path:
+        return self.results / "shards" / f"shard-{shard}.parquet"
+
+    @property
+    def base_model(self) -> Path:
+        return self.results / "base_model"
+
+    def log(self, name: str) -> Path:
+        """`{results}/logs/{name}.log` for the jobs before training."""
+        return self.results / "logs" / f"{name}.log"
+
+    # ---- caches
+    @property
+    def vae_cache(self) -> CacheLayout:
+        return CacheLayout(self.cache_dir / "vae" / self.vae_key)
+
+    @property
+    def text_cache(self) -> CacheLayout:
+        return CacheLayout(self.cache_dir / "text" / self.text_key)
+
+    # ---- training and sampling
+    @property
+    def train_run(self) -> RunLayout:
+        return RunLayout(
+            run_dir=self.runs_dir / self.run,
+            base_model=self.base_model,
+            vae_cache=self.vae_cache.root,
+            text_cache=self.text_cache.root,
+        )

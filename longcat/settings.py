@@ -1,0 +1,280 @@
+"""The workflow config as typed, frozen objects, one per stage, built once from the checked config.
+
+`config/schema.yaml` is the single source of keys, types, defaults and documentation: `load_settings`
+checks the config against it (one line naming the first bad key), fills the schema's defaults, and
+builds these objects from the result. The classes declare fields only, never defaults; a test keeps
+their fields equal to the schema's keys. The library receives these objects, never the raw dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from longcat.config import SCHEMA, ConfigError, check_config, fill_defaults, load_yaml
+
+
+@dataclass(frozen=True)
+class Demo:
+    num_clips: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str
+    path: str | None
+    bucket: str | None
+    prefix: str
+    region: str | None
+    endpoint_url: str | None
+    inventory: str | None
+    list_workers: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    chunks: int
+    workers: int
+    min_width: int
+    min_height: int
+    decode_check: bool
+
+
+@dataclass(frozen=True)
+class Frames:
+    num_frames: int
+    fps: float
+    frame_buckets: tuple[int, ...]
+    short_clip: str
+    max_stretch: float
+    resolution: int
+    buckets: tuple[tuple[int, int], ...] | None
+
+
+@dataclass(frozen=True)
+class Shards:
+    size: int
+    exclude: str | None
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    seed: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    text_dim: int
+    adaln_tembed_dim: int
+
+
+@dataclass(frozen=True)
+class HubModel:
+    id: str
+    revision: str
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    kind: str
+    tiny: TinyModel
+    dir: str | None
+    hf: HubModel | None
+
+    def identity(self) -> dict:
+        """What decides the base model's bytes: the settings of its kind only (the base_model rule's
+        params and part of every cache key), so that editing another kind's keys rebuilds nothing."""
+        return {"kind": self.kind, self.kind: settings_dict(getattr(self, self.kind))}
+
+
+@dataclass(frozen=True)
+class Cache:
+    dtype: str
+    max_tokens: int
+    decode_workers: int
+    vae_batch_size: int
+    cudnn_benchmark: bool
+    channels_last: bool
+    fused_rms_norm: bool
+
+
+@dataclass(frozen=True)
+class Train:
+    run: str
+    gpus: int
+    num_processes: int
+    nodes: int
+    mixed_precision: str
+    learning_rate: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+    max_train_steps: int
+    train_batch_size: int
+    gradient_accumulation_steps: int
+    max_grad_norm: float
+    checkpointing_steps: int
+    checkpoints_total_limit: int
+    async_checkpoint: bool
+    validation_every_n_steps: int
+    num_validation_videos: int
+    caption_dropout: float
+    seed: int
+    main_process_ip: str | None
+    main_process_port: int
+    gpu_type: str
+    assumed_mfu: float | None
+    adam_beta1: float
+    adam_beta2: float
+    adam_weight_decay: float
+    adam_epsilon: float
+    sigma_sampling: str
+    logit_mean: float
+    logit_std: float
+    flow_shift: float | None
+    conditioned_fraction: float
+    num_cond_latents: int
+    activation_checkpointing: str
+    activation_checkpointing_every: int
+    compile: bool
+    reshard_after_forward: bool
+    cpu_offload: bool
+    dataloader_num_workers: int
+    max_nonfinite_steps: int
+    collective_timeout_s: int
+    validation_prompts: tuple[str, ...]
+    validation_inference_steps: int
+    validation_guidance_scale: float
+
+    def __post_init__(self):
+        if self.gpus == 0 and self.mixed_precision != "no":
+            raise ConfigError(
+                f"train.mixed_precision: CPU training (gpus: 0) runs in float32; expected 'no', "
+                f"found {self.mixed_precision!r}"
+            )
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.nodes
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpus > 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompts: tuple[str, ...]
+    num_inference_steps: int
+    guidance_scale: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    results: str
+    cache_dir: str
+    runs_dir: str
+    source: Source
+    demo: Demo | None
+    probe: Probe
+    frames: Frames
+    shards: Shards
+    base_model: BaseModel
+    cache: Cache
+    train: Train
+    sample: Sample
+
+
+# The sections a training run reads: its own, and those that name its caches and base model. Sampling
+# prompts and the data source are left out, so changing them does not retrain.
+RUN_SECTIONS = ("results", "cache_dir", "runs_dir", "frames", "cache", "base_model", "train")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    results: str
+    cache_dir: str
+    runs_dir: str
+    frames: Frames
+    cache: Cache
+    base_model: BaseModel
+    train: Train
+
+
+def load_settings(config: Mapping, origin: str = "config") -> Settings:
+    """Check `config` against the schema, fill its defaults, and build the typed settings."""
+    check_config(config, SCHEMA, origin)
+    return build(Settings, fill_defaults(plain(config)))
+
+
+def load_run_settings(config: Mapping, origin: str = "run config") -> RunSettings:
+    """The settings a training run reads (`RUN_SECTIONS`), from a run config or a whole workflow config."""
+    schema = load_yaml(SCHEMA)
+    run_schema = {
+        **schema,
+        "required": list(RUN_SECTIONS),
+        "properties": {key: schema["properties"][key] for key in RUN_SECTIONS},
+    }
+    sections = {key: value for key, value in plain(config).items() if key in RUN_SECTIONS}
+    check_config(sections, run_schema, origin)
+    return build(RunSettings, fill_defaults(sections, run_schema))
+
+
+def run_config(settings: Settings | RunSettings) -> dict[str, Any]:
+    """The run sections as plain YAML-ready values (the content of a run's train_config.yaml). Unset
+    keys (None) are left out: the schema allows null only where null is also the default, and a section
+    such as base_model.hf is an object or absent."""
+    return {key: _set_keys(settings_dict(getattr(settings, key))) for key in RUN_SECTIONS}
+
+
+def _set_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _set_keys(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def settings_dict(value: Any) -> Any:
+    """Any settings object as plain values (e.g. for YAML, JSON or a cache spec)."""
+    if dataclasses.is_dataclass(value):
+        return {field.name: settings_dict(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [settings_dict(item) for item in value]
+    return value
+
+
+def plain(value: Any) -> Any:
+    """Builtin dicts and lists all the way down (Snakemake's config holds its own mapping types)."""
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return copy.copy(value)
+
+
+def build(cls: type, values: Mapping) -> Any:
+    """Build dataclass `cls` from checked, default-filled `values`, recursing into nested sections."""
+    hints = typing.get_type_hints(cls)
+    return cls(
+        **{
+            field.name: _convert(hints[field.name], values.get(field.name))
+            for field in dataclasses.fields(cls)
+        }
+    )
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return _convert(next(arg for arg in typing.get_args(hint) if arg is not type(None)), value)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value)
+    if typing.get_origin(hint) is tuple:
+        return tuple(_convert(typing.get_args(hint)[0], item) for item in value)
+    if hint is float:
+        return float(value)
+    return value
