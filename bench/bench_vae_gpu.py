@@ -31,9 +31,9 @@ from longcat.config import load_config
 from longcat.data.frames import decode_clip, frame_plan
 from longcat.data.local import LocalSource
 from longcat.encoders.dtypes import compute_dtype
-from longcat.encoders.vae import EncodeOptions, cache_vae_shard, encode_batch, prepare_vae
+from longcat.encoders.vae import cache_vae_shard, encode_batch, memory_format, prepare_vae
 from longcat.paths import CacheLayout
-from longcat.settings import load_settings
+from longcat.settings import Cache, load_settings
 
 CLIPS_TO_ENCODE_IN_24H_ON_8_GPUS = 523_325
 
@@ -53,9 +53,17 @@ CPU_SETUP = {
 
 def encode_options(
     batch_size: int, cudnn_benchmark: bool = False, channels_last: bool = False, fused_rms_norm: bool = False
-) -> EncodeOptions:
-    """One encoder setting; `measure` sets the decode workers (--workers)."""
-    return EncodeOptions(batch_size, channels_last, cudnn_benchmark, fused_rms_norm, decode_workers=1)
+) -> Cache:
+    """One encoder setting (the cache section's speed keys); `measure` sets the decode workers (--workers)."""
+    cache = load_settings(load_config()).cache
+    return dataclasses.replace(
+        cache,
+        vae_batch_size=batch_size,
+        cudnn_benchmark=cudnn_benchmark,
+        channels_last=channels_last,
+        fused_rms_norm=fused_rms_norm,
+        decode_workers=1,
+    )
 
 
 # The baseline, the levers one at a time, then together (with and without cuDNN's autotuner, which is
@@ -98,21 +106,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(vae, options: EncodeOptions, frames, rows, scratch: Path, setup, device, workers: int) -> dict:
+def measure(vae, options: Cache, frames, rows, scratch: Path, setup, device, workers: int) -> dict:
     """Encode-only clips/s on one decoded clip repeated, then clips/s of a whole shard of `rows`."""
     dtype = compute_dtype(device)
     vae = prepare_vae(vae, options)
-    batch = [frames] * options.batch_size
-    encode_batch(vae, batch, device, dtype, options.memory_format)  # warm-up: kernels, autotuning, allocator
+    batch = [frames] * options.vae_batch_size
+    encode_batch(vae, batch, device, dtype, memory_format(options))  # warm-up: kernels, autotuning, allocator
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    calls = max(1, 4 // options.batch_size)
+    calls = max(1, 4 // options.vae_batch_size)
     start = time.perf_counter()
     for _ in range(calls):
-        latents = encode_batch(vae, batch, device, dtype, options.memory_format)
+        latents = encode_batch(vae, batch, device, dtype, memory_format(options))
     synchronize(device)
-    encode_only = calls * options.batch_size / (time.perf_counter() - start)
+    encode_only = calls * options.vae_batch_size / (time.perf_counter() - start)
 
     out = Path(tempfile.mkdtemp(prefix="shard-", dir=scratch))
     writer = ShardWriter(CacheLayout(out), "00000", VAE_INDEX_SCHEMA, {})
@@ -125,7 +133,7 @@ def measure(vae, options: EncodeOptions, frames, rows, scratch: Path, setup, dev
         writer,
         store_dtype=torch.bfloat16,
         device=device,
-        options=dataclasses.replace(options, decode_workers=workers),
+        cache=dataclasses.replace(options, decode_workers=workers),
         ffmpeg_threads=max(1, (os.cpu_count() or 1) // workers),
     )
     synchronize(device)
@@ -204,7 +212,7 @@ def main() -> None:
                 "source": f"{width}x{height} {setup['seconds']}s 30fps h264",
                 "clips": clips,
                 "decode_workers": args.workers,
-                "vae_batch_size": options.batch_size,
+                "vae_batch_size": options.vae_batch_size,
                 "cudnn_benchmark": options.cudnn_benchmark,
                 "channels_last": options.channels_last,
                 "fused_rms_norm": options.fused_rms_norm,

@@ -91,3 +91,18 @@ def job_device(lock_dir: str | Path | None = None):
     if gpu is None or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", 0)
+
+
+def start_gpu_job(log_path: str, threads: int | None = None):
+    """How a one-GPU job starts: stderr (tqdm, warnings, logging) into its log, its own GPU slot (before
+    torch touches CUDA), and `threads` torch threads when given. Returns the job's torch device."""
+    import sys
+
+    sys.stderr = open(log_path, "w")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    device = job_device()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return device

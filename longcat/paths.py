@@ -130,11 +130,6 @@ class Layout:
 
     # ---- data stage
     @property
-    def demo_clips(self) -> Path:
-        """Where the demo_clips rule writes the demo's clips (the demo's `source.path`)."""
-        return self.results / "demo_clips"
-
-    @property
     def manifest(self) -> Path:
         return self.results / "manifest.parquet"
 

@@ -14,6 +14,7 @@ typed settings from them.
 """
 
 from longcat.data import shards as shard_tables
+from longcat.data.demo import check_demo_folder
 from longcat.paths import chunk_id
 from longcat.settings import settings_dict
 
@@ -35,16 +36,15 @@ wildcard_constraints:
 
 
 if SETTINGS.demo:
-    # The demo rule owns (and may delete and remake) its folder: never let it take the user's.
-    if Path(SETTINGS.source.path) != PATHS.demo_clips:
-        raise WorkflowError(
-            f"config key demo: set, so the demo writes its clips into {PATHS.demo_clips}, but "
-            f"source.path is {SETTINGS.source.path}; set demo: null to read that folder"
-        )
+    # The demo rule replaces its whole folder: never let it take one that holds the user's clips.
+    try:
+        check_demo_folder(SETTINGS.source.path)
+    except ValueError as error:
+        raise WorkflowError(str(error)) from None
 
     rule demo_clips:
         output:
-            directory(str(PATHS.demo_clips)),
+            directory(SETTINGS.source.path),
         log:
             str(PATHS.log("demo_clips")),
         conda:

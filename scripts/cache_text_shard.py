@@ -1,23 +1,14 @@
 """Encode one shard's captions into the text cache (rule cache_text_shard), on the job's own GPU slot."""
 
-import logging
-import sys
+from longcat.gpu import start_gpu_job
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
-sys.stderr = open(smk.log[0], "w")  # the job's log, also for tqdm and warnings
-logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+device = start_gpu_job(smk.log[0], smk.threads)
 
-from longcat.gpu import job_device  # noqa: E402
-
-device = job_device()  # sets CUDA_VISIBLE_DEVICES before torch touches CUDA
-
-import torch  # noqa: E402
-
-from longcat.encoders.text import run_text_shard  # noqa: E402
+from longcat.encoders.text import run_text_shard  # noqa: E402 (torch only after the GPU slot is taken)
 from longcat.paths import Layout  # noqa: E402
 from longcat.settings import load_settings  # noqa: E402
 
-torch.set_num_threads(max(1, smk.threads))
 settings = load_settings(smk.config)
 run_text_shard(
     settings,

@@ -1,23 +1,13 @@
 """The sample job: one mp4 per prompt from the trained model (longcat.pipeline.render_samples)."""
 
-import logging
-import sys
+from longcat.gpu import start_gpu_job
 
+smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
+device = start_gpu_job(smk.log[0])
 
-def main(snakemake):
-    sys.stderr = open(snakemake.log[0], "w")  # the job's log, also for tqdm and warnings
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+import torch  # noqa: E402 (only after the GPU slot is taken)
 
-    from longcat.gpu import job_device
+from longcat.pipeline import render_samples  # noqa: E402
 
-    device = job_device()
-
-    import torch
-
-    from longcat.pipeline import render_samples
-
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    render_samples(snakemake.params.model, snakemake.output[0], snakemake.params.settings, device, dtype)
-
-
-main(snakemake)  # noqa: F821
+dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+render_samples(smk.params.model, smk.output[0], smk.params.settings, device, dtype)

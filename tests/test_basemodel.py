@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, UMT5EncoderModel
@@ -27,15 +28,7 @@ from longcat.paths import Layout
 from longcat.settings import BaseModel, TinyModel, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_SECTION = {
-    "seed": 0,
-    "hidden_size": 64,
-    "depth": 2,
-    "num_heads": 4,
-    "text_dim": 32,
-    "adaln_tembed_dim": 32,
-}
-TINY = TinyModel(**TINY_SECTION)
+TINY = TinyModel(**TINY_MODEL)
 
 
 def dir_model(path) -> BaseModel:
@@ -196,23 +189,23 @@ def test_base_model_params_hold_only_the_configured_kind():
     hf = {
         "kind": "hf",
         "hf": {"id": "meituan-longcat/LongCat-Video", "revision": "main"},
-        "tiny": TINY_SECTION,
+        "tiny": TINY_MODEL,
     }
     config = {**load_config(), "base_model": hf, "sample": {"prompts": ["x"]}}
     edited = {
         **config,
-        "base_model": {**hf, "tiny": {**TINY_SECTION, "depth": 3}},
+        "base_model": {**hf, "tiny": {**TINY_MODEL, "depth": 3}},
         "sample": {"prompts": ["y"]},
     }
     assert identity(config) == identity(edited) == {"kind": "hf", "hf": hf["hf"]}
 
     tiny = {
         **load_config(),
-        "base_model": {"kind": "tiny", "tiny": TINY_SECTION},
+        "base_model": {"kind": "tiny", "tiny": TINY_MODEL},
         "demo": {"num_clips": 3, "seed": 0},
     }
     params = identity(tiny)
-    assert params == {"kind": "tiny", "tiny": TINY_SECTION}
+    assert params == {"kind": "tiny", "tiny": TINY_MODEL}
     # The tiny tokenizer learns a fixed corpus: neither the demo nor the source is part of the model.
     real = {**tiny, "demo": None, "source": {"kind": "s3", "bucket": "b"}}
     assert identity(real) == identity({**tiny, "demo": {"num_clips": 30, "seed": 1}}) == params

@@ -26,7 +26,7 @@ from longcat.cache.writer import ShardWriter
 from longcat.config import ConfigError
 from longcat.data.frames import decode_clip, frame_plan
 from longcat.encoders.text import encode_prompts
-from longcat.encoders.vae import EncodeOptions, FusedChannelRMSNorm, cache_vae_shard, prepare_vae
+from longcat.encoders.vae import FusedChannelRMSNorm, cache_vae_shard, prepare_vae
 from longcat.flow import normalize_latents
 from longcat.paths import CacheLayout
 from longcat.pipeline import LongCatVideoPipeline
@@ -371,9 +371,16 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
     vae = load_components(base_model, components=("vae",))["vae"]
     source = S3Source(bucket, prefix="videos/", client=client)
     settings = demo_settings(clips_dir)
-    options = EncodeOptions.from_settings(settings.cache)
     cache_vae_shard(
-        shard_rows, vae, settings.frames, source, writer, torch.float32, CPU, options, temp_dir=str(scratch)
+        shard_rows,
+        vae,
+        settings.frames,
+        source,
+        writer,
+        torch.float32,
+        CPU,
+        settings.cache,
+        temp_dir=str(scratch),
     )
 
     index = {
@@ -405,12 +412,12 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
         shard_rows.append({**by_key[f"{name}.mp4"], "key": key})
     settings = demo_settings(clips_dir)
 
-    def build(name, options):
+    def build(name, cache):
         out = tmp_path / name
         writer = ShardWriter(CacheLayout(out), "00000", VAE_INDEX_SCHEMA, {})
-        vae = prepare_vae(load_components(base_model, components=("vae",))["vae"], options)
+        vae = prepare_vae(load_components(base_model, components=("vae",))["vae"], cache)
         fused = [module for module in vae.modules() if isinstance(module, FusedChannelRMSNorm)]
-        assert bool(fused) == options.fused_rms_norm
+        assert bool(fused) == cache.fused_rms_norm
         cache_vae_shard(
             shard_rows,
             vae,
@@ -419,15 +426,15 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
             writer,
             torch.float32,
             CPU,
-            options=options,
+            cache=cache,
         )
         return out
 
-    plain = EncodeOptions.from_settings(settings.cache)
-    assert (plain.batch_size, plain.channels_last, plain.fused_rms_norm) == (1, False, False)
+    plain = settings.cache
+    assert (plain.vae_batch_size, plain.channels_last, plain.fused_rms_norm) == (1, False, False)
     single = build("single", plain)
     batched = build(
-        "batched", dataclasses.replace(plain, batch_size=3, channels_last=True, fused_rms_norm=True)
+        "batched", dataclasses.replace(plain, vae_batch_size=3, channels_last=True, fused_rms_norm=True)
     )
     single_index = pq.read_table(single / "shard-00000.index.parquet").to_pylist()
     assert pq.read_table(batched / "shard-00000.index.parquet").to_pylist() == single_index
@@ -441,17 +448,22 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
         torch.testing.assert_close(found[sample_id], latent, rtol=1e-4, atol=1e-4)
 
 
-def test_encode_options_come_from_the_cache_section():
-    def options(cache):
-        return EncodeOptions.from_settings(load_settings({**embedded_config(), "cache": cache}).cache)
+def test_encode_speed_settings_come_from_the_cache_section():
+    def speed(cache):
+        settings = load_settings({**embedded_config(), "cache": cache}).cache
+        return (
+            settings.vae_batch_size,
+            settings.channels_last,
+            settings.cudnn_benchmark,
+            settings.fused_rms_norm,
+            settings.decode_workers,
+        )
 
-    assert options({}) == EncodeOptions(
-        1, channels_last=False, cudnn_benchmark=False, fused_rms_norm=False, decode_workers=2
-    )
+    assert speed({}) == (1, False, False, False, 2)
     cache = {"vae_batch_size": 4, "channels_last": True, "cudnn_benchmark": True, "fused_rms_norm": True}
-    assert options(cache) == EncodeOptions(4, True, True, fused_rms_norm=True, decode_workers=2)
+    assert speed(cache) == (4, True, True, True, 2)
     with pytest.raises(ConfigError, match=r"cache.vae_batch_size: expected minimum 1, found 0"):
-        options({"vae_batch_size": 0})
+        speed({"vae_batch_size": 0})
 
 
 def test_prepare_vae_switches_the_fused_norms_on_and_off_repeatedly():
@@ -461,11 +473,9 @@ def test_prepare_vae_switches_the_fused_norms_on_and_off_repeatedly():
     pixels = torch.rand(2, 3, 5, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         expected = vae.encode(pixels).latent_dist.mode()
+    cache = load_settings(embedded_config()).cache
     for fused in (True, True, False, True):
-        options = EncodeOptions(
-            2, channels_last=fused, cudnn_benchmark=False, fused_rms_norm=fused, decode_workers=1
-        )
-        prepare_vae(vae, options)
+        prepare_vae(vae, dataclasses.replace(cache, channels_last=fused, fused_rms_norm=fused))
         swapped = sum(isinstance(module, FusedChannelRMSNorm) for module in vae.modules())
         assert swapped == (14 if fused else 0)
         with torch.no_grad():

@@ -224,5 +224,5 @@ def test_the_demo_never_takes_over_another_folder(tmp_path):
     override = _write(tmp_path / "mine.yaml", {"source": {"kind": "local", "path": str(clips)}})
     result = _snakemake_dry_run(tmp_path, REPO / "config" / "config.yaml", override)
     assert result.returncode != 0
-    assert f"source.path is {clips}; set demo: null" in result.stdout
+    assert f"would replace {clips} (source.path)" in result.stdout and "set demo: null" in result.stdout
     assert (clips / "keep.mp4").read_bytes() == b"user data"

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, nothing_to_do, run_snakemake, upload_tree, write_pair
 
 
@@ -139,7 +140,17 @@ def test_demo_clips_are_deterministic(tmp_path):
     make_demo_clips(tmp_path / "two", Demo(num_clips=4, seed=3))
 
     names = sorted(path.name for path in (tmp_path / "one").iterdir())
-    assert names == sorted(path.name for path in (tmp_path / "two").iterdir()) and len(names) == 8
+    assert names == sorted(path.name for path in (tmp_path / "two").iterdir()) and len(names) == 9
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert any(clip.height > clip.width for clip in first)
+
+    # The demo remakes its own folder, and refuses one with anything else in it.
+    make_demo_clips(tmp_path / "one", Demo(num_clips=5, seed=3))
+    assert len(list((tmp_path / "one").iterdir())) == 11
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.mp4").write_bytes(b"user data")
+    with pytest.raises(ValueError, match="set demo: null"):
+        make_demo_clips(mine, Demo(num_clips=1, seed=0))
+    assert [path.name for path in mine.iterdir()] == ["a.mp4"]

@@ -51,6 +51,10 @@ SIZES = [(128, 72), (96, 96), (72, 128), (160, 96), (112, 64), (64, 112)]
 RATES = [24, 25, 30, 15, 12]
 
 
+# Written into the demo's folder: the demo may replace a folder that holds it, and no other.
+DEMO_MARKER = "DEMO_CLIPS"
+
+
 @dataclass(frozen=True)
 class DemoClip:
     name: str
@@ -115,11 +119,27 @@ def encode_clip(clip: DemoClip, path: str | Path) -> None:
         raise RuntimeError(f"demo clip {clip.name} ({clip.source}): ffmpeg failed: {message}") from None
 
 
+def check_demo_folder(path: str | Path) -> None:
+    """Refuse a folder that holds anything the demo did not write: the demo replaces its whole folder."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / DEMO_MARKER).is_file():
+        raise ValueError(
+            f"config key demo: set, so the demo_clips rule would replace {path} (source.path) with "
+            f"synthetic clips, but that folder holds files the demo did not write; set demo: null to "
+            "train on them, or point source.path at a new folder for the demo"
+        )
+
+
 def make_demo_clips(out_dir: str | Path, demo: Demo) -> list[DemoClip]:
-    """Write NAME.mp4 + NAME.txt for each demo clip into `out_dir`, which appears complete or not at all."""
+    """Write NAME.mp4 + NAME.txt for each demo clip into `out_dir`, which appears complete or not at all.
+
+    `DEMO_MARKER` in the folder says the demo wrote it (`check_demo_folder`); the source ignores it.
+    """
+    check_demo_folder(out_dir)
     clips = plan_clips(demo)
 
     def fill(building: Path) -> None:
+        (building / DEMO_MARKER).write_text(f"{demo}\n", encoding="utf-8")
         for clip in clips:
             encode_clip(clip, building / f"{clip.name}.mp4")
             (building / f"{clip.name}.txt").write_text(clip.caption + "\n", encoding="utf-8")

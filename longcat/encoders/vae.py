@@ -29,32 +29,9 @@ from longcat.settings import Cache, Frames, Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EncodeOptions:
-    """Speed settings of a VAE cache job (`cache.vae_batch_size`, `channels_last`, `cudnn_benchmark`,
-    `fused_rms_norm`, `decode_workers`); not part of the cache key: they change latents by bf16 noise at
-    most.
-    """
-
-    batch_size: int
-    channels_last: bool
-    cudnn_benchmark: bool
-    fused_rms_norm: bool
-    decode_workers: int
-
-    @classmethod
-    def from_settings(cls, cache: Cache) -> EncodeOptions:
-        return cls(
-            batch_size=cache.vae_batch_size,
-            channels_last=cache.channels_last,
-            cudnn_benchmark=cache.cudnn_benchmark,
-            fused_rms_norm=cache.fused_rms_norm,
-            decode_workers=cache.decode_workers,
-        )
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last_3d if self.channels_last else torch.contiguous_format
+def memory_format(cache: Cache) -> torch.memory_format:
+    """The 5D layout of the VAE's weights and input that `cache.channels_last` asks for."""
+    return torch.channels_last_3d if cache.channels_last else torch.contiguous_format
 
 
 class FusedChannelRMSNorm(torch.nn.Module):
@@ -95,17 +72,19 @@ def _swap_rms_norms(encoder: torch.nn.Module, fused: bool) -> None:
                 setattr(parent, name, child.original)
 
 
-def prepare_vae(vae, options: EncodeOptions):
-    """Set the VAE up as the options ask (layout, fused norms) and cuDNN's autotuner (process-wide)."""
-    torch.backends.cudnn.benchmark = options.cudnn_benchmark
-    _swap_rms_norms(vae.encoder, options.fused_rms_norm)
+def prepare_vae(vae, cache: Cache):
+    """Set the VAE up as the cache's speed settings ask (`channels_last`, `fused_rms_norm`) and cuDNN's
+    autotuner (`cudnn_benchmark`, process-wide). None of them is in the cache key: they change latents by
+    float rounding at most."""
+    torch.backends.cudnn.benchmark = cache.cudnn_benchmark
+    _swap_rms_norms(vae.encoder, cache.fused_rms_norm)
     # Whole-clip encodes: tiling would split the frame, slicing would undo the batch.
     vae.disable_tiling()
     vae.disable_slicing()
     # Channels innermost (or not) for the 3D convolutions and the 2D ones of the frame-wise downsamplers.
     layouts = {
-        5: options.memory_format,
-        4: torch.channels_last if options.channels_last else torch.contiguous_format,
+        5: memory_format(cache),
+        4: torch.channels_last if cache.channels_last else torch.contiguous_format,
     }
     for parameter in vae.parameters():
         if parameter.dim() in layouts:
@@ -182,18 +161,18 @@ def cache_vae_shard(
     writer: ShardWriter,
     store_dtype: torch.dtype,
     device: torch.device,
-    options: EncodeOptions,
+    cache: Cache,
     ffmpeg_threads: int = 0,
     temp_dir: str | None = None,
 ) -> None:
     """Encode every row not already done by an earlier attempt, then assemble the shard.
 
-    `vae` is expected to be in `options`' layout already (`prepare_vae`); `ffmpeg_threads` 0 lets each
-    ffmpeg process choose.
+    `cache` gives the batch size, decode workers and layout; `vae` is expected to be in that layout
+    already (`prepare_vae`). `ffmpeg_threads` 0 lets each ffmpeg process choose.
     """
     todo = [row for row in rows if row["key"] not in writer.done]
     dtype = compute_dtype(device)
-    workers = options.decode_workers
+    workers, batch_size = cache.decode_workers, cache.vae_batch_size
 
     def decode(row):
         return decode_row(row, frames, source, ffmpeg_threads, temp_dir)
@@ -204,8 +183,8 @@ def cache_vae_shard(
     # One writer thread keeps the parts in encode order; a short queue bounds the latents held in memory.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as write_pool:
         writes: deque = deque()
-        decoded = decode_ahead(todo, decode, workers, window=2 * workers + options.batch_size)
-        for batch in same_shape_batches(decoded, options.batch_size):
+        decoded = decode_ahead(todo, decode, workers, window=2 * workers + batch_size)
+        for batch in same_shape_batches(decoded, batch_size):
             if batch[0].frames is None:
                 clip = batch[0]
                 log.warning("%s: skipped: %s", clip.sample_id, clip.reason)
@@ -213,7 +192,7 @@ def cache_vae_shard(
                 writes.append(write_pool.submit(writer.add, row))
             else:
                 latents = encode_batch(
-                    vae, [clip.frames for clip in batch], device, dtype, options.memory_format
+                    vae, [clip.frames for clip in batch], device, dtype, memory_format(cache)
                 )
                 host, ready = _to_host(latents, store_dtype)
                 writes.append(write_pool.submit(_write_batch, writer, _LatentBatch(batch, host, ready)))
@@ -245,16 +224,15 @@ def run_vae_shard(
     spec = checked_spec(cache.root, vae_cache_spec(settings))
     rows = read_shard_rows(shard_list)
     writer = ShardWriter(cache, shard, VAE_INDEX_SCHEMA, {"cache_key": cache_key(spec)})
-    options = EncodeOptions.from_settings(settings.cache)
     vae = load_components(base_model, device, compute_dtype(device), components=("vae",))["vae"]
     cache_vae_shard(
         rows,
-        prepare_vae(vae, options),
+        prepare_vae(vae, settings.cache),
         settings.frames,
         open_source(settings.source),
         writer,
         store_dtype=torch_dtype(spec["dtype"]),
         device=device,
-        options=options,
-        ffmpeg_threads=max(1, threads // options.decode_workers),
+        cache=settings.cache,
+        ffmpeg_threads=max(1, threads // settings.cache.decode_workers),
     )
