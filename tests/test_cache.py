@@ -365,8 +365,6 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
         client.put_object(Bucket=bucket, Key=f"videos/{name}", Body=(clips_dir / name).read_bytes())
     shard_rows = [row for row in rows if row["key"] in ("land.mp4", "port.mp4")]
     shard_rows.append({**shard_rows[0], "key": "gone.mp4"})
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
     writer = ShardWriter(CacheLayout(tmp_path), "00000", VAE_INDEX_SCHEMA, {})
     vae = load_components(base_model, components=("vae",))["vae"]
     source = S3Source(bucket, prefix="videos/", client=client)
@@ -380,7 +378,6 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
         torch.float32,
         CPU,
         settings.cache,
-        temp_dir=str(scratch),
     )
 
     index = {
@@ -393,7 +390,7 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
         tmp_path / "shard-00000.safetensors"
     ).read_bytes()
     assert FAKE_ACCESS_KEY.encode() not in written and FAKE_SECRET_KEY.encode() not in written
-    assert list(scratch.iterdir()) == [], "temp copies are deleted after decoding"
+    assert not writer.scratch_dir.exists(), "temp copies are deleted with the shard's parts"
 
 
 def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model, clips):

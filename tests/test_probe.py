@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -162,15 +163,15 @@ def test_records_are_reused_by_etag_and_reprobed_when_it_changes(tmp_path):
     source = CountingSource(tmp_path)
     rows = build_manifest(source).to_pylist()
 
-    first, probed = probe_rows(source, rows, workers=2)
+    first, probed, _ = probe_rows(source, rows, workers=2)
     assert probed == 2 and [r["reason"] for r in first] == [None, None]
 
     source.ranges.clear()
-    again, probed = probe_rows(source, rows, previous=first, workers=2)
+    again, probed, _ = probe_rows(source, rows, previous=first, workers=2)
     assert probed == 0 and again == first and source.ranges == []
 
     changed = [dict(rows[0], etag="new-etag"), rows[1]]
-    _, probed = probe_rows(source, changed, previous=first, workers=2)
+    _, probed, _ = probe_rows(source, changed, previous=first, workers=2)
     assert probed == 1 and {key for key, _, _ in source.ranges} == {"a.mp4"}
 
 
@@ -271,3 +272,110 @@ def test_a_garbled_first_frame_is_undecodable(tmp_path, encoder):
     assert "first" in rejected.value.detail
     _, header_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=False)
     assert header_bytes > 0
+
+
+def _encode_as(path, fmt, *codec, seconds=1.2, size="96x64", rate=15):
+    """A clip in container `fmt` (FFmpeg's muxer name), whatever the file is called."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}"]
+        + ["-t", str(seconds), *codec, "-pix_fmt", "yuv420p", "-f", fmt, str(path)],
+        check=True,
+    )
+    return path
+
+
+VP9 = ("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8")
+H264 = ("-c:v", "libx264", "-preset", "ultrafast")
+
+
+def test_a_vp9_webm_named_mp4_is_probed_by_ffmpeg_and_decodes_for_the_cache(tmp_path):
+    from longcat.config import load_config
+    from longcat.data.frames import decode_clip, frame_plan
+    from longcat.data.metadata import METADATA_SCHEMA
+    from longcat.settings import load_settings
+
+    path = _encode_as(tmp_path / "clip.mp4", "webm", *VP9, seconds=1.4)
+    (tmp_path / "clip.txt").write_text("a webm")
+    make_clip(tmp_path / "real.mp4")
+    (tmp_path / "real.txt").write_text("an mp4")
+    source = CountingSource(tmp_path)
+    records, _, _ = probe_rows(source, build_manifest(source).to_pylist(), workers=2)
+    webm, mp4 = records
+
+    assert webm["reason"] is None, webm["detail"]
+    assert (webm["container"], webm["codec"], webm["pix_fmt"]) == ("matroska,webm", "vp9", "yuv420p")
+    assert (webm["width"], webm["height"], webm["fps"], webm["num_frames"]) == (96, 64, 15.0, 21)
+    assert webm["duration"] == pytest.approx(1.4, abs=0.01)
+    assert webm["probe_bytes"] == path.stat().st_size  # a small clip is read once, whole
+    assert (mp4["reason"], mp4["container"], mp4["codec"]) == (None, "mp4", "h264")
+    assert "container" in METADATA_SCHEMA.names
+
+    frames = replace(
+        load_settings(load_config()).frames, num_frames=17, frame_buckets=(), buckets=((48, 64),)
+    )
+    plan = frame_plan(webm, frames)
+    assert decode_clip(str(path), plan).shape == (17, 48, 64, 3)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("mpegts", "mpegts"), ("avi", "avi")])
+def test_mpeg_ts_and_avi_are_accepted_with_their_container(tmp_path, fmt, name):
+    path = _encode_as(tmp_path / "clip.mp4", fmt, *H264)
+    columns, bytes_read = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+    assert (columns["container"], columns["codec"], columns["pix_fmt"]) == (name, "h264", "yuv420p")
+    assert (columns["width"], columns["height"], columns["fps"], columns["num_frames"]) == (96, 64, 15.0, 18)
+    assert columns["duration"] == pytest.approx(1.2, abs=0.01)
+    assert columns["display_aspect"] == pytest.approx(1.5)
+    assert bytes_read == path.stat().st_size
+
+
+def test_bytes_no_demuxer_reads_and_audio_only_containers_are_rejected(tmp_path):
+    import random
+
+    (tmp_path / "noise.mp4").write_bytes(random.Random(0).randbytes(300_000))
+    (tmp_path / "text.mp4").write_text("this is a text file, not a video\n" * 20)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=0.5"]
+        + ["-c:a", "libopus", "-f", "webm", str(tmp_path / "sound.mp4")],
+        check=True,
+    )
+    source = LocalSource(tmp_path)
+    for name, reason in [("noise", "not_a_video"), ("text", "not_a_video"), ("sound", "no_video_stream")]:
+        with pytest.raises(Reject) as rejected:
+            probe_video(source, f"{name}.mp4", (tmp_path / f"{name}.mp4").stat().st_size)
+        assert rejected.value.reason == reason, rejected.value.detail
+
+
+def test_the_fallback_probe_reads_at_most_its_bound(tmp_path, monkeypatch):
+    from longcat.data import container
+
+    monkeypatch.setattr(container, "FALLBACK_PROBE_BYTES", 300_000)
+    for fmt in ("matroska", "mpegts"):
+        _encode_as(tmp_path / f"{fmt}.mp4", fmt, *H264, "-b:v", "4M", seconds=4, size="320x240", rate=25)
+    source = CountingSource(tmp_path)
+
+    size = (tmp_path / "matroska.mp4").stat().st_size
+    columns, bytes_read = probe_video(source, "matroska.mp4", size)
+    assert size > 3 * 300_000 and bytes_read <= 300_000
+    assert (columns["container"], columns["num_frames"], columns["duration"]) == ("matroska,webm", 100, 4.0)
+    assert bytes_read == sum(end - start for _, start, end in source.ranges)
+
+    # MPEG-TS states no duration: FFmpeg reads the timestamps at the end, past the bound here.
+    source.ranges.clear()
+    with pytest.raises(Reject) as rejected:
+        probe_video(source, "mpegts.mp4", (tmp_path / "mpegts.mp4").stat().st_size)
+    assert rejected.value.reason == "undecodable"
+    assert "needs more than the first 300000 bytes" in rejected.value.detail
+    assert rejected.value.bytes_read == sum(end - start for _, start, end in source.ranges) <= 300_000
+
+
+def test_a_webm_over_s3(s3_bucket, tmp_path):
+    client, bucket = s3_bucket
+    path = _encode_as(tmp_path / "clip.mp4", "webm", *VP9)
+    client.put_object(Bucket=bucket, Key="v/clip.mp4", Body=path.read_bytes())
+    columns, _ = probe_video(S3Source(bucket, "v/", client=client), "clip.mp4", path.stat().st_size)
+    assert (columns["container"], columns["codec"], columns["width"], columns["num_frames"]) == (
+        "matroska,webm",
+        "vp9",
+        96,
+        18,
+    )

@@ -5,23 +5,24 @@ import gzip
 import io
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, make_clip
+from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, REPO, free_port, make_clip
 
 import longcat.data.s3 as s3_module
 from longcat import settings
+from longcat.config import ConfigError, load_yaml, merge
 from longcat.data.captions import decode_caption
 from longcat.data.local import LocalSource
 from longcat.data.manifest import build_manifest, chunk_of
 from longcat.data.open_source import open_source
 from longcat.data.s3 import S3Source, s3_client
-from longcat.data.sources import SourceError, sanitize
+from longcat.data.sources import ChangedSinceProbe, SourceError, TransientSourceError, sanitize
 
 AWKWARD = [
     "top.mp4",
@@ -99,7 +100,8 @@ def test_s3_read_errors_name_the_object_but_no_secret(s3_bucket):
     with pytest.raises(SourceError) as raised:
         source.read_range("missing.mp4", 0, 10)
     message = str(raised.value)
-    assert f"s3://{bucket}/videos/missing.mp4" in message
+    assert f"s3://{bucket}/videos/missing.mp4" in message and "HTTP 404 NoSuchKey" in message
+    assert not isinstance(raised.value, TransientSourceError)  # permanent: may become a reject
     assert FAKE_ACCESS_KEY not in message and FAKE_SECRET_KEY not in message
 
 
@@ -122,9 +124,8 @@ def test_ranged_reads_and_probes_from_a_server_that_answers_ranges_with_200(rclo
     )
 
 
-def test_presigned_reads_of_awkward_keys_pass_a_signature_check(rclone_s3):
-    """Object URLs are signed without botocore's per-key presigning: a signature-checking server accepts
-    them for keys that need quoting, and their paths are the ones botocore presigns."""
+def test_reads_of_awkward_keys_pass_a_signature_check(rclone_s3):
+    """rclone checks SigV4 signatures: keys that need quoting are read, whole and by range."""
     client = s3_client("us-east-1", rclone_s3)
     client.create_bucket(Bucket="awkward")
     keys = [*AWKWARD, "a+b/c=d;e,f@g~h!.mp4", "x/ä ö/$'()*.mp4"]
@@ -136,14 +137,127 @@ def test_presigned_reads_of_awkward_keys_pass_a_signature_check(rclone_s3):
         body = key.encode() * 3
         assert source.read_all(key) == body
         assert source.read_ranges(key, [(1, 4), (len(body) - 2, len(body))]) == [body[1:4], body[-2:]]
-        ours = urlsplit(source._presigned_target(f"in/{key}"))
-        botocores = urlsplit(
-            client.generate_presigned_url("get_object", Params={"Bucket": "awkward", "Key": f"in/{key}"})
-        )
-        assert ours.path == botocores.path
-        assert FAKE_SECRET_KEY not in ours.query and "X-Amz-Signature=" in ours.query
-    with pytest.raises(SourceError, match=r"s3://awkward/in/absent\.mp4 failed: HTTP 404 NoSuchKey"):
+    with pytest.raises(
+        SourceError, match=r"s3://awkward/in/absent\.mp4 failed: HTTP 404 NoSuchKey"
+    ) as raised:
         source.read_range("absent.mp4", 0, 10)
+    assert not isinstance(raised.value, TransientSourceError)
+
+
+class ChunkedFile(io.BytesIO):
+    """An in-memory file that remembers the largest single write."""
+
+    largest_write = 0
+
+    def write(self, data):
+        self.largest_write = max(self.largest_write, len(data))
+        return super().write(data)
+
+
+@pytest.mark.parametrize("server", ["moto", "rclone"])
+def test_s3_download_streams_the_probed_version_only(server, request, monkeypatch):
+    """Downloads stream in bounded pieces at the probed etag; a replaced object is ChangedSinceProbe
+    (moto answers If-Match with 412; rclone ignores If-Match, so the answer's ETag is checked)."""
+    if server == "moto":
+        client, bucket = request.getfixturevalue("s3_bucket")
+    else:
+        client, bucket = s3_client("us-east-1", request.getfixturevalue("rclone_s3")), "videos"
+        client.create_bucket(Bucket=bucket)
+    monkeypatch.setattr(s3_module, "DOWNLOAD_CHUNK_BYTES", 4096)
+    old, new = bytes(range(256)) * 100, b"replaced" * 1000
+    client.put_object(Bucket=bucket, Key="v/a.mp4", Body=old)
+    source = S3Source(bucket, "v", client=client)
+    (probed,) = [obj.etag for obj in source.list_objects()]
+
+    handle = ChunkedFile()
+    assert source.download("a.mp4", handle, etag=probed) == len(old)
+    assert handle.getvalue() == old and handle.largest_write <= 4096
+    assert source.read_ranges("a.mp4", [(0, 3), (len(old) - 2, len(old) + 5)]) == [old[:3], old[-2:]]
+
+    client.put_object(Bucket=bucket, Key="v/a.mp4", Body=new)
+    (current,) = [obj.etag for obj in source.list_objects()]
+    with pytest.raises(ChangedSinceProbe) as raised:
+        source.download("a.mp4", io.BytesIO(), etag=probed)
+    assert f"s3://{bucket}/v/a.mp4" in str(raised.value)
+    assert probed in str(raised.value) and current in str(raised.value)
+    assert source.local_path("a.mp4", probed) is None
+
+    with pytest.raises(SourceError, match="HTTP 404") as missing:
+        source.download("absent.mp4", io.BytesIO(), etag=probed)
+    assert not isinstance(missing.value, TransientSourceError | ChangedSinceProbe)
+
+
+def test_a_stopped_server_is_transient_and_names_no_secret():
+    """Nothing listens on the port: after the client's (here two) attempts, every read is a
+    TransientSourceError, never a verdict on the object. An endpoint URL with user:password (which the
+    config refuses) is a permanent error that never shows them."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    source = S3Source("videos", "v", endpoint_url=endpoint, max_attempts=2, connect_timeout=1)
+    started = time.monotonic()
+    for read in (
+        lambda: source.read_range("a.mp4", 0, 10),
+        lambda: source.read_ranges("a.mp4", [(0, 10), (20, 30)]),
+        lambda: source.read_all("a.txt"),
+        lambda: source.download("a.mp4", io.BytesIO(), etag="abc"),
+        lambda: list(source.list_objects()),
+    ):
+        with pytest.raises(TransientSourceError) as raised:
+            read()
+        message = str(raised.value)
+        assert "s3://videos/v/" in message and "after 2 attempts" in message
+    assert time.monotonic() - started < 10
+
+    with_userinfo = endpoint.replace("//", f"//{FAKE_ACCESS_KEY}:{FAKE_SECRET_KEY}@")
+    with pytest.raises(SourceError) as raised:
+        S3Source("videos", endpoint_url=with_userinfo, max_attempts=1).read_range("a.mp4", 0, 10)
+    assert not isinstance(raised.value, TransientSourceError)
+    assert FAKE_SECRET_KEY not in str(raised.value) and FAKE_ACCESS_KEY not in str(raised.value)
+
+
+def test_credentials_in_the_endpoint_url_are_refused_at_config_load():
+    config = merge(
+        load_yaml(REPO / "config" / "config.yaml"),
+        {
+            "demo": None,
+            "source": {
+                "kind": "s3",
+                "path": None,
+                "bucket": "b",
+                "endpoint_url": f"http://{FAKE_ACCESS_KEY}:{FAKE_SECRET_KEY}@127.0.0.1:9000",
+            },
+        },
+    )
+    with pytest.raises(ConfigError) as raised:
+        settings.load_settings(config)
+    message = str(raised.value)
+    assert "source.endpoint_url" in message and len(message.splitlines()) == 1
+    assert FAKE_SECRET_KEY not in message and FAKE_ACCESS_KEY not in message
+    config["source"]["endpoint_url"] = "http://127.0.0.1:9000"
+    assert settings.load_settings(config).source.endpoint_url == "http://127.0.0.1:9000"
+
+
+def test_local_source_checks_the_probed_version(tmp_path):
+    _write(tmp_path, "a/clip.mp4", b"first version")
+    source = LocalSource(tmp_path)
+    (listed,) = source.list_objects()
+
+    assert source.local_path("a/clip.mp4", listed.etag) == str(tmp_path / "a" / "clip.mp4")
+    handle = io.BytesIO()
+    assert source.download("a/clip.mp4", handle, listed.etag) == len(b"first version")
+    assert handle.getvalue() == b"first version"
+
+    _write(tmp_path, "a/clip.mp4", b"second, longer version")
+    for read in (
+        lambda: source.local_path("a/clip.mp4", listed.etag),
+        lambda: source.download("a/clip.mp4", io.BytesIO(), listed.etag),
+    ):
+        with pytest.raises(
+            ChangedSinceProbe, match=rf"clip\.mp4 changed since it was probed: etag {listed.etag}"
+        ):
+            read()
+    with pytest.raises(SourceError, match="absent.mp4") as missing:
+        source.local_path("absent.mp4", listed.etag)
+    assert not isinstance(missing.value, ChangedSinceProbe | TransientSourceError)
 
 
 class FlakyS3:
@@ -166,7 +280,7 @@ class FlakyS3:
                 pass
 
             def do_GET(self):
-                flaky.requests.append((self.path, self.headers.get("Range")))
+                flaky.requests.append((self.headers.get("Authorization"), self.headers.get("Range")))
                 behaviour = flaky.script.pop(0) if flaky.script else "ok"
                 if behaviour == "drop":
                     self.close_connection = True
@@ -175,8 +289,9 @@ class FlakyS3:
                     start, end = map(int, self.headers["Range"].removeprefix("bytes=").split("-"))
                     body, status = flaky.BODY[start : end + 1], 206
                 else:
-                    code = {"503": "SlowDown", "403": "AccessDenied"}[behaviour]
-                    body = f"<Error><Code>{code}</Code><Request>{self.path}</Request></Error>".encode()
+                    code = {"500": "InternalError", "403": "AccessDenied"}[behaviour]
+                    request = f"{self.path} {self.headers.get('Authorization')}"
+                    body = f"<Error><Code>{code}</Code><Request>{request}</Request></Error>".encode()
                     status = int(behaviour)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
@@ -188,15 +303,13 @@ class FlakyS3:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def source(self) -> S3Source:
-        return S3Source("flaky", client=s3_client("us-east-1", self.endpoint))
+    def source(self, max_attempts=4) -> S3Source:
+        return S3Source("flaky", endpoint_url=self.endpoint, region="us-east-1", max_attempts=max_attempts)
 
 
 @pytest.fixture
 def flaky_s3(monkeypatch):
-    """Starts FlakyS3 servers, stopped after the test; reads retry without waiting, and have credentials
-    to sign with."""
-    monkeypatch.setattr(s3_module, "RETRY_BACKOFF_SECONDS", 0.0)
+    """Starts FlakyS3 servers, stopped after the test; reads have credentials to sign with."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
     started = []
@@ -211,34 +324,35 @@ def flaky_s3(monkeypatch):
         flaky.server.server_close()
 
 
-def test_object_reads_retry_throttling_and_dropped_connections(flaky_s3):
-    flaky = flaky_s3(["503", "drop", "ok+close", "ok", "ok"])
+def test_object_reads_retry_server_errors_and_dropped_connections(flaky_s3):
+    flaky = flaky_s3(["500", "drop", "ok+close", "ok", "ok"])
     source = flaky.source()
     body = FlakyS3.BODY
 
-    assert source.read_range("clip.mp4", 10, 20) == body[10:20]  # 503, dropped, then an answer
+    assert source.read_range("clip.mp4", 10, 20) == body[10:20]  # 500, dropped, then an answer
     # The kept connection was closed by the server meanwhile: both reads go out again on new ones.
     assert source.read_ranges("clip.mp4", [(0, 4), (1000, 1024)]) == [body[:4], body[1000:]]
     ranges = [requested for _, requested in flaky.requests]
     assert ranges[:3] == ["bytes=10-19"] * 3 and sorted(ranges[3:]) == ["bytes=0-3", "bytes=1000-1023"]
-    assert all("X-Amz-Signature=" in path for path, _ in flaky.requests)
+    assert all(auth.startswith("AWS4-HMAC-SHA256 Credential=") for auth, _ in flaky.requests)
 
 
 def test_object_reads_give_up_naming_the_object_and_no_secret(flaky_s3):
-    attempts = s3_module.RETRY_ATTEMPTS
-    flaky = flaky_s3(["503"] * attempts)
-    with pytest.raises(SourceError) as raised:
-        flaky.source().read_range("a/clip.mp4", 0, 10)
+    flaky = flaky_s3(["500"] * 3)
+    with pytest.raises(TransientSourceError) as raised:
+        flaky.source(max_attempts=3).read_range("a/clip.mp4", 0, 10)
     # The error bodies echo the signed request; the message keeps only their code.
     assert (
-        str(raised.value)
-        == f"reading s3://flaky/a/clip.mp4 failed after {attempts} attempts: HTTP 503 SlowDown"
+        str(raised.value) == "reading s3://flaky/a/clip.mp4 failed after 3 attempts: HTTP 500 InternalError"
     )
-    assert len(flaky.requests) == attempts
+    assert len(flaky.requests) == 3
 
     denied = flaky_s3(["403"])
-    with pytest.raises(SourceError, match=r"^reading s3://flaky/b\.mp4 failed: HTTP 403 AccessDenied$"):
+    with pytest.raises(
+        SourceError, match=r"^reading s3://flaky/b\.mp4 failed: HTTP 403 AccessDenied$"
+    ) as refused:
         denied.source().read_range("b.mp4", 0, 10)
+    assert not isinstance(refused.value, TransientSourceError)
     assert len(denied.requests) == 1  # refusals are not retried
 
 
@@ -250,6 +364,8 @@ def test_sanitize_blanks_presigned_signatures_and_key_ids():
     cleaned = sanitize(f"GET {url} failed")
     assert "abcdef0123456789" not in cleaned and "AKIAABCDEFGHIJKLMNOP" not in cleaned
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in cleaned and "k.mp4" in cleaned
+    with_userinfo = sanitize('Could not connect to "http://someone:pass/word@127.0.0.1:9000/b/k.mp4"')
+    assert with_userinfo == 'Could not connect to "http://***@127.0.0.1:9000/b/k.mp4"'
 
 
 def _put_inventory(client, bucket, file_format, rows):

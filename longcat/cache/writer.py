@@ -51,7 +51,9 @@ class ShardWriter:
     """Builds one shard's safetensors and index from per-sample parts that survive a crash.
 
     `done` holds the rows of samples finished by earlier attempts; `add` records a new one; `finish`
-    assembles the shard in the order given, writes the index and removes the parts.
+    assembles the shard in the order given, writes the index and removes the parts. `scratch_dir` is
+    the job's own place for temp files (clips streamed from the source): emptied at each start, so
+    a killed job leaves nothing behind once its shard runs again, and removed with the parts.
     """
 
     def __init__(self, cache: CacheLayout, shard: str, schema: pa.Schema, metadata: Mapping):
@@ -60,6 +62,8 @@ class ShardWriter:
         self.partial_dir = cache.partial(shard)
         self.schema = schema
         self.metadata = dict(metadata)
+        self.scratch_dir = self.partial_dir / "tmp"
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.tensors_path, self.index_path):
             # A temp file (longcat.files names them `.NAME.*.tmp`) of a job killed while writing.

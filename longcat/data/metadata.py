@@ -19,7 +19,7 @@ from longcat.data.buckets import display_size
 from longcat.data.frames import ClipRejected, frame_plan
 from longcat.data.manifest import chunk_of, manifest_chunk
 from longcat.data.probe import PROBE_SCHEMA, probe_rows
-from longcat.data.sources import Source
+from longcat.data.sources import Source, TransientSourceError, sanitize
 from longcat.data.tables import write_table
 from longcat.settings import Frames, Probe
 
@@ -78,6 +78,9 @@ def probe_chunk(
     """Probe the objects of one chunk, reusing the store's records by etag, and write the part file.
 
     The store lives outside the rule's outputs because Snakemake deletes outputs before a job runs.
+    When the source did not answer for some objects, the records of the others are stored and the job
+    fails with TransientSourceError, writing no part: a plain rerun reads only those objects again, and
+    an outage never becomes a reject.
     """
     rows = manifest_chunk(pq.read_table(manifest_path), chunk, chunks)
     store = Path(store)
@@ -90,16 +93,18 @@ def probe_chunk(
         for other in sorted(store.parent.glob("part-*.parquet")):
             if other != store:
                 previous += read_records(other, missing)
-    records, probed = probe_rows(source, rows, previous, workers=workers, decode_check=decode_check)
-    table = pa.Table.from_pylist(records, schema=PROBE_SCHEMA)
+    records, probed, unanswered = probe_rows(
+        source, rows, previous, workers=workers, decode_check=decode_check
+    )
     rejected = sum(1 for record in records if record["reason"])
     log.info(
-        "chunk %s: %d objects, %d reused by etag, %d probed, %d rejected, %d bytes read",
+        "chunk %s: %d objects, %d reused by etag, %d probed, %d rejected, %d unanswered, %d bytes read",
         chunk,
-        len(records),
+        len(rows),
         len(records) - probed,
         probed,
         rejected,
+        len(unanswered),
         sum(record["probe_bytes"] or 0 for record in records),
     )
     # Records of keys that now hash to another chunk stay stored until that chunk has taken them over;
@@ -107,6 +112,16 @@ def probe_chunk(
     this_chunk = {row["key"] for row in rows}
     kept = [rec for rec in own if rec["key"] not in this_chunk and chunk_of(rec["key"], chunks) != int(chunk)]
     write_table(pa.Table.from_pylist(records + kept, schema=PROBE_SCHEMA), store)
+    if unanswered:
+        message = (
+            f"chunk {chunk}: {len(unanswered)} of {len(rows)} objects could not be read because the source "
+            f"did not answer (first: {sanitize(unanswered[0])}). None of them is recorded as rejected; the "
+            f"records of the {len(records)} others are stored. A plain rerun of the same target (no "
+            f"--forcerun) reads only these {len(unanswered)} again."
+        )
+        log.error("%s", message)
+        raise TransientSourceError(message)
+    table = pa.Table.from_pylist(records, schema=PROBE_SCHEMA)
     write_table(table, output)
     return table
 

@@ -39,14 +39,18 @@ def _looks_like_box_type(box_type: bytes) -> bool:
     return all(32 <= byte < 127 for byte in box_type)
 
 
+def is_iso_bmff(head: bytes) -> bool:
+    """Whether the object's first 8 bytes are the header of a top-level ISO-BMFF (MP4/MOV) box."""
+    return len(head) >= 8 and head[4:8] in CONTAINER_BOXES
+
+
 def fetch_index(fetched: FetchedBytes) -> tuple[int, int]:
     """Walk the top-level boxes with bounded reads; returns the (offset, length) of `moov`."""
     size = fetched.size
     head = fetched.read(0, min(size, 8))
     if len(head) < 8:
         raise Reject("not_a_video", f"only {len(head)} bytes, too few for an MP4 box")
-    first_type = struct.unpack(">4s", head[4:8])[0]
-    if first_type not in CONTAINER_BOXES:
+    if not is_iso_bmff(head):
         raise Reject("not_a_video", f"no ISO-BMFF box at the start (found {head[:8]!r})")
     offset, moov = 0, None
     for _ in range(MAX_TOP_LEVEL_BOXES):
@@ -256,6 +260,7 @@ def track_columns(track: VideoTrack) -> dict:
         "num_frames": track.sample_count,
         "duration": track.duration,
         "codec": track.codec,
+        "container": "mp4",
         "pix_fmt": None,
         "rotation": track.rotation,
     }

@@ -8,8 +8,9 @@ from longcat.data.s3 import S3Source
 from longcat.data.sources import Source, SourceError
 
 
-def open_source(source: settings.Source) -> Source:
-    """A LocalSource for `kind: local` (the demo's clips included), an S3Source for `kind: s3`."""
+def open_source(source: settings.Source, readers: int = 8) -> Source:
+    """A LocalSource for `kind: local` (the demo's clips included), an S3Source for `kind: s3` whose
+    connection pool serves `readers` threads reading at once (the probe or decode workers)."""
     if source.kind == "s3":
         if not source.bucket:
             raise SourceError("source.bucket: expected a bucket name for source.kind s3, found none")
@@ -20,6 +21,7 @@ def open_source(source: settings.Source) -> Source:
             endpoint_url=source.endpoint_url,
             inventory=source.inventory,
             list_workers=source.list_workers,
+            readers=readers,
         )
     if source.kind == "local":
         if not source.path:

@@ -1,10 +1,12 @@
-"""Header-only probing of MP4/MOV clips through bounded range reads.
+"""Header-only probing of clips through bounded range reads: MP4/MOV by their index, others by FFmpeg.
 
 ffprobe pointed at a URL reads open-ended ranges and the server streams far more than the header.
 Instead the object's head and tail are read at once (two ranged GETs in flight, so the `moov` index
 arrives in one round trip whether it sits at the start or the end), and the index is read from there
 (`longcat.data.mp4`). The decode check (`longcat.data.decode_check`) hands FFmpeg's decoder the start
-of the first picture, which the head read already holds in the usual layouts.
+of the first picture, which the head read already holds in the usual layouts. An object whose head is
+no ISO-BMFF box (WebM/Matroska, AVI, MPEG-TS, ... whatever its name) is read by FFmpeg's demuxer
+over a bounded read instead (`longcat.data.container`).
 
 Each object ends as one record: probed facts, or a reject with one of REJECT_REASONS and a detail.
 """
@@ -21,11 +23,12 @@ from functools import cache
 import pyarrow as pa
 
 from longcat.data.captions import decode_caption
+from longcat.data.container import probe_container
 from longcat.data.decode_check import DECODE_CHECK_BYTES, decoded_pixel_format
 from longcat.data.fetched import FetchedBytes
-from longcat.data.mp4 import fetch_index, parse_video_track, track_columns
+from longcat.data.mp4 import fetch_index, is_iso_bmff, parse_video_track, track_columns
 from longcat.data.rejects import TRANSIENT_REASONS, Reject
-from longcat.data.sources import Source, SourceError, sanitize
+from longcat.data.sources import Source, SourceError, TransientSourceError, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ PROBE_SCHEMA = pa.schema(
         ("num_frames", pa.int64()),
         ("duration", pa.float64()),
         ("codec", pa.string()),
+        ("container", pa.string()),  # "mp4" (ISO-BMFF: MP4/MOV), else FFmpeg's demuxer name
         ("pix_fmt", pa.string()),
         ("rotation", pa.int32()),
         ("caption", pa.string()),
@@ -72,7 +76,8 @@ def probe_video(source: Source, key: str, size: int, decode_check: bool = True) 
     """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
 
     Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the start of the first
-    frame, which rejects undecodable streams and fills in the pixel format.
+    frame, which rejects undecodable streams and fills in the pixel format. Objects that are not
+    ISO-BMFF go to the fallback probe (`probe_container`), which reads at most FALLBACK_PROBE_BYTES.
     """
     if size == 0:
         raise Reject("zero_bytes", "the object is empty")
@@ -81,6 +86,8 @@ def probe_video(source: Source, key: str, size: int, decode_check: bool = True) 
         # In the usual layouts the head holds the first picture's start too: after a short `ftyp` when
         # the index is at the end, after the index when it is at the start.
         fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
+        if not is_iso_bmff(fetched.read(0, min(size, 8))):
+            return probe_container(fetched, decode_check), fetched.bytes_read
         moov_offset, moov_length = fetch_index(fetched)
         track = parse_video_track(fetched.read(moov_offset, moov_offset + moov_length))
         columns = track_columns(track)
@@ -136,6 +143,8 @@ def probe_object(source: Source, row: Mapping, decode_check: bool = True) -> dic
         record.update(
             reason=reject.reason, detail=reject.detail, probe_bytes=getattr(reject, "bytes_read", 0)
         )
+    except TransientSourceError:
+        raise  # the source did not answer: no fact about the object, so no record the run would keep
     except (SourceError, OSError) as error:
         record.update(reason="read_error", detail=sanitize(error))
     except (struct.error, ValueError, IndexError) as error:
@@ -156,22 +165,29 @@ def probe_rows(
     *,
     workers: int,
     decode_check: bool = True,
-) -> tuple[list[dict], int]:
+) -> tuple[list[dict], int, list[TransientSourceError]]:
     """Probe records for `rows`, reusing previous records whose key, etag, size and caption etag match.
 
-    Returns the records in the order of `rows` and how many were probed afresh.
+    An object the source did not answer for (after the client's retries) gets no record: its error is
+    returned instead, so that the records of the others can be kept and it alone is read again later.
+    Returns the records in the order of `rows`, how many were probed afresh, and those errors.
     """
     rows = list(rows)
     known = {
         reuse_key(record): record for record in previous if record.get("reason") not in TRANSIENT_REASONS
     }
     todo = [row for row in rows if reuse_key(row) not in known]
+    fresh, unanswered = {}, []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        probed = pool.map(lambda row: probe_object(source, row, decode_check), todo)
-        fresh = {reuse_key(row): record for row, record in zip(todo, probed, strict=True)}
+        futures = [pool.submit(probe_object, source, row, decode_check) for row in todo]
+        for row, future in zip(todo, futures, strict=True):
+            try:
+                fresh[reuse_key(row)] = future.result()
+            except TransientSourceError as error:
+                unanswered.append(error)
     records = []
     for row in rows:
-        record = dict(known.get(reuse_key(row)) or fresh[reuse_key(row)])
-        record["caption_key"] = row.get("caption_key")
-        records.append(record)
-    return records, len(todo)
+        record = known.get(reuse_key(row)) or fresh.get(reuse_key(row))
+        if record is not None:
+            records.append({**record, "caption_key": row.get("caption_key")})
+    return records, len(todo) - len(unanswered), unanswered

@@ -14,7 +14,9 @@ REJECT_REASONS = (
     "empty_caption",
     "read_error",
 )
-# Reasons that depend on the network, not on the object: never kept for reuse.
+# Reasons that depend on access to the object (403, gone after listing), not on its bytes: never reused
+# by etag, so each probe of the object asks again. A source that does not answer at all (connection
+# refused, timeouts, throttling, 5xx after the retries) is no reject: the probe job fails instead.
 TRANSIENT_REASONS = frozenset({"read_error"})
 
 

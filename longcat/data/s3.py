@@ -1,92 +1,86 @@
 """An S3 bucket as a clip source: listed with ListObjectsV2 (or read from an S3 Inventory), read with
-ranged GETs on presigned URLs over a pool of keep-alive connections.
+ranged `get_object` calls on one shared boto3 client.
 
-Listing goes through boto3. Object reads bypass botocore: many small ranged GETs per clip are sent at
-once on connections of their own, so the time of a probe is one round trip, not one per read.
+The client's connection pool is sized for the threads that read at once (probe workers, each with its
+head and tail reads in flight together), and botocore retries dropped connections, timeouts, throttling
+and 5xx answers. What still fails after those retries is a `TransientSourceError`, never a verdict on
+the object; 404 and 403 are `SourceError`; a version other than the probed one is `ChangedSinceProbe`.
 """
 
 from __future__ import annotations
 
-import http.client
-import os
-import re
-import ssl
-import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
-from urllib.parse import parse_qs, quote, urlsplit
+from typing import BinaryIO
 
 from longcat.data.inventory import list_inventory, strip_etag
-from longcat.data.sources import Source, SourceError, SourceObject, sanitize
+from longcat.data.sources import (
+    Source,
+    SourceError,
+    SourceObject,
+    TransientSourceError,
+    changed_since_probe,
+    sanitize,
+)
+
+MAX_ATTEMPTS = 8
+CONNECT_TIMEOUT_SECONDS = 10
+READ_TIMEOUT_SECONDS = 60
+# Connections kept open for reads in flight at once; at least botocore's own default.
+MIN_POOL = 10
+# Downloads are written in pieces of this size: a cache job never holds a whole object.
+DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+# Error codes that mean "try again later", whatever the status says.
+TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
 
 
-def s3_client(region: str | None = None, endpoint_url: str | None = None, max_pool: int = 32):
-    """A boto3 S3 client with adaptive retries; credentials come from boto3's standard chain.
+def s3_client(
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    max_pool: int = MIN_POOL,
+    max_attempts: int = MAX_ATTEMPTS,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    read_timeout: float = READ_TIMEOUT_SECONDS,
+):
+    """A boto3 S3 client with adaptive retries (`max_attempts` in all) and a pool of `max_pool`
+    connections; credentials come from boto3's standard chain.
 
-    Its presigned URLs are SigV4: botocore's default for them is SigV2 where S3 still accepts it, which
-    S3 refuses for SSE-KMS encrypted objects.
+    Response checksums are checked only where the request asks for them: S3-compatible servers (rclone)
+    send the whole object's checksum with a ranged answer, which no range matches.
     """
     import boto3
     from botocore.config import Config
 
     config = Config(
         signature_version="s3v4",
-        retries={"mode": "adaptive", "max_attempts": 10},
-        max_pool_connections=max_pool,
-        connect_timeout=10,
-        read_timeout=60,
+        retries={"mode": "adaptive", "total_max_attempts": max_attempts},
+        max_pool_connections=max(MIN_POOL, max_pool),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        tcp_keepalive=True,
+        response_checksum_validation="when_required",
+        request_checksum_calculation="when_required",
     )
     return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
 
 
-PRESIGNED_SECONDS = 3600
-# Object reads bypass botocore: a dropped connection, throttling or a 5xx is retried, the first time at once,
-# then after RETRY_BACKOFF_SECONDS doubling.
-RETRY_ATTEMPTS = 8
-RETRY_BACKOFF_SECONDS = 0.25
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-CONNECT_TIMEOUT_SECONDS = 10
-READ_TIMEOUT_SECONDS = 60
-MAX_IDLE_CONNECTIONS = 64
-
-
-class Connections:
-    """Keep-alive HTTP(S) connections to one host: each carries one request at a time."""
-
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
-        self.idle: deque[http.client.HTTPConnection] = deque()
-        self.tls = None
-        if self.scheme == "https":
-            self.tls = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE"))
-
-    def take(self) -> http.client.HTTPConnection:
-        try:
-            return self.idle.pop()
-        except IndexError:
-            pass
-        if self.tls is not None:
-            connection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=CONNECT_TIMEOUT_SECONDS, context=self.tls
-            )
-        else:
-            connection = http.client.HTTPConnection(self.host, self.port, timeout=CONNECT_TIMEOUT_SECONDS)
-        connection.connect()
-        connection.sock.settimeout(READ_TIMEOUT_SECONDS)
-        return connection
-
-    def give_back(self, connection: http.client.HTTPConnection) -> None:
-        if len(self.idle) < MAX_IDLE_CONNECTIONS:
-            self.idle.append(connection)
-        else:
-            connection.close()
+def _max_attempts(client) -> int:
+    """Attempts per request of `client` (botocore's default when it was made without a retry config)."""
+    retries = client.meta.config.retries or {}
+    if "total_max_attempts" in retries:
+        return int(retries["total_max_attempts"])
+    return int(retries["max_attempts"]) + 1 if "max_attempts" in retries else MAX_ATTEMPTS
 
 
 class S3Source(Source):
-    """Objects under `prefix` in `bucket`, listed with ListObjectsV2 or read from an S3 Inventory."""
+    """Objects under `prefix` in `bucket`, listed with ListObjectsV2 or read from an S3 Inventory.
+
+    `readers` is how many threads read at once; the connection pool holds two connections for each
+    (head and tail of a probe in flight together), or `list_workers` when that is more.
+    """
 
     def __init__(
         self,
@@ -96,6 +90,10 @@ class S3Source(Source):
         endpoint_url: str | None = None,
         inventory: str | None = None,
         list_workers: int = 8,
+        readers: int = 8,
+        max_attempts: int = MAX_ATTEMPTS,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
         client=None,
     ):
         self.bucket = bucket
@@ -103,20 +101,41 @@ class S3Source(Source):
         self.prefix = prefix.rstrip("/") + "/" if prefix and prefix.strip("/") else ""
         self.inventory = inventory
         self.list_workers = list_workers
-        self.client = client or s3_client(region, endpoint_url)
-        # The URL base of objects (the quoted key follows) and the signing region, from one presigned URL;
-        # then connections to that host.
-        self._endpoint: tuple[str, str] | None = None
-        self._connections: Connections | None = None
+        pool = max(list_workers, 2 * readers)
+        self.client = client or s3_client(
+            region, endpoint_url, pool, max_attempts, connect_timeout, read_timeout
+        )
+        self.max_attempts = _max_attempts(self.client)
+        # The second and later ranges of one `read_ranges` call go out from here, so that all are in flight.
+        self._range_pool = ThreadPoolExecutor(max(1, pool), thread_name_prefix="s3-range")
         self.description = f"s3://{bucket}/{self.prefix}"
 
-    def _call(self, what: str, key: str, function, **kwargs):
+    def _error(self, what: str, full_key: str, error: Exception) -> SourceError:
+        """The SourceError (transient, changed or permanent) for a botocore failure; sanitized text."""
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+        where = f"{what} s3://{self.bucket}/{full_key}"
+        if isinstance(error, ClientError):
+            status = error.response["ResponseMetadata"]["HTTPStatusCode"]
+            code = error.response["Error"]["Code"] or "no error code"
+            attempts = error.response["ResponseMetadata"]["RetryAttempts"] + 1
+            if status == 429 or status >= 500 or code in TRANSIENT_CODES:
+                return TransientSourceError(f"{where} failed after {attempts} attempts: HTTP {status} {code}")
+            # Only the status and code: S3's error bodies can echo the request.
+            return SourceError(f"{where} failed: HTTP {status} {code}")
+        failure = f"{type(error).__name__}: {sanitize(error)}"
+        if isinstance(error, ConnectionError | HTTPClientError | IncompleteReadError | OSError):
+            return TransientSourceError(f"{where} failed after {self.max_attempts} attempts: {failure}")
+        return SourceError(f"{where} failed: {failure}")
+
+    def _call(self, what: str, key: str, function):
+        """`function()`, with its botocore failure turned into the matching SourceError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            return function(**kwargs)
+            return function()
         except (BotoCoreError, ClientError) as error:
-            raise SourceError(f"{what} s3://{self.bucket}/{key} failed: {sanitize(error)}") from None
+            raise self._error(what, key, error) from None
 
     def list_objects(self) -> Iterator[SourceObject]:
         if self.inventory:
@@ -160,123 +179,99 @@ class S3Source(Source):
 
     def _list_inventory(self) -> Iterator[SourceObject]:
         def read(what: str, bucket: str, key: str) -> bytes:
-            return self._call(what, key, self.client.get_object, Bucket=bucket, Key=key)["Body"].read()
+            return self._call(
+                what, key, lambda: self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            )
 
         return list_inventory(read, self.inventory, self.bucket, self.prefix)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        return self.read_ranges(key, [(start, end)])[0]
+        return self._read(self.prefix + key, start, end) if end > start else b""
 
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Ranged GETs in flight at once on one presigned URL: the time of one round trip for all.
-
-        Each request goes out on its own connection before any answer is read, so no thread is needed.
-        """
-        full_key = self.prefix + key
-        target = self._presigned_target(full_key)
-        sent = [self._send_early(target, start, end) if end > start else None for start, end in ranges]
-        return [
-            self._get(full_key, target, start, end, connection) if end > start else b""
-            for (start, end), connection in zip(ranges, sent, strict=True)
-        ]
+        """All ranges in flight at once: the first read in this thread, the others on the range pool, so a
+        probe's head and tail take one round trip."""
+        later = [self._range_pool.submit(self.read_range, key, start, end) for start, end in ranges[1:]]
+        first = [self.read_range(key, *ranges[0])] if ranges else []
+        return first + [future.result() for future in later]
 
     def read_all(self, key: str) -> bytes:
         full_key = self.prefix + key
-        return self._get(full_key, self._presigned_target(full_key))
-
-    def _presigned_target(self, full_key: str) -> str:
-        """Path and query of a presigned GET of the object: SigV4 query authentication, as botocore's
-        generate_presigned_url makes it, without resolving the endpoint again for every key."""
-        from botocore.auth import S3SigV4QueryAuth
-        from botocore.awsrequest import AWSRequest
-
-        if self._endpoint is None:
-            base, region = self._learn_endpoint()
-            self._connections = Connections(base)
-            self._endpoint = base, region
-        base, region = self._endpoint
-        credentials = self.client._get_credentials()
-        if credentials is None:
-            raise SourceError(
-                f"reading s3://{self.bucket}/{full_key}: no AWS credentials found (boto3 looks in the "
-                "environment, ~/.aws and the instance role)"
-            )
-        request = AWSRequest("GET", base + quote(full_key, safe="/~"))
-        signer = S3SigV4QueryAuth(credentials.get_frozen_credentials(), "s3", region, PRESIGNED_SECONDS)
-        signer.add_auth(request)
-        parts = urlsplit(request.prepare().url)
-        return f"{parts.path}?{parts.query}"
-
-    def _learn_endpoint(self) -> tuple[str, str]:
-        """(URL base of the bucket's objects, signing region) from botocore's presigned URL of one key:
-        the endpoint depends on the bucket, not the key."""
-        sample = self.prefix + "sample"
-        url = self._call(
-            "presigning",
-            sample,
-            self.client.generate_presigned_url,
-            ClientMethod="get_object",
-            Params={"Bucket": self.bucket, "Key": sample},
-            ExpiresIn=PRESIGNED_SECONDS,
+        return self._call(
+            "reading",
+            full_key,
+            lambda: self.client.get_object(Bucket=self.bucket, Key=full_key)["Body"].read(),
         )
-        base, _, query = url.partition("?")
-        scope = parse_qs(query).get("X-Amz-Credential", [""])[0].split("/")
-        if not base.endswith("/" + quote(sample, safe="/~")) or len(scope) != 5:
-            raise SourceError(
-                f"presigning s3://{self.bucket}/{sample}: expected a SigV4 URL ending in the key, "
-                f"found {sanitize(url)}"
+
+    def _read(self, full_key: str, start: int, end: int) -> bytes:
+        def get() -> bytes:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=full_key, Range=f"bytes={start}-{end - 1}"
             )
-        return base[: -len(quote(sample, safe="/~"))], scope[2]
+            data = response["Body"].read()
+            # A 200 without Content-Range is the whole object (a server that ignores ranges); some
+            # S3-compatible servers answer a range with 200 and a Content-Range, which holds the range.
+            if response["ResponseMetadata"]["HTTPStatusCode"] == 200 and not response.get("ContentRange"):
+                return data[start:end]
+            return data
 
-    def _send(self, target: str, start: int | None = None, end: int | None = None):
-        """A connection carrying the GET of `target` (of bytes [start, end) when given)."""
-        connection = self._connections.take()
-        try:
-            connection.request(
-                "GET", target, headers={} if start is None else {"Range": f"bytes={start}-{end - 1}"}
-            )
-        except (OSError, http.client.HTTPException):
-            connection.close()
-            raise
-        return connection
+        return self._call("reading", full_key, get)
 
-    def _send_early(self, target: str, start: int, end: int):
-        try:
-            return self._send(target, start, end)
-        except (OSError, http.client.HTTPException):
-            return None  # `_get` sends it again and reports what went wrong
+    def download(self, key: str, handle: BinaryIO, etag: str | None = None) -> int:
+        """Streams the object into `handle` in DOWNLOAD_CHUNK_BYTES pieces, asking for version `etag`
+        (If-Match) and checking the answer's ETag too (some servers ignore If-Match). A connection lost
+        mid-object resumes from the bytes written, at the same version, up to `max_attempts` times; a
+        request that fails before any byte arrives has had botocore's own retries and is final."""
+        from botocore.exceptions import BotoCoreError, ClientError
 
-    def _get(self, full_key: str, target: str, start=None, end=None, connection=None) -> bytes:
-        """The answer to the GET of `target` (of bytes [start, end) when given), sent on `connection`
-        unless it is None; retried on dropped connections, throttling and server errors."""
+        full_key = self.prefix + key
         where = f"s3://{self.bucket}/{full_key}"
-        for attempt in range(RETRY_ATTEMPTS):
-            if attempt:
-                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 2) if attempt > 1 else 0)
+        start, written, version = handle.tell(), 0, etag
+        for attempt in range(1, self.max_attempts + 1):
+            before = written
+            request = {"Bucket": self.bucket, "Key": full_key}
+            if version:
+                request["IfMatch"] = f'"{version}"'
+            if written:
+                request["Range"] = f"bytes={written}-"
             try:
-                connection = connection or self._send(target, start, end)
-                response = connection.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException) as error:
-                if connection is not None:
-                    connection.close()
-                connection, failure = None, f"{type(error).__name__}: {error}"
-                continue
-            if response.will_close:
-                connection.close()
-            else:
-                self._connections.give_back(connection)
-            connection = None
-            if response.status in (200, 206):
-                # A 200 without Content-Range is the whole object (a server that ignores ranges); some
-                # S3-compatible servers answer a range with 200 and a Content-Range, which holds the range.
-                if start is not None and response.status == 200 and not response.getheader("Content-Range"):
-                    return data[start:end]
-                return data
-            # Only the error code: S3's error bodies can echo the access key id and the signature.
-            code = re.search(rb"<Code>([^<]{1,64})</Code>", data)
-            reason = code.group(1).decode("ascii", "replace") if code else "no error code"
-            failure = f"HTTP {response.status} {reason}"
-            if response.status not in RETRY_STATUSES:
-                raise SourceError(f"reading {where} failed: {failure}")
-        raise SourceError(f"reading {where} failed after {RETRY_ATTEMPTS} attempts: {sanitize(failure)}")
+                response = self.client.get_object(**request)
+                found = strip_etag(response.get("ETag"))
+                if version and found and found != version:
+                    raise changed_since_probe(where, version, found)
+                version = version or found
+                if written and not response.get("ContentRange"):
+                    # The server sent the whole object again instead of the rest.
+                    handle.seek(start)
+                    handle.truncate()
+                    written = 0
+                for chunk in response["Body"].iter_chunks(DOWNLOAD_CHUNK_BYTES):
+                    handle.write(chunk)
+                    written += len(chunk)
+                return written
+            except (BotoCoreError, ClientError) as error:
+                failure = self._download_error(full_key, error, version)
+                resumable = isinstance(failure, TransientSourceError) and written > before
+                if not resumable or attempt == self.max_attempts:
+                    raise failure from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _download_error(self, full_key: str, error: Exception, version: str | None) -> SourceError:
+        from botocore.exceptions import ClientError
+
+        if isinstance(error, ClientError) and (
+            error.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+            or error.response["Error"]["Code"] == "PreconditionFailed"
+        ):
+            where = f"s3://{self.bucket}/{full_key}"
+            return changed_since_probe(where, version or "?", self._etag_now(full_key))
+        return self._error("downloading", full_key, error)
+
+    def _etag_now(self, full_key: str) -> str | None:
+        """The object's current ETag, for the message of a failed If-Match; None when it cannot be had."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return strip_etag(self.client.head_object(Bucket=self.bucket, Key=full_key).get("ETag"))
+        except (BotoCoreError, ClientError):
+            return None

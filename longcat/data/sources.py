@@ -1,9 +1,15 @@
 """What a clip source is: a flat set of objects (key, size, etag, last-modified) read by byte range.
 
 Sources are a local tree (`longcat.data.local`) or an S3 bucket or S3 Inventory (`longcat.data.s3`);
-`longcat.data.open_source` opens the one the config names. Reading is by byte range only, so probing
-never needs a whole object. Error messages name the bucket and key but never a credential or a
-presigned signature: `sanitize` blanks them out of any text that reaches a log or a table.
+`longcat.data.open_source` opens the one the config names. Probing reads byte ranges only, so it never
+needs a whole object; cache jobs stream an object into a file (`download`) at the version the probe saw.
+
+Failures come in three kinds, because callers treat them differently: `SourceError` is a permanent
+answer (missing object, refused access) that may become a reject; `TransientSourceError` means the
+source did not answer after the client's retries, so the job must fail and a rerun try again;
+`ChangedSinceProbe` means the object is no longer the version that was probed. Error messages name the
+bucket and key but never a credential: `sanitize` blanks secrets out of any text that reaches a log or
+a table.
 """
 
 from __future__ import annotations
@@ -12,10 +18,27 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 
 class SourceError(RuntimeError):
-    """The source cannot be listed or read; the message names the location, never a secret."""
+    """A permanent failure to list or read (missing object, refused access, bad request); the message
+    names the location, never a secret."""
+
+
+class TransientSourceError(SourceError):
+    """The source did not answer after the client's retries (connection refused or reset, timeouts,
+    throttling, 5xx): nothing may be recorded as final from it; a rerun tries again."""
+
+
+class ChangedSinceProbe(SourceError):
+    """The object is not the version that was probed (its etag differs)."""
+
+
+def changed_since_probe(location: str, probed: str, current: str | None) -> ChangedSinceProbe:
+    """The error for an object at `location` whose etag was `probed` and is now `current`."""
+    now = current if current else "unknown (the source refused the probed version)"
+    return ChangedSinceProbe(f"{location} changed since it was probed: etag {probed} then, {now} now")
 
 
 @dataclass(frozen=True)
@@ -26,24 +49,25 @@ class SourceObject:
     last_modified: datetime
 
 
-# Query strings of presigned URLs carry the signature and the access key id.
+# Query strings of presigned URLs carry the signature and the access key id; URLs can carry user:password.
 _SECRET_PATTERNS = [
     re.compile(r"(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s'\"]+", re.IGNORECASE),
     re.compile(r"((?:Signature|AWSAccessKeyId|x-amz-security-token)=)[^&\s'\"]+", re.IGNORECASE),
     re.compile(r"\b(A(?:KIA|SIA))[A-Z0-9]{16}\b"),
+    re.compile(r"([a-z][a-z0-9+.-]*://)[^\s'\"]*@", re.IGNORECASE),
 ]
 
 
 def sanitize(message: object) -> str:
-    """The text of an error with signatures, tokens and access key ids blanked out."""
+    """The text of an error with signatures, tokens, access key ids and URL userinfo blanked out."""
     text = str(message)
-    for pattern in _SECRET_PATTERNS:
+    for pattern in _SECRET_PATTERNS[:3]:
         text = pattern.sub(lambda m: m.group(1) + "***", text)
-    return text
+    return _SECRET_PATTERNS[3].sub(lambda m: m.group(1) + "***@", text)
 
 
 class Source:
-    """Lists objects and reads byte ranges of one of them."""
+    """Lists objects, reads byte ranges of one of them, streams one into a file."""
 
     description = "source"
 
@@ -59,4 +83,15 @@ class Source:
         return [self.read_range(key, start, end) for start, end in ranges]
 
     def read_all(self, key: str) -> bytes:
+        """A whole object in memory: for small ones only (captions, inventory files)."""
         raise NotImplementedError
+
+    def download(self, key: str, handle: BinaryIO, etag: str | None = None) -> int:
+        """Streams the object into the open binary file `handle` in bounded chunks, at version `etag`
+        when given (ChangedSinceProbe otherwise); returns the number of bytes written."""
+        raise NotImplementedError
+
+    def local_path(self, key: str, etag: str | None = None) -> str | None:
+        """A path to read the object from in place (after checking `etag` when given), or None when it
+        must be downloaded."""
+        return None

@@ -20,22 +20,27 @@ import pyarrow.parquet as pq
 
 from longcat.cache.spec import CacheError
 from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_plan
-from longcat.data.sources import SourceError, sanitize
+from longcat.data.sources import ChangedSinceProbe, Source, SourceError, TransientSourceError, sanitize
 from longcat.settings import Frames
 
 
 @contextmanager
-def local_copy(source, key: str, temp_dir: str | None = None) -> Iterator[str]:
-    """A local path to `key`: the file itself for a local source, else a temp copy deleted after use."""
-    root = getattr(source, "root", None)
-    if root is not None:
-        yield str(Path(root, key))
+def clip_file(source: Source, key: str, etag: str | None, scratch_dir: Path) -> Iterator[str]:
+    """A local path to the bytes of `key` that were probed (at `etag` when given).
+
+    A local source hands its own file after checking the etag; any other source streams the object into
+    a temp file under `scratch_dir` (in the cache directory, never the system temp dir), deleted after
+    use. Raises ChangedSinceProbe when the object is not the probed version any more.
+    """
+    path = source.local_path(key, etag=etag)
+    if path is not None:
+        yield path
         return
-    suffix = Path(key).suffix or ".mp4"
-    handle, path = tempfile.mkstemp(suffix=suffix, prefix="longcat-clip-", dir=temp_dir)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(suffix=Path(key).suffix or ".mp4", prefix="clip-", dir=scratch_dir)
     try:
         with os.fdopen(handle, "wb") as output:
-            output.write(source.read_all(key))
+            source.download(key, output, etag=etag)
         yield path
     finally:
         os.unlink(path)
@@ -49,15 +54,25 @@ class DecodedClip:
     reason: str | None = None
 
 
-def decode_row(row: Mapping, frames: Frames, source, threads: int, temp_dir: str | None) -> DecodedClip:
-    """Plan and decode one metadata row; a clip that cannot be used comes back with its reason."""
+def decode_row(row: Mapping, frames: Frames, source: Source, threads: int, scratch_dir: Path) -> DecodedClip:
+    """Plan and decode one metadata row; a clip that cannot be used comes back with its reason.
+
+    The bytes are those the probe saw (the row's etag): a changed object fails with reason
+    `changed_since_probe`. A source that does not answer raises TransientSourceError: an outage is the
+    job's failure, never a clip's.
+    """
     sample_id = row["key"]
     try:
         plan = frame_plan(row, frames)
-        with local_copy(source, sample_id, temp_dir) as path:
+        # Shard lists always carry the probed etag; rows made by hand may not (then nothing is checked).
+        with clip_file(source, sample_id, row.get("etag"), scratch_dir) as path:
             pixels = decode_clip(path, plan, threads=threads)
     except ClipRejected as rejected:
         return DecodedClip(sample_id, None, None, str(rejected))
+    except ChangedSinceProbe as changed:
+        return DecodedClip(sample_id, None, None, f"changed_since_probe: {sanitize(changed)}")
+    except TransientSourceError:
+        raise
     except (SourceError, OSError) as error:  # this clip's failure, not the shard's
         return DecodedClip(sample_id, None, None, f"reading the clip failed: {sanitize(error)}")
     return DecodedClip(sample_id, plan, pixels)
@@ -71,16 +86,21 @@ def decode_ahead(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
         pending: deque = deque()
         rows_left = iter(rows)
-        for row in rows_left:
-            pending.append(pool.submit(decode, row))
-            if len(pending) >= window:
-                break
-        while pending:
-            clip = pending.popleft().result()
-            next_row = next(rows_left, None)
-            if next_row is not None:
-                pending.append(pool.submit(decode, next_row))
-            yield clip
+        try:
+            for row in rows_left:
+                pending.append(pool.submit(decode, row))
+                if len(pending) >= window:
+                    break
+            while pending:
+                clip = pending.popleft().result()
+                next_row = next(rows_left, None)
+                if next_row is not None:
+                    pending.append(pool.submit(decode, next_row))
+                yield clip
+        finally:
+            # A failed decode or a consumer that stopped: the clips not started yet are not wanted.
+            for future in pending:
+                future.cancel()
 
 
 def same_shape_batches(clips: Iterator[DecodedClip], batch_size: int) -> Iterator[list[DecodedClip]]:

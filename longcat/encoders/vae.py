@@ -20,6 +20,7 @@ from tqdm import tqdm
 from longcat.cache.format import STATUS_FAILED, STATUS_OK, VAE_INDEX_SCHEMA
 from longcat.cache.spec import cache_key, checked_spec, vae_cache_spec
 from longcat.cache.writer import ShardWriter
+from longcat.data.sources import TransientSourceError, sanitize
 from longcat.encoders.decode import DecodedClip, decode_ahead, decode_row, read_shard_rows, same_shape_batches
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
 from longcat.flow import normalize_latents
@@ -153,33 +154,9 @@ def _write_batch(writer: ShardWriter, batch: _LatentBatch) -> None:
         )
 
 
-def cache_vae_shard(
-    rows: list[dict],
-    vae,
-    frames: Frames,
-    source,
-    writer: ShardWriter,
-    store_dtype: torch.dtype,
-    device: torch.device,
-    cache: Cache,
-    ffmpeg_threads: int = 0,
-    temp_dir: str | None = None,
-) -> None:
-    """Encode every row not already done by an earlier attempt, then assemble the shard.
-
-    `cache` gives the batch size, decode workers and layout; `vae` is expected to be in that layout
-    already (`prepare_vae`). `ffmpeg_threads` 0 lets each ffmpeg process choose.
-    """
-    todo = [row for row in rows if row["key"] not in writer.done]
-    dtype = compute_dtype(device)
+def _encode_rows(todo, decode, vae, writer, store_dtype, device, dtype, cache, progress) -> None:
+    """Decode ahead, encode in same-shape batches and hand the parts to the writer, in row order."""
     workers, batch_size = cache.decode_workers, cache.vae_batch_size
-
-    def decode(row):
-        return decode_row(row, frames, source, ffmpeg_threads, temp_dir)
-
-    progress = tqdm(
-        total=len(rows), initial=len(rows) - len(todo), desc=writer.tensors_path.name, unit="clip"
-    )
     # One writer thread keeps the parts in encode order; a short queue bounds the latents held in memory.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as write_pool:
         writes: deque = deque()
@@ -201,6 +178,43 @@ def cache_vae_shard(
             progress.update(len(batch))
         while writes:
             writes.popleft().result()
+
+
+def cache_vae_shard(
+    rows: list[dict],
+    vae,
+    frames: Frames,
+    source,
+    writer: ShardWriter,
+    store_dtype: torch.dtype,
+    device: torch.device,
+    cache: Cache,
+    ffmpeg_threads: int = 0,
+) -> None:
+    """Encode every row not already done by an earlier attempt, then assemble the shard.
+
+    `cache` gives the batch size, decode workers and layout; `vae` is expected to be in that layout
+    already (`prepare_vae`). `ffmpeg_threads` 0 lets each ffmpeg process choose. Clips are streamed to
+    the writer's scratch dir. When the source does not answer, the job stops with TransientSourceError
+    and writes no shard: the samples done so far stay as parts, and a plain rerun goes on from them.
+    """
+    todo = [row for row in rows if row["key"] not in writer.done]
+    dtype = compute_dtype(device)
+
+    def decode(row):
+        return decode_row(row, frames, source, ffmpeg_threads, writer.scratch_dir)
+
+    progress = tqdm(
+        total=len(rows), initial=len(rows) - len(todo), desc=writer.tensors_path.name, unit="clip"
+    )
+    try:
+        _encode_rows(todo, decode, vae, writer, store_dtype, device, dtype, cache, progress)
+    except TransientSourceError as error:
+        raise TransientSourceError(
+            f"{writer.tensors_path.name}: stopped because the source did not answer ({sanitize(error)}). "
+            f"The {len(writer.done)} samples done are kept in {writer.partial_dir}: a plain rerun of the "
+            "same target goes on from there."
+        ) from None
     progress.close()
     writer.finish(row["key"] for row in rows)
 
