@@ -44,6 +44,7 @@ class Probe:
     min_width: int
     min_height: int
     decode_check: bool
+    max_caption_bytes: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,20 @@ class Frames:
     max_stretch: float
     resolution: int
     buckets: tuple[tuple[int, int], ...] | None
+
+    def __post_init__(self):
+        # Refused here, before any job, what the frame plan and the VAE would refuse later.
+        if (self.num_frames - 1) % 4:
+            raise ConfigError(
+                f"frames.num_frames: expected 4k+1 (the VAE compresses time 4x: 17, 49, 73, 93, ...), "
+                f"found {self.num_frames}"
+            )
+        for index, count in enumerate(self.frame_buckets):
+            if (count - 1) % 4 or count > self.num_frames:
+                raise ConfigError(
+                    f"frames.frame_buckets[{index}]: expected 4k+1 and at most frames.num_frames "
+                    f"({self.num_frames}), found {count}"
+                )
 
 
 @dataclass(frozen=True)
@@ -208,7 +223,10 @@ class RunSettings:
 def load_settings(config: Mapping, origin: str = "config") -> Settings:
     """Check `config` against the schema, fill its defaults, and build the typed settings."""
     check_config(config, SCHEMA, origin)
-    return build(Settings, fill_defaults(plain(config)))
+    try:
+        return build(Settings, fill_defaults(plain(config)))
+    except ConfigError as error:  # a rule across keys that the schema cannot state
+        raise ConfigError(f"{origin} key {error}") from None
 
 
 def load_run_settings(config: Mapping, origin: str = "run config") -> RunSettings:

@@ -88,6 +88,7 @@ rule probe_chunk:
         store=str(PATHS.probe_store("{chunk}")),
         workers=SETTINGS.probe.workers,
         decode_check=SETTINGS.probe.decode_check,
+        max_caption_bytes=SETTINGS.probe.max_caption_bytes,
     script:
         "../scripts/probe_chunk.py"
 

@@ -17,4 +17,5 @@ probe_chunk(
     smk.params.store,
     workers=smk.params.workers,
     decode_check=smk.params.decode_check,
+    max_caption_bytes=smk.params.max_caption_bytes,
 )

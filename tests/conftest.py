@@ -19,6 +19,16 @@ FAKE_ACCESS_KEY = "AKIAFAKEKEY000000000"
 FAKE_SECRET_KEY = "fakeSecretKey/doNotLeak0000000000000000"
 
 
+def _schema_default(section: str, key: str):
+    from longcat.config import SCHEMA, load_yaml
+
+    return load_yaml(SCHEMA)["properties"][section]["properties"][key]["default"]
+
+
+# The probe's caption limit as the schema sets it, for tests that call the probe functions directly.
+MAX_CAPTION_BYTES = _schema_default("probe", "max_caption_bytes")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

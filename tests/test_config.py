@@ -198,7 +198,7 @@ def test_typed_settings_refuse_a_bad_value_in_one_line():
     config = load_config()
     config["train"]["gpus"] = 0
     config["train"]["mixed_precision"] = "bf16"
-    with pytest.raises(ConfigError, match=r"^train\.mixed_precision: CPU training") as error:
+    with pytest.raises(ConfigError, match=r"^config key train\.mixed_precision: CPU training") as error:
         load_settings(config)
     assert "\n" not in str(error.value)
     config = load_config()

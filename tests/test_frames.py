@@ -1,5 +1,6 @@
 """Frame plans, resolution buckets and ffmpeg decoding, on real clips made with ffmpeg."""
 
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_clip as make_h264_clip
 
-from longcat.config import load_config
+from longcat.config import ConfigError, load_config
 from longcat.data.buckets import closest_bucket, default_buckets, resolution_buckets
 from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_counts, frame_plan
 from longcat.data.local import LocalSource
@@ -71,8 +72,42 @@ def test_clip_too_short_falls_to_a_frame_bucket_or_is_rejected():
 
 def test_frame_counts_must_be_4k_plus_1():
     assert frame_counts(replace(FRAMES, num_frames=93, frame_buckets=(61, 93, 29))) == [93, 61, 29]
-    with pytest.raises(ValueError, match=r"4k\+1, found \[16\]"):
-        frame_counts(replace(FRAMES, num_frames=16, frame_buckets=()))
+    with pytest.raises(ConfigError, match=r"^frames.num_frames: expected 4k\+1 .*found 16$"):
+        replace(FRAMES, num_frames=16, frame_buckets=())
+
+
+@pytest.mark.parametrize(
+    "frames, line",
+    [
+        ({"num_frames": 10}, r"^config key frames.num_frames: expected 4k\+1 .*found 10$"),
+        ({"frame_buckets": [33, 17]}, r"frames.frame_buckets\[0\]: .* at most .*\(17\), found 33$"),
+        ({"frame_buckets": [17, 8]}, r"frames.frame_buckets\[1\]: expected 4k\+1 .*found 8$"),
+        ({"fps": 0}, r"frames.fps: expected exclusiveMinimum 0"),
+        ({"buckets": [[64, 100]]}, r"frames.buckets\[0\]\[1\]: expected multipleOf 16"),
+    ],
+)
+def test_frame_settings_the_library_would_refuse_are_refused_at_parse_time(tmp_path, frames, line):
+    """A dry run stops with one line naming the key, before any clip is probed."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    override = tmp_path / "frames.yaml"
+    override.write_text(yaml.safe_dump({"frames": frames}))
+    command = [sys.executable, "-m", "snakemake", "metadata", "-n", "-s", str(REPO / "Snakefile")]
+    command += [
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(override),
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [text for text in (result.stdout + result.stderr).splitlines() if "key frames." in text]
+    assert errors and re.search(line, errors[0]), result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_bucket_follows_display_aspect_rotation_included():
@@ -205,7 +240,7 @@ def probed_clips(tmp_path_factory):
     source = LocalSource(directory)
     clips = {}
     for path in sorted(directory.glob("*.mp4")):
-        columns, _ = probe_video(source, path.name, path.stat().st_size)
+        columns, _ = probe_video(source, path.name, path.stat().st_size, decode_check=True)
         clips[path.name] = (path, {**columns, "key": path.name, "frame_count": columns["num_frames"]})
     return clips
 
@@ -267,7 +302,7 @@ def test_too_short_clip_is_a_recorded_reject_and_stretch_is_a_metadata_column(tm
     source = LocalSource(clips)
     records = []
     for name in ("long.mp4", "short.mp4"):
-        columns, probe_bytes = probe_video(source, name, (clips / name).stat().st_size)
+        columns, probe_bytes = probe_video(source, name, (clips / name).stat().st_size, decode_check=True)
         records.append(
             {"key": name, "etag": name, "size": (clips / name).stat().st_size, "caption": "a test card"}
             | columns

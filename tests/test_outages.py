@@ -11,7 +11,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_clip, run_snakemake, write_pair
+from conftest import MAX_CAPTION_BYTES, make_clip, run_snakemake, write_pair
 
 from longcat.basemodel.loader import load_components
 from longcat.cache.format import VAE_INDEX_SCHEMA, read_safetensors_header
@@ -130,7 +130,15 @@ def test_probe_keeps_the_answered_objects_and_rereads_only_the_others(tmp_path, 
 
     with pytest.raises(TransientSourceError, match=f"1 of 4 objects {UNANSWERED}.*ConnectionRefusedError"):
         probe_chunk(
-            FlakySource(clips, {"clip 2.mp4"}), manifest, "000", 1, part, store, workers=2, decode_check=True
+            FlakySource(clips, {"clip 2.mp4"}),
+            manifest,
+            "000",
+            1,
+            part,
+            store,
+            workers=2,
+            decode_check=True,
+            max_caption_bytes=MAX_CAPTION_BYTES,
         )
     assert not part.exists()
     stored = pq.read_table(store).to_pylist()
@@ -138,7 +146,17 @@ def test_probe_keeps_the_answered_objects_and_rereads_only_the_others(tmp_path, 
     assert not any(row["reason"] for row in stored)
 
     caplog.set_level(logging.INFO, logger="longcat.data.metadata")
-    table = probe_chunk(LocalSource(clips), manifest, "000", 1, part, store, workers=2, decode_check=True)
+    table = probe_chunk(
+        LocalSource(clips),
+        manifest,
+        "000",
+        1,
+        part,
+        store,
+        workers=2,
+        decode_check=True,
+        max_caption_bytes=MAX_CAPTION_BYTES,
+    )
     assert table.num_rows == 4 and not any(table.column("reason").to_pylist())
     assert "3 reused by etag, 1 probed" in caplog.text
 

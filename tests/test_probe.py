@@ -1,16 +1,18 @@
 """Header-only probing through bounded range reads, over S3 on loopback and local files."""
 
 import json
+import struct
 import subprocess
 from dataclasses import replace
 from fractions import Fraction
 
 import pytest
-from conftest import corrupt_first_frame, first_video_sample_of, make_clip
+from conftest import MAX_CAPTION_BYTES, corrupt_first_frame, first_video_sample_of, make_clip, write_pair
 
 from longcat.data.decode_check import DECODE_CHECK_BYTES
 from longcat.data.local import LocalSource
 from longcat.data.manifest import build_manifest
+from longcat.data.mp4 import BOX_READ_BYTES, MAX_WALK_BYTES
 from longcat.data.probe import HEAD_BYTES, TAIL_BYTES, probe_object, probe_rows, probe_video
 from longcat.data.rejects import Reject
 from longcat.data.s3 import S3Source
@@ -52,7 +54,9 @@ def test_probe_over_s3_reads_only_the_index_and_first_frame(s3_bucket, tmp_path,
     client.put_object(Bucket=bucket, Key="v/clip.mp4", Body=path.read_bytes())
     size = path.stat().st_size
 
-    columns, bytes_read = probe_video(S3Source(bucket, "v/", client=client), "clip.mp4", size)
+    columns, bytes_read = probe_video(
+        S3Source(bucket, "v/", client=client), "clip.mp4", size, decode_check=True
+    )
 
     truth = ffprobe_truth(path)
     assert (columns["width"], columns["height"]) == (320, 192)
@@ -70,12 +74,14 @@ def test_probe_never_reads_a_whole_video_and_bounds_each_read(tmp_path):
     source = CountingSource(tmp_path)
     row = build_manifest(source).to_pylist()[0]
 
-    record = probe_object(source, row)
+    record = probe_object(source, row, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES)
 
     assert record["reason"] is None and record["caption"] == "a caption"
-    assert source.whole == ["clip.txt"]
-    assert all(end - start <= 64 * 1024 or key != "clip.mp4" for key, start, end in source.ranges)
-    assert record["probe_bytes"] == sum(min(end, row["size"]) - start for _, start, end in source.ranges)
+    assert source.whole == []
+    assert ("clip.txt", 0, len("a caption")) in source.ranges
+    video_ranges = [(start, end) for key, start, end in source.ranges if key == "clip.mp4"]
+    assert all(end - start <= 64 * 1024 for start, end in video_ranges)
+    assert record["probe_bytes"] == sum(min(end, row["size"]) - start for start, end in video_ranges)
 
 
 @pytest.mark.parametrize("faststart", [False, True], ids=["moov-at-end", "moov-at-head"])
@@ -90,7 +96,7 @@ def test_one_round_trip_brings_the_index_and_the_first_picture(tmp_path, faststa
     assert first_offset + first_length > head
     source = CountingSource(tmp_path)
 
-    columns, bytes_read = probe_video(source, "clip.mp4", size)
+    columns, bytes_read = probe_video(source, "clip.mp4", size, decode_check=True)
 
     assert (columns["width"], columns["num_frames"], columns["pix_fmt"]) == (1280, 15, "yuv420p")
     # The head and the tail, read at once; nothing else.
@@ -106,7 +112,7 @@ def test_a_nal_unit_longer_than_its_sample_is_undecodable(tmp_path):
     path.write_bytes(bytes(data))
 
     with pytest.raises(Reject) as rejected:
-        probe_video(LocalSource(tmp_path), "clip.mp4", len(data))
+        probe_video(LocalSource(tmp_path), "clip.mp4", len(data), decode_check=True)
     assert rejected.value.reason == "undecodable"
     assert f"claims {length + 100} bytes" in rejected.value.detail
 
@@ -116,10 +122,16 @@ def test_caption_rejects_come_before_the_video_ones(tmp_path):
     (tmp_path / "clip.txt").write_text("  \n")
     source = LocalSource(tmp_path)
     row = build_manifest(source).to_pylist()[0]
-    assert probe_object(source, row)["reason"] == "empty_caption"
+    assert (
+        probe_object(source, row, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES)["reason"]
+        == "empty_caption"
+    )
     (tmp_path / "clip.txt").write_text("a caption")
     row = build_manifest(source).to_pylist()[0]
-    assert probe_object(source, row)["reason"] == "undecodable"
+    assert (
+        probe_object(source, row, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES)["reason"]
+        == "undecodable"
+    )
 
 
 def test_rotation_swaps_the_shown_aspect(tmp_path):
@@ -140,7 +152,9 @@ def test_rotation_swaps_the_shown_aspect(tmp_path):
         ],
         check=True,
     )
-    columns, _ = probe_video(LocalSource(tmp_path), "rotated.mp4", (tmp_path / "rotated.mp4").stat().st_size)
+    columns, _ = probe_video(
+        LocalSource(tmp_path), "rotated.mp4", (tmp_path / "rotated.mp4").stat().st_size, decode_check=True
+    )
     assert (columns["width"], columns["height"], columns["rotation"]) == (96, 64, 90)
     assert columns["display_aspect"] == pytest.approx(1.5)
     assert columns["aspect_ratio"] == pytest.approx(64 / 96)
@@ -150,7 +164,7 @@ def test_probe_without_decode_check_reads_less(tmp_path):
     # Large enough that the first keyframe is not inside the head read.
     make_clip(tmp_path / "clip.mp4", width=640, height=384, seconds=2, bitrate="8M")
     size = (tmp_path / "clip.mp4").stat().st_size
-    with_check, checked_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", size)
+    with_check, checked_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", size, decode_check=True)
     without, header_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", size, decode_check=False)
     assert header_bytes < checked_bytes
     assert (without["num_frames"], without["width"]) == (with_check["num_frames"], with_check["width"])
@@ -163,16 +177,22 @@ def test_records_are_reused_by_etag_and_reprobed_when_it_changes(tmp_path):
     source = CountingSource(tmp_path)
     rows = build_manifest(source).to_pylist()
 
-    first, probed, _ = probe_rows(source, rows, workers=2)
+    first, probed, _ = probe_rows(
+        source, rows, workers=2, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES
+    )
     assert probed == 2 and [r["reason"] for r in first] == [None, None]
 
     source.ranges.clear()
-    again, probed, _ = probe_rows(source, rows, previous=first, workers=2)
+    again, probed, _ = probe_rows(
+        source, rows, previous=first, workers=2, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES
+    )
     assert probed == 0 and again == first and source.ranges == []
 
     changed = [dict(rows[0], etag="new-etag"), rows[1]]
-    _, probed, _ = probe_rows(source, changed, previous=first, workers=2)
-    assert probed == 1 and {key for key, _, _ in source.ranges} == {"a.mp4"}
+    _, probed, _ = probe_rows(
+        source, changed, previous=first, workers=2, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES
+    )
+    assert probed == 1 and {key for key, _, _ in source.ranges} == {"a.mp4", "a.txt"}
 
 
 @pytest.mark.parametrize("rate", ["24", "30000/1001", "12"])
@@ -200,7 +220,7 @@ def test_index_facts_match_ffprobe(tmp_path, rate):
         ],
         check=True,
     )
-    columns, _ = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+    columns, _ = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=True)
 
     truth = ffprobe_truth(path)
     assert columns["num_frames"] == int(truth["nb_frames"]) == int(truth["nb_read_frames"])
@@ -229,8 +249,18 @@ def test_changing_the_chunk_count_reuses_the_stored_records(tmp_path):
         for chunk in map(chunk_id, range(chunks)):
             out = tmp_path / f"parts-{chunks}" / f"part-{chunk}.parquet"
             store_part = store / f"part-{chunk}.parquet"
-            probe_chunk(source, manifest, chunk, chunks, out, store_part, workers=8, decode_check=True)
-        probed = {key for key, _, _ in source.ranges}
+            probe_chunk(
+                source,
+                manifest,
+                chunk,
+                chunks,
+                out,
+                store_part,
+                workers=8,
+                decode_check=True,
+                max_caption_bytes=MAX_CAPTION_BYTES,
+            )
+        probed = {key for key, _, _ in source.ranges if key.endswith(".mp4")}
         assert len(probed) == (6 if chunks == 2 else 0)
 
 
@@ -257,7 +287,7 @@ def test_decode_check_decodes_the_first_frame_of_each_codec(
     tmp_path, encoder, pix_fmt, codec, decoded_pix_fmt
 ):
     path = _encode(tmp_path / "clip.mp4", encoder, pix_fmt)
-    columns, _ = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+    columns, _ = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=True)
     assert (columns["codec"], columns["pix_fmt"]) == (codec, decoded_pix_fmt)
     assert (columns["width"], columns["height"], columns["num_frames"]) == (96, 64, 10)
 
@@ -267,7 +297,7 @@ def test_a_garbled_first_frame_is_undecodable(tmp_path, encoder):
     path = _encode(tmp_path / "clip.mp4", encoder)
     corrupt_first_frame(path)
     with pytest.raises(Reject) as rejected:
-        probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+        probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=True)
     assert rejected.value.reason == "undecodable"
     assert "first" in rejected.value.detail
     _, header_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=False)
@@ -299,7 +329,13 @@ def test_a_vp9_webm_named_mp4_is_probed_by_ffmpeg_and_decodes_for_the_cache(tmp_
     make_clip(tmp_path / "real.mp4")
     (tmp_path / "real.txt").write_text("an mp4")
     source = CountingSource(tmp_path)
-    records, _, _ = probe_rows(source, build_manifest(source).to_pylist(), workers=2)
+    records, _, _ = probe_rows(
+        source,
+        build_manifest(source).to_pylist(),
+        workers=2,
+        decode_check=True,
+        max_caption_bytes=MAX_CAPTION_BYTES,
+    )
     webm, mp4 = records
 
     assert webm["reason"] is None, webm["detail"]
@@ -320,7 +356,9 @@ def test_a_vp9_webm_named_mp4_is_probed_by_ffmpeg_and_decodes_for_the_cache(tmp_
 @pytest.mark.parametrize(("fmt", "name"), [("mpegts", "mpegts"), ("avi", "avi")])
 def test_mpeg_ts_and_avi_are_accepted_with_their_container(tmp_path, fmt, name):
     path = _encode_as(tmp_path / "clip.mp4", fmt, *H264)
-    columns, bytes_read = probe_video(LocalSource(tmp_path), "clip.mp4", path.stat().st_size)
+    columns, bytes_read = probe_video(
+        LocalSource(tmp_path), "clip.mp4", path.stat().st_size, decode_check=True
+    )
     assert (columns["container"], columns["codec"], columns["pix_fmt"]) == (name, "h264", "yuv420p")
     assert (columns["width"], columns["height"], columns["fps"], columns["num_frames"]) == (96, 64, 15.0, 18)
     assert columns["duration"] == pytest.approx(1.2, abs=0.01)
@@ -341,7 +379,7 @@ def test_bytes_no_demuxer_reads_and_audio_only_containers_are_rejected(tmp_path)
     source = LocalSource(tmp_path)
     for name, reason in [("noise", "not_a_video"), ("text", "not_a_video"), ("sound", "no_video_stream")]:
         with pytest.raises(Reject) as rejected:
-            probe_video(source, f"{name}.mp4", (tmp_path / f"{name}.mp4").stat().st_size)
+            probe_video(source, f"{name}.mp4", (tmp_path / f"{name}.mp4").stat().st_size, decode_check=True)
         assert rejected.value.reason == reason, rejected.value.detail
 
 
@@ -354,7 +392,7 @@ def test_the_fallback_probe_reads_at_most_its_bound(tmp_path, monkeypatch):
     source = CountingSource(tmp_path)
 
     size = (tmp_path / "matroska.mp4").stat().st_size
-    columns, bytes_read = probe_video(source, "matroska.mp4", size)
+    columns, bytes_read = probe_video(source, "matroska.mp4", size, decode_check=True)
     assert size > 3 * 300_000 and bytes_read <= 300_000
     assert (columns["container"], columns["num_frames"], columns["duration"]) == ("matroska,webm", 100, 4.0)
     assert bytes_read == sum(end - start for _, start, end in source.ranges)
@@ -362,7 +400,7 @@ def test_the_fallback_probe_reads_at_most_its_bound(tmp_path, monkeypatch):
     # MPEG-TS states no duration: FFmpeg reads the timestamps at the end, past the bound here.
     source.ranges.clear()
     with pytest.raises(Reject) as rejected:
-        probe_video(source, "mpegts.mp4", (tmp_path / "mpegts.mp4").stat().st_size)
+        probe_video(source, "mpegts.mp4", (tmp_path / "mpegts.mp4").stat().st_size, decode_check=True)
     assert rejected.value.reason == "undecodable"
     assert "needs more than the first 300000 bytes" in rejected.value.detail
     assert rejected.value.bytes_read == sum(end - start for _, start, end in source.ranges) <= 300_000
@@ -372,10 +410,89 @@ def test_a_webm_over_s3(s3_bucket, tmp_path):
     client, bucket = s3_bucket
     path = _encode_as(tmp_path / "clip.mp4", "webm", *VP9)
     client.put_object(Bucket=bucket, Key="v/clip.mp4", Body=path.read_bytes())
-    columns, _ = probe_video(S3Source(bucket, "v/", client=client), "clip.mp4", path.stat().st_size)
+    columns, _ = probe_video(
+        S3Source(bucket, "v/", client=client), "clip.mp4", path.stat().st_size, decode_check=True
+    )
     assert (columns["container"], columns["codec"], columns["width"], columns["num_frames"]) == (
         "matroska,webm",
         "vp9",
         96,
         18,
     )
+
+
+def test_many_small_boxes_before_the_index_are_walked(tmp_path):
+    # 200 `free` boxes between ftyp and mdat, the index at the end: the walk is bounded by bytes read,
+    # not by a count of boxes.
+    path = make_clip(tmp_path / "plain.mp4", width=96, height=64, faststart=False)
+    data = path.read_bytes()
+    ftyp_length = struct.unpack(">I", data[:4])[0]
+    padded = data[:ftyp_length] + struct.pack(">I4s", 8, b"free") * 200 + data[ftyp_length:]
+    (tmp_path / "clip.mp4").write_bytes(padded)
+    source = CountingSource(tmp_path)
+
+    columns, bytes_read = probe_video(source, "clip.mp4", len(padded), decode_check=False)
+
+    assert (columns["width"], columns["height"], columns["num_frames"]) == (96, 64, 18)
+    assert columns["duration"] == pytest.approx(1.2, abs=0.05)
+    assert bytes_read <= len(padded) and len(source.ranges) <= 3
+
+
+def test_a_walk_past_its_byte_budget_stops_as_truncated(tmp_path):
+    # Boxes of BOX_READ_BYTES each, more than the walk may read, before any index.
+    box = struct.pack(">I4s", BOX_READ_BYTES, b"free") + bytes(BOX_READ_BYTES - 8)
+    data = struct.pack(">I4s4sI", 16, b"ftyp", b"isom", 0) + box * (MAX_WALK_BYTES // BOX_READ_BYTES + 4)
+    (tmp_path / "clip.mp4").write_bytes(data)
+    source = CountingSource(tmp_path)
+
+    with pytest.raises(Reject) as rejected:
+        probe_video(source, "clip.mp4", len(data), decode_check=False)
+
+    assert rejected.value.reason == "truncated" and "no moov box" in rejected.value.detail
+    assert sum(end - start for _, start, end in source.ranges) <= MAX_WALK_BYTES + 3 * BOX_READ_BYTES
+
+
+def test_a_huge_caption_is_read_up_to_the_limit_and_cut_at_a_character(tmp_path):
+    make_clip(tmp_path / "clip.mp4", width=96, height=64)
+    caption = ("ünïcödé " * 400_000).encode()  # 4 MB; the limit falls inside a two-byte character
+    (tmp_path / "clip.txt").write_bytes(caption)
+    source = CountingSource(tmp_path)
+    row = build_manifest(source).to_pylist()[0]
+    limit = 997  # 83 repeats of 12 bytes, and the first byte of the next "ü"
+
+    record = probe_object(source, row, decode_check=False, max_caption_bytes=limit)
+
+    assert record["reason"] is None and source.whole == []
+    assert [(start, end) for key, start, end in source.ranges if key == "clip.txt"] == [(0, limit)]
+    assert caption.decode().startswith(record["caption"])
+    assert len(record["caption"].encode()) == limit - 2  # without the cut "ü" and the trailing space
+    assert record["caption_fixups"] == f"truncated from {len(caption)} to {limit} bytes,strip"
+    assert record["caption_encoding"] == "utf-8"
+
+
+def test_a_caption_within_the_limit_is_kept_whole(tmp_path):
+    make_clip(tmp_path / "clip.mp4", width=96, height=64)
+    (tmp_path / "clip.txt").write_text("a red square, ünïcödé")
+    source = CountingSource(tmp_path)
+    row = build_manifest(source).to_pylist()[0]
+
+    record = probe_object(
+        source, row, decode_check=False, max_caption_bytes=len("a red square, ünïcödé".encode())
+    )
+
+    assert (record["caption"], record["caption_fixups"]) == ("a red square, ünïcödé", "")
+
+
+def test_a_changed_caption_limit_probes_only_the_clips_it_cuts_differently(tmp_path):
+    write_pair(tmp_path, "short", caption="short", width=96, height=64)
+    write_pair(tmp_path, "long", caption="long " * 100, width=96, height=64)
+    source = LocalSource(tmp_path)
+    rows = build_manifest(source).to_pylist()
+
+    first, probed, _ = probe_rows(source, rows, workers=2, decode_check=False, max_caption_bytes=100)
+    assert probed == 2
+    _, probed, _ = probe_rows(source, rows, first, workers=2, decode_check=False, max_caption_bytes=100)
+    assert probed == 0
+    again, probed, _ = probe_rows(source, rows, first, workers=2, decode_check=False, max_caption_bytes=200)
+    assert probed == 1
+    assert {record["caption_fixups"] for record in again} == {"", "truncated from 500 to 200 bytes,strip"}

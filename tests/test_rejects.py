@@ -1,7 +1,7 @@
 """Every kind of bad input ends in rejected.parquet with its reason; every good clip is accepted."""
 
 import pyarrow.parquet as pq
-from conftest import corrupt_first_frame, make_clip, run_snakemake, write_pair
+from conftest import MAX_CAPTION_BYTES, corrupt_first_frame, make_clip, run_snakemake, write_pair
 
 from longcat.data.local import LocalSource
 
@@ -99,7 +99,10 @@ def test_corrupted_indexes_become_records_not_crashes(tmp_path):
         (tmp_path / f"{name}.txt").write_text("fuzzed")
         rows.append({"key": f"{name}.mp4", "caption_key": f"{name}.txt", "size": len(data), "etag": "e"})
 
-    records = [probe_object(LocalSource(tmp_path), row) for row in rows]
+    records = [
+        probe_object(LocalSource(tmp_path), row, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES)
+        for row in rows
+    ]
 
     assert all(record["reason"] in (None, *REJECT_REASONS) for record in records)
     assert any(record["reason"] for record in records)

@@ -233,3 +233,53 @@ def test_fsdp_plan_of_the_full_model_on_8_ranks_matches_the_analytic_shards(rank
     assert _fake_rank_numel(8, rank) == expected
     # fp32 master weights: about 1/8 of 13.58B parameters x 4 bytes per rank.
     assert abs(expected * 4 - FULL["num_parameters"] * 4 / 8) < 1e6
+
+
+def fake_checkpoint(path: Path) -> Path:
+    """A directory laid out like a finished DCP checkpoint: `.metadata`, a shard and an RNG file."""
+    path.mkdir(parents=True)
+    for name in (".metadata", "__0_0.distcp", "rng-rank0.pt"):
+        (path / name).write_bytes(b"x")
+    return path
+
+
+def test_a_checkpoint_deletion_killed_part_way_leaves_only_complete_step_dirs(tmp_path, monkeypatch):
+    """A kill during pruning must not leave a half-deleted `step-N` that resuming would pick.
+
+    `rmtree` is made to delete one file and then fail, as a process killed mid-deletion would; every
+    `step-N` left must still hold its `.metadata`, and the next prune clears what the kill left.
+    """
+    from longcat.train import checkpoint
+    from longcat.train.checkpoint import Checkpointer, checkpoint_dirs, latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    checkpointer = Checkpointer.__new__(Checkpointer)
+    checkpointer.root, checkpointer.keep_last, checkpointer.rank = root, 2, 0
+    for step in (1, 2):
+        fake_checkpoint(root / f"step-{step}")
+
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def killed_rmtree(path, *args, **kwargs):
+        sorted(Path(path).iterdir())[0].unlink()
+        raise KeyboardInterrupt("killed mid-deletion")
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer._finish(None, fake_checkpoint(root / "step-3.partial"), root / "step-3")
+    for path in checkpoint_dirs(root):
+        assert (path / ".metadata").is_file(), f"{path.name} is listed as a checkpoint but is incomplete"
+    assert latest_checkpoint(root) == root / "step-3"
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    checkpointer._finish(None, fake_checkpoint(root / "step-4.partial"), root / "step-4")
+    assert sorted(path.name for path in root.iterdir()) == ["step-3", "step-4"]
+
+
+def test_removing_a_checkpoint_replaces_an_old_leftover_of_the_same_name(tmp_path):
+    """A `.deleting-step-N` left by an earlier kill does not block deleting a newer `step-N`."""
+    from longcat.train.checkpoint import remove_checkpoint
+
+    leftover = fake_checkpoint(tmp_path / ".deleting-step-5")
+    remove_checkpoint(fake_checkpoint(tmp_path / "step-5"))
+    assert not leftover.exists() and not list(tmp_path.iterdir())

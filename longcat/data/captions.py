@@ -2,7 +2,9 @@
 
 Captions are UTF-8 text in principle; in practice some carry a byte-order mark, Windows line ends,
 or were saved as latin-1/cp1252. Every byte sequence decodes to some text here (latin-1 maps each byte
-to one code point), and the fixups applied are recorded beside the text. Long captions are kept whole.
+to one code point), and the fixups applied are recorded beside the text. Captions up to the probe's
+byte limit (`probe.max_caption_bytes`) are kept whole; the probe reads only the start of a longer one,
+and the character cut at its end is dropped.
 """
 
 from __future__ import annotations
@@ -30,8 +32,18 @@ class Caption:
         return ",".join(self.fixups)
 
 
-def decode_caption(raw: bytes) -> Caption:
-    """The caption text, the encoding it was read with and the fixups (bom, crlf, cr, latin-1, strip)."""
+def _decode(raw: bytes, encoding: str, cut: bool) -> str:
+    """`raw` in `encoding`; when `cut`, a character left incomplete at the end is dropped, not an error."""
+    return codecs.getincrementaldecoder(encoding)().decode(raw, final=not cut)
+
+
+def decode_caption(raw: bytes, truncated: str | None = None) -> Caption:
+    """The caption text, the encoding it was read with and the fixups (bom, crlf, cr, latin-1, strip).
+
+    `truncated` is given when `raw` is only the start of the caption: the fixup recorded for it (such as
+    `truncated from N bytes`), and the character the cut split at the end is dropped.
+    """
+    cut = truncated is not None
     fixups = []
     encoding = None
     for bom, bom_encoding in _BOMS:
@@ -42,7 +54,7 @@ def decode_caption(raw: bytes) -> Caption:
             break
     if encoding is None:
         try:
-            text = raw.decode("utf-8")
+            text = _decode(raw, "utf-8", cut)
             encoding = "utf-8"
         except UnicodeDecodeError:
             text = raw.decode("latin-1")
@@ -50,7 +62,7 @@ def decode_caption(raw: bytes) -> Caption:
             fixups.append("latin-1")
     else:
         try:
-            text = raw.decode(encoding)
+            text = _decode(raw, encoding, cut)
         except UnicodeDecodeError:
             text = raw.decode("latin-1")
             encoding = "latin-1"
@@ -61,6 +73,8 @@ def decode_caption(raw: bytes) -> Caption:
     if "\r" in text:
         text = text.replace("\r", "\n")
         fixups.append("cr")
+    if cut:
+        fixups.append(truncated)
     stripped = text.strip()
     if stripped != text.rstrip("\n"):
         fixups.append("strip")

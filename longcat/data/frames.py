@@ -34,13 +34,9 @@ class FramePlan:
 
 
 def frame_counts(frames: Frames) -> list[int]:
-    """The allowed frame counts, largest first: `num_frames` and the smaller `frame_buckets`, each 4k+1."""
-    wanted = frames.num_frames
-    counts = {wanted} | {count for count in frames.frame_buckets if count <= wanted}
-    bad = sorted(count for count in counts if count < 1 or (count - 1) % 4)
-    if bad:
-        raise ValueError(f"frames.num_frames / frames.frame_buckets: frame counts must be 4k+1, found {bad}")
-    return sorted(counts, reverse=True)
+    """The allowed frame counts, largest first: `num_frames` and `frame_buckets` (each 4k+1 and at most
+    `num_frames`: `longcat.settings.Frames` refuses others)."""
+    return sorted({frames.num_frames, *frames.frame_buckets}, reverse=True)
 
 
 def frame_plan(row: dict, frames: Frames) -> FramePlan:

@@ -74,6 +74,7 @@ def probe_chunk(
     *,
     workers: int,
     decode_check: bool,
+    max_caption_bytes: int,
 ) -> pa.Table:
     """Probe the objects of one chunk, reusing the store's records by etag, and write the part file.
 
@@ -94,7 +95,12 @@ def probe_chunk(
             if other != store:
                 previous += read_records(other, missing)
     records, probed, unanswered = probe_rows(
-        source, rows, previous, workers=workers, decode_check=decode_check
+        source,
+        rows,
+        previous,
+        workers=workers,
+        decode_check=decode_check,
+        max_caption_bytes=max_caption_bytes,
     )
     rejected = sum(1 for record in records if record["reason"])
     log.info(

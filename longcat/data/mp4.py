@@ -15,7 +15,10 @@ from longcat.data.fetched import FetchedBytes
 from longcat.data.rejects import Reject
 
 BOX_READ_BYTES = 64 * 1024
-MAX_TOP_LEVEL_BOXES = 64
+# What the walk may read for box headers, the index aside: 16 reads of BOX_READ_BYTES. Bounded by bytes,
+# not boxes, so many small boxes before the index are fine; each header read brings BOX_READ_BYTES
+# ahead, so the budget bounds the round trips too. A walk that needs more stops there.
+MAX_WALK_BYTES = 16 * BOX_READ_BYTES
 MAX_INDEX_BYTES = 256 * 1024 * 1024
 CONTAINER_BOXES = {b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin", b"uuid", b"meta"}
 CONTAINER_BOXES |= {b"moof", b"mfra", b"sidx", b"prft", b"emsg", b"ssix", b"junk", b"pnot", b"PICT"}
@@ -45,21 +48,25 @@ def is_iso_bmff(head: bytes) -> bool:
 
 
 def fetch_index(fetched: FetchedBytes) -> tuple[int, int]:
-    """Walk the top-level boxes with bounded reads; returns the (offset, length) of `moov`."""
+    """Walk the top-level boxes with bounded reads; returns the (offset, length) of `moov`.
+
+    The header reads stop after MAX_WALK_BYTES: no moov by then is a truncated file, as is none at all.
+    """
     size = fetched.size
     head = fetched.read(0, min(size, 8))
     if len(head) < 8:
         raise Reject("not_a_video", f"only {len(head)} bytes, too few for an MP4 box")
     if not is_iso_bmff(head):
         raise Reject("not_a_video", f"no ISO-BMFF box at the start (found {head[:8]!r})")
-    offset, moov = 0, None
-    for _ in range(MAX_TOP_LEVEL_BOXES):
-        if offset >= size:
-            break
+    offset, moov, walk_bytes = 0, None, 0
+    while offset < size and walk_bytes <= MAX_WALK_BYTES:
         if size - offset < 8:
             raise Reject("truncated", f"{size - offset} stray bytes after the last box at offset {offset}")
         # Until moov is found, the next box is likely it (at the end of the file): read it in one go.
-        header_bytes = fetched.read(offset, offset + 16, 0 if moov else BOX_READ_BYTES)
+        # After it, headers are read with as much ahead, so that many small boxes cost few reads.
+        before = fetched.bytes_read
+        header_bytes = fetched.read(offset, offset + 16, BOX_READ_BYTES)
+        walk_bytes += fetched.bytes_read - before
         try:
             box_type, header, length = _box_header(header_bytes, size - offset)
         except ValueError as error:

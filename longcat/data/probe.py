@@ -22,7 +22,7 @@ from functools import cache
 
 import pyarrow as pa
 
-from longcat.data.captions import decode_caption
+from longcat.data.captions import Caption, decode_caption
 from longcat.data.container import probe_container
 from longcat.data.decode_check import DECODE_CHECK_BYTES, decoded_pixel_format
 from longcat.data.fetched import FetchedBytes
@@ -72,7 +72,34 @@ def _caption_reads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=CAPTION_READ_THREADS, thread_name_prefix="probe-caption")
 
 
-def probe_video(source: Source, key: str, size: int, decode_check: bool = True) -> tuple[dict, int]:
+def caption_cut(size: int | None, limit: int) -> str | None:
+    """The fixup of a caption of `size` bytes read up to `limit` bytes; None when it is read whole."""
+    return f"truncated from {size} to {limit} bytes" if size is not None and size > limit else None
+
+
+def read_caption(source: Source, key: str, size: int | None, limit: int) -> Caption:
+    """The caption's first `limit` bytes at most, decoded: one bounded read, whatever the object's size.
+
+    A longer caption is cut at `limit` bytes (at a character boundary), with the fixup `caption_cut`.
+    `size` is the manifest's `caption_size`; without it, one byte more is read to tell whether the
+    caption goes on.
+    """
+    if size is None:
+        raw = source.read_range(key, 0, limit + 1)
+        truncated = f"truncated from more than {limit} bytes" if len(raw) > limit else None
+        return decode_caption(raw[:limit], truncated)
+    return decode_caption(source.read_range(key, 0, min(size, limit)), caption_cut(size, limit))
+
+
+def _caption_fits(record: Mapping, row: Mapping, limit: int) -> bool:
+    """Whether a stored record's caption is what `limit` reads now: cut the same way, or whole."""
+    if record.get("caption") is None:
+        return True
+    cuts = [fixup for fixup in (record.get("caption_fixups") or "").split(",") if fixup.startswith("trunc")]
+    return (cuts[0] if cuts else None) == caption_cut(row.get("caption_size"), limit)
+
+
+def probe_video(source: Source, key: str, size: int, decode_check: bool) -> tuple[dict, int]:
     """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
 
     Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the start of the first
@@ -112,8 +139,12 @@ def _empty_record(row: Mapping) -> dict:
     return record
 
 
-def probe_object(source: Source, row: Mapping, decode_check: bool = True) -> dict:
-    """The probe record of one manifest row: facts and caption, or a reason it is rejected."""
+def probe_object(source: Source, row: Mapping, *, decode_check: bool, max_caption_bytes: int) -> dict:
+    """The probe record of one manifest row: facts and caption, or a reason it is rejected.
+
+    The caption is read up to `max_caption_bytes` (`read_caption`), so a huge caption costs no more
+    memory here, in the metadata or in the text cache than a long one.
+    """
     record = _empty_record(row)
     key = row["key"]
     try:
@@ -123,12 +154,15 @@ def probe_object(source: Source, row: Mapping, decode_check: bool = True) -> dic
             stem = os.path.splitext(key)[0]
             raise Reject("missing_caption", f"no caption {stem}.txt beside the video")
         # The caption is read beside the video's first reads; its rejects come first.
-        caption_read = _caption_reads().submit(source.read_all, row["caption_key"])
+        caption_size = row.get("caption_size")
+        caption_read = _caption_reads().submit(
+            read_caption, source, row["caption_key"], caption_size, max_caption_bytes
+        )
         try:
             video, video_reject = probe_video(source, key, int(row["size"]), decode_check), None
         except Reject as reject:
             video, video_reject = None, reject
-        caption = decode_caption(caption_read.result())
+        caption = caption_read.result()
         if not caption.text:
             raise Reject("empty_caption", f"{row['caption_key']} holds no text")
         record.update(
@@ -164,7 +198,8 @@ def probe_rows(
     previous: Iterable[Mapping] = (),
     *,
     workers: int,
-    decode_check: bool = True,
+    decode_check: bool,
+    max_caption_bytes: int,
 ) -> tuple[list[dict], int, list[TransientSourceError]]:
     """Probe records for `rows`, reusing previous records whose key, etag, size and caption etag match.
 
@@ -173,13 +208,24 @@ def probe_rows(
     Returns the records in the order of `rows`, how many were probed afresh, and those errors.
     """
     rows = list(rows)
-    known = {
+    stored = {
         reuse_key(record): record for record in previous if record.get("reason") not in TRANSIENT_REASONS
     }
+    # A record whose caption was read under another `max_caption_bytes` is probed again.
+    known = {}
+    for row in rows:
+        record = stored.get(reuse_key(row))
+        if record is not None and _caption_fits(record, row, max_caption_bytes):
+            known[reuse_key(row)] = record
     todo = [row for row in rows if reuse_key(row) not in known]
     fresh, unanswered = {}, []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(probe_object, source, row, decode_check) for row in todo]
+        futures = [
+            pool.submit(
+                probe_object, source, row, decode_check=decode_check, max_caption_bytes=max_caption_bytes
+            )
+            for row in todo
+        ]
         for row, future in zip(todo, futures, strict=True):
             try:
                 fresh[reuse_key(row)] = future.result()

@@ -1,8 +1,10 @@
 """Sharded training checkpoints with torch.distributed.checkpoint (DCP).
 
 A checkpoint is written to `step-N.partial/` by every rank and renamed to `step-N/` by rank 0 once all
-ranks are done, so a directory named `step-N` is always complete. DCP reshards on load: a checkpoint
-written by 8 ranks resumes on 4, or on 1.
+ranks are done, so a directory named `step-N` is always complete. Removing one works the other way
+round: it is renamed to `.deleting-step-N/` first and deleted after, so a deletion cut short leaves only
+a `.deleting-` directory, which is never taken for a checkpoint and is removed later. DCP reshards on
+load: a checkpoint written by 8 ranks resumes on 4, or on 1.
 
 Asynchronous checkpoints (`dcp.async_save`) copy the state to host memory during the step that saves,
 then write it from a background thread while training goes on; the rename and the pruning of old
@@ -35,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 log = logging.getLogger(__name__)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+DELETING = ".deleting-"
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -44,6 +47,32 @@ def checkpoint_dirs(root: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
     return [path for _, path in sorted(found)]
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete checkpoint `path`, renaming it out of the way first.
+
+    The rename is atomic, so a process killed part way never leaves a half-deleted directory under the
+    `step-N` name that resuming would pick; the `.deleting-step-N` remains go at the next cleanup.
+    """
+    doomed = path.with_name(DELETING + path.name)
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_deletion_leftovers(root: Path) -> None:
+    """Finish the deletions of checkpoints that a killed process left as `.deleting-*` directories."""
+    for doomed in root.glob(DELETING + "*"):
+        shutil.rmtree(doomed)
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints, and any deletion leftovers."""
+    remove_deletion_leftovers(root)
+    for old in checkpoint_dirs(root)[:-keep_last]:
+        remove_checkpoint(old)
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -96,9 +125,11 @@ class Checkpointer:
         final = self.root / f"step-{step}"
         partial = self.root / f"step-{step}.partial"
         if self.rank == 0:
-            # With no save in flight, any partial directory is the remains of a run that died.
+            # With no save in flight, any partial or half-deleted directory is the remains of a run
+            # that died.
             for stale in self.root.glob("step-*.partial"):
                 shutil.rmtree(stale)
+            remove_deletion_leftovers(self.root)
             partial.mkdir(parents=True)
         dist.barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
@@ -133,10 +164,9 @@ class Checkpointer:
         if self.rank != 0:
             return
         if final.exists():
-            shutil.rmtree(final)
+            remove_checkpoint(final)
         partial.rename(final)
-        for old in checkpoint_dirs(self.root)[: -self.keep_last]:
-            shutil.rmtree(old)
+        prune_checkpoints(self.root, self.keep_last)
         log.info("checkpoint saved: %s", final)
 
 
