@@ -128,35 +128,19 @@ def test_probe_keeps_the_answered_objects_and_rereads_only_the_others(tmp_path, 
     )
     write_manifest(LocalSource(clips), manifest)
 
+    def probe(source):
+        limits = {"workers": 2, "decode_check": True, "max_caption_bytes": MAX_CAPTION_BYTES}
+        return probe_chunk(source, manifest, "000", 1, part, store, **limits)
+
     with pytest.raises(TransientSourceError, match=f"1 of 4 objects {UNANSWERED}.*ConnectionRefusedError"):
-        probe_chunk(
-            FlakySource(clips, {"clip 2.mp4"}),
-            manifest,
-            "000",
-            1,
-            part,
-            store,
-            workers=2,
-            decode_check=True,
-            max_caption_bytes=MAX_CAPTION_BYTES,
-        )
+        probe(FlakySource(clips, {"clip 2.mp4"}))
     assert not part.exists()
     stored = pq.read_table(store).to_pylist()
     assert sorted(row["key"] for row in stored) == ["clip 0.mp4", "clip 1.mp4", "clip 3.mp4"]
     assert not any(row["reason"] for row in stored)
 
     caplog.set_level(logging.INFO, logger="longcat.data.metadata")
-    table = probe_chunk(
-        LocalSource(clips),
-        manifest,
-        "000",
-        1,
-        part,
-        store,
-        workers=2,
-        decode_check=True,
-        max_caption_bytes=MAX_CAPTION_BYTES,
-    )
+    table = probe(LocalSource(clips))
     assert table.num_rows == 4 and not any(table.column("reason").to_pylist())
     assert "3 reused by etag, 1 probed" in caplog.text
 
