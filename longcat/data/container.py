@@ -10,12 +10,11 @@ and its look at the first packets; with the decode check on, the first picture i
 
 from __future__ import annotations
 
-import io
 from fractions import Fraction
 
 import av
 
-from longcat.data.fetched import FetchedBytes
+from longcat.data.fetched import FetchedBytes, ObjectFile
 from longcat.data.rejects import Reject
 
 # The most bytes one fallback probe reads from an object.
@@ -36,29 +35,13 @@ FALLBACK_FORMATS = frozenset(
 )
 
 
-class BoundedObject(io.RawIOBase):
-    """A read-only file of the object's size that reads the source on demand until `budget` bytes."""
+class BoundedObject(ObjectFile):
+    """Reads the source on demand until `budget` bytes have been read from the object in all."""
 
     def __init__(self, fetched: FetchedBytes, budget: int):
-        super().__init__()
-        self.fetched = fetched
+        super().__init__(fetched)
         self.budget = budget
-        self.position = 0
         self.exhausted = False
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.fetched.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
 
     def _held(self, start: int, count: int) -> bytes:
         for offset, data in self.fetched.pieces.items():

@@ -8,11 +8,9 @@ bytes or the whole picture, so reading the rest would cost bytes, not rejects.
 
 from __future__ import annotations
 
-import io
-
 import av
 
-from longcat.data.fetched import FetchedBytes
+from longcat.data.fetched import FetchedBytes, ObjectFile
 from longcat.data.mp4 import VideoTrack
 from longcat.data.rejects import Reject
 
@@ -20,31 +18,15 @@ from longcat.data.rejects import Reject
 DECODE_CHECK_BYTES = 8 * 1024
 
 
-class SparseObject(io.RawIOBase):
-    """A read-only file of the object's size: the fetched pieces at their offsets, zeros elsewhere."""
+class SparseObject(ObjectFile):
+    """The fetched pieces at their offsets, zeros elsewhere: nothing is read from the source."""
 
     def __init__(self, fetched: FetchedBytes):
-        super().__init__()
+        super().__init__(fetched)
         self.pieces = sorted(fetched.pieces.items())
-        self.size = fetched.size
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def tell(self) -> int:
-        return self.position
 
     def readinto(self, buffer) -> int:
-        count = max(0, min(len(buffer), self.size - self.position))
+        count = max(0, min(len(buffer), self.fetched.size - self.position))
         view = memoryview(buffer)
         view[:count] = bytes(count)
         for offset, data in self.pieces:

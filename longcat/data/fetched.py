@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 
 from longcat.data.rejects import Reject
@@ -62,3 +63,27 @@ class FetchedBytes:
             if offset <= start and end <= offset + len(data):
                 return data[start - offset : end - offset]
         raise Reject("truncated", f"the object returned fewer bytes than its size ({self.size}) promises")
+
+
+class ObjectFile(io.RawIOBase):
+    """A read-only, seekable file of one object's size over its fetched bytes, for FFmpeg (PyAV) to
+    read; subclasses say what `readinto` returns where nothing was fetched."""
+
+    def __init__(self, fetched: FetchedBytes):
+        super().__init__()
+        self.fetched = fetched
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.fetched.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
