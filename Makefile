@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh Debian machine with Python 3.11:
-#   make demo   set up, then run the whole workflow on the embedded default (demo clips, tiny model, CPU)
+#   make demo   set up, run the whole workflow on the embedded default (demo clips, tiny model, CPU),
+#               then write its report (results/report.html)
 #   make test   set up, then run the test suite
 # `make dag` redraws docs/rulegraph.{svg,mmd}; `make clean` removes the demo's outputs.
 
@@ -29,6 +30,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/snakemake all --cores $(CORES)
+	$(BIN)/snakemake all --cores $(CORES) --report results/report.html
+	@echo "report:   results/report.html (figures also under results/report/ and runs/demo/report/)"
+	@echo "estimate: results/estimate.txt"
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: $(STAMP)

@@ -15,6 +15,7 @@ include: "rules/model.smk"
 include: "rules/cache.smk"
 include: "rules/train.smk"
 include: "rules/sample.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -95,7 +95,8 @@ def write_data_stage(work: Path, rows: int, shard_size: int) -> dict:
     write_table(REJECTED_SCHEMA.empty_table(), results / "rejected.parquet")
     stages.append([results / "metadata.parquet", results / "rejected.parquet"])
 
-    assignments = assign_shards(read_assignments(work / "missing.parquet"), columns["key"], shard_size)
+    versions = zip(columns["key"], columns["etag"], strict=True)
+    assignments = assign_shards(read_assignments(work / "missing.parquet"), versions, shard_size)
     write_table(assignments, results / "shards" / "assignments.parquet")
     stages.append([results / "shards" / "assignments.parquet"])
 

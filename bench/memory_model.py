@@ -10,8 +10,13 @@ import argparse
 import json
 import sys
 
-from longcat.train.dry_run import PUBLISHED_DIT_CONFIG
-from longcat.train.estimate import dit_parameter_counts, latent_shape_for, memory_per_gpu, video_tokens
+from longcat.train.estimate import (
+    PUBLISHED_DIT_CONFIG,
+    dit_parameter_counts,
+    latent_shape_for,
+    memory_per_gpu,
+    video_tokens,
+)
 
 WORLD_SIZE = 8
 CARD_GIB = 80.0

@@ -1,15 +1,18 @@
 """Every file and directory the workflow reads or writes, from the settings: the rules and the library
 both ask here, so a path has one definition.
 
-    {results}/demo_clips/ (the demo's source.path)    {results}/manifest.parquet
+    {results}/demo_clips/ (the demo's source.path)    {results}/manifest.parquet, unpaired.parquet
     {results}/metadata/part-CCC.parquet               {results}/metadata.parquet, rejected.parquet
     {results}/shards/assignments.parquet              {results}/shards/shard-NNNNN.parquet
     {results}/store/...                               history a relist reuses (not a rule output)
     {results}/base_model/                             {results}/logs/...
+    {results}/estimate.{json,txt}
+    {results}/report/data/, report/caches/            figures and tables of `snakemake --report`
+    {results}/benchmarks/...                          Snakemake's per-job benchmark tables
     {cache_dir}/vae/<key>/shard-NNNNN.{safetensors,index.parquet}, spec.json
-    {cache_dir}/text/<key>/..., empty.safetensors
+    {cache_dir}/text/<key>/..., empty.safetensors        {results}/verify_cache.json
     {runs_dir}/<run>/train_config.yaml, checkpoints/step-N/, tb/, validation/, final/, train.done,
-                     exports/step-N/, samples/, logs/
+                     exports/step-N/, samples/, logs/, report/
 
 Methods that take a shard, chunk or step accept a Snakemake wildcard pattern too ("{shard}").
 """
@@ -101,6 +104,10 @@ class RunLayout:
     def export(self, step: int | str) -> Path:
         return self.run_dir / "exports" / f"step-{step}"
 
+    def report(self, name: str) -> Path:
+        """A figure or page of the run's report (`report/NAME`), drawn from tb/ and the videos."""
+        return self.run_dir / "report" / name
+
     def log(self, name: str) -> Path:
         return self.run_dir / "logs" / f"{name}.log"
 
@@ -133,6 +140,11 @@ class Layout:
     def manifest(self) -> Path:
         return self.results / "manifest.parquet"
 
+    @property
+    def unpaired(self) -> Path:
+        """Captions the listing found without a video of the same stem."""
+        return self.results / "unpaired.parquet"
+
     def metadata_part(self, chunk: str) -> Path:
         return self.results / "metadata" / f"part-{chunk}.parquet"
 
@@ -163,6 +175,29 @@ class Layout:
     def base_model(self) -> Path:
         return self.results / "base_model"
 
+    @property
+    def estimate(self) -> Path:
+        """The pre-launch estimate as JSON (`estimate_text`: the same, for people)."""
+        return self.results / "estimate.json"
+
+    @property
+    def estimate_text(self) -> Path:
+        return self.results / "estimate.txt"
+
+    def data_report(self, name: str) -> Path:
+        """A figure or table of the data stage's report: `{results}/report/data/NAME`."""
+        return self.results / "report" / "data" / name
+
+    def cache_report(self, name: str) -> Path:
+        """A figure or table of the caches' report: `{results}/report/caches/NAME`."""
+        return self.results / "report" / "caches" / name
+
+    def cache_benchmark(self, kind: str, shard: str) -> Path:
+        """Snakemake's benchmark table of one cache shard job (kind vae or text), under its cache key:
+        `{results}/benchmarks/cache_{kind}/<key>/shard-NNNNN.tsv`."""
+        key = {"vae": self.vae_key, "text": self.text_key}[kind]
+        return self.results / "benchmarks" / f"cache_{kind}" / key / f"shard-{shard}.tsv"
+
     def log(self, name: str) -> Path:
         """`{results}/logs/{name}.log` for the jobs before training."""
         return self.results / "logs" / f"{name}.log"
@@ -175,6 +210,11 @@ class Layout:
     @property
     def text_cache(self) -> CacheLayout:
         return CacheLayout(self.cache_dir / "text" / self.text_key)
+
+    @property
+    def cache_verify_report(self) -> Path:
+        """What `snakemake verify_cache` found damaged in the two caches and removed (it always runs)."""
+        return self.results / "verify_cache.json"
 
     # ---- training and sampling
     @property

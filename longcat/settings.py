@@ -35,6 +35,7 @@ class Source:
     endpoint_url: str | None
     inventory: str | None
     list_workers: int
+    follow_symlinks: bool
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,12 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    vae_clips_per_s: float
+    text_captions_per_s: float
+
+
+@dataclass(frozen=True)
 class Settings:
     results: str
     cache_dir: str
@@ -202,6 +209,7 @@ class Settings:
     cache: Cache
     train: Train
     sample: Sample
+    estimate: Estimate
 
 
 # The sections a training run reads: its own, and those that name its caches and base model. Sampling

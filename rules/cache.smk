@@ -37,6 +37,20 @@ rule cache_text:
         str(TEXT_CACHE.empty_text),
 
 
+# Reads every shard of both caches (index, checksums, shapes, finite values), removes the damaged ones
+# so that the next `snakemake cache` rebuilds exactly those, and writes PATHS.cache_verify_report. It has
+# no output, so it runs whenever asked and nothing waits for it: run it on its own, not beside jobs that
+# write the same caches.
+rule verify_cache:
+    log:
+        str(PATHS.log("verify_cache")),
+    conda:
+        "../envs/gpu.yaml"
+    threads: 8
+    script:
+        "../scripts/verify_cache.py"
+
+
 rule cache_vae_spec:
     output:
         str(VAE_CACHE.spec),
@@ -71,6 +85,8 @@ rule cache_vae_shard:
         index=str(VAE_CACHE.index("{shard}")),
     log:
         str(PATHS.log(f"cache_vae/{PATHS.vae_key}/shard-{{shard}}")),
+    benchmark:
+        str(PATHS.cache_benchmark("vae", "{shard}"))
     wildcard_constraints:
         shard=r"\d+",
     conda:
@@ -92,6 +108,8 @@ rule cache_text_shard:
         index=str(TEXT_CACHE.index("{shard}")),
     log:
         str(PATHS.log(f"cache_text/{PATHS.text_key}/shard-{{shard}}")),
+    benchmark:
+        str(PATHS.cache_benchmark("text", "{shard}"))
     wildcard_constraints:
         shard=r"\d+",
     conda:

@@ -91,5 +91,41 @@ def sample_params(wildcards):
 
 
 def get_final_output():
-    """What `snakemake all` builds: samples from the finetuned model, hence every stage before them."""
-    return [RUN.samples]
+    """What `snakemake all` builds: samples from the finetuned model, hence every stage before them,
+    and what `snakemake all --report` shows (REPORT_FILES in rules/report.smk)."""
+    return [RUN.samples, *REPORT_FILES]
+
+
+# ---- the report (rules/report.smk)
+
+
+def report_item(path, category, subcategory, caption, **labels):
+    """An output shown in the report under category/subcategory, described by report/<caption>.rst."""
+    return report(
+        str(path),
+        category=category,
+        subcategory=subcategory,
+        caption=f"../report/{caption}.rst",
+        labels=labels or None,
+    )
+
+
+def data_figure(name):
+    return report_item(
+        PATHS.data_report(f"{name}.svg"), "Data", "Figures", f"data/{name}"
+    )
+
+
+def training_figure(name):
+    return report_item(
+        RUN.report(f"{name}.svg"), "Training", "Figures", f"training/{name}"
+    )
+
+
+def report_cache_indexes(wildcards):
+    """The index of every shard of both caches: what the caches' table counts."""
+    return [
+        str(cache.index(shard))
+        for cache in (PATHS.vae_cache, PATHS.text_cache)
+        for shard in shard_ids()
+    ]

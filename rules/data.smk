@@ -59,7 +59,8 @@ rule manifest:
     input:
         demo=DEMO_CLIPS,
     output:
-        str(PATHS.manifest),
+        manifest=str(PATHS.manifest),
+        unpaired=str(PATHS.unpaired),
     log:
         str(PATHS.log("manifest")),
     conda:
@@ -96,6 +97,7 @@ rule probe_chunk:
 rule metadata:
     input:
         manifest=str(PATHS.manifest),
+        unpaired=str(PATHS.unpaired),
         parts=[str(PATHS.metadata_part(chunk)) for chunk in PROBE_CHUNKS],
     output:
         metadata=str(PATHS.metadata),

@@ -5,7 +5,14 @@ rule sample:
     input:
         str(RUN.done),
     output:
-        directory(str(RUN.samples)),
+        report(
+            directory(str(RUN.samples)),
+            patterns=["{name}.mp4"],
+            category="Training",
+            subcategory="Samples",
+            caption="../report/training/samples.rst",
+            labels={"sample": "{name}"},
+        ),
     log:
         str(RUN.log("sample")),
     conda:

@@ -8,4 +8,4 @@ from longcat.settings import Source, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-write_manifest(open_source(build(Source, smk.params.source)), smk.output[0])
+write_manifest(open_source(build(Source, smk.params.source)), smk.output.manifest, smk.output.unpaired)

@@ -14,4 +14,5 @@ merge_metadata(
     build(Frames, smk.params.frames),
     smk.output.metadata,
     smk.output.rejected,
+    unpaired_path=smk.input.unpaired,
 )

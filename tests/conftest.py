@@ -334,3 +334,12 @@ def build_caches(root, settings, base_model, shard_rows, shard="00000"):
     run_text_shard(settings, shard_list, paths.text_cache, shard, base_model, cpu)
     run_empty_text(settings, paths.text_cache, base_model, cpu)
     return paths.vae_cache.root, paths.text_cache.root
+
+
+@pytest.fixture(scope="session")
+def trained_demo(tmp_path_factory) -> Path:
+    """The demo after `snakemake train` from a clean directory (minutes, once per session): the tests of
+    the training workflow and of the report run their own targets in it."""
+    directory = tmp_path_factory.mktemp("demo")
+    run_snakemake(directory, "train")
+    return directory

@@ -7,6 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, nothing_to_do, run_snakemake, upload_tree, write_pair
 
+from longcat.data.demo import DEMO_REJECTS
+
 
 def _snapshot(paths):
     return {Path(path).name: (Path(path).read_bytes(), Path(path).stat().st_mtime_ns) for path in paths}
@@ -20,12 +22,17 @@ def _probed_counts(results):
     return counts
 
 
+def _probed_logs(results):
+    return [log.read_text() for log in sorted((results / "logs" / "probe_chunk").glob("*.log"))]
+
+
 def test_demo_source_runs_and_reruns_as_a_no_op(tmp_path):
     run_snakemake(tmp_path, "shards")
 
     results = tmp_path / "results"
     metadata = pq.read_table(results / "metadata.parquet").to_pylist()
-    assert len(metadata) == 12 and pq.read_table(results / "rejected.parquet").num_rows == 0
+    rejected = pq.read_table(results / "rejected.parquet").to_pylist()
+    assert len(metadata) == 12 and {row["key"]: row["reason"] for row in rejected} == DEMO_REJECTS
     assert any(row["height"] > row["width"] for row in metadata), "the demo has a portrait clip"
     assert len({row["fps"] for row in metadata}) > 1 and len({row["codec"] for row in metadata}) == 1
     assert all(row["caption"] and row["plan_num_frames"] in (9, 17) for row in metadata)
@@ -36,8 +43,20 @@ def test_demo_source_runs_and_reruns_as_a_no_op(tmp_path):
         "shard-00002.parquet",
     ]
     assert sum(pq.read_table(path).num_rows for path in shard_lists) == 12
+    # Each probe job logs its progress: clips done, clips/s, time left.
+    logs = _probed_logs(results)
+    assert logs and all(re.search(r"probed (\d+)/\1 clips in .* clips/s, .* left", log) for log in logs)
 
-    assert nothing_to_do(run_snakemake(tmp_path, "shards", "-n"))
+    # The pre-launch estimate needs only the metadata: written, shown at the end, and redone when one
+    # of its figures changes in the config.
+    shown = run_snakemake(tmp_path, "estimate").stdout
+    rejected = pq.read_table(results / "rejected.parquet").num_rows
+    text = (results / "estimate.txt").read_text()
+    assert f"{len(metadata)} accepted, {rejected} rejected" in text and text in shown
+    assert (results / "estimate.json").is_file()
+    assert nothing_to_do(run_snakemake(tmp_path, "shards", "estimate", "-n"))
+    changed = run_snakemake(tmp_path, "estimate", "-n", config={"estimate": {"vae_clips_per_s": 2.0}})
+    assert "Params have changed" in changed.stdout + changed.stderr
 
 
 def test_s3_source_incremental_reruns(s3_bucket, tmp_path):
@@ -68,19 +87,26 @@ def test_s3_source_incremental_reruns(s3_bucket, tmp_path):
     assert sum(_probed_counts(results).values()) == 9
     assert nothing_to_do(run_snakemake(workdir, "shards", "-n", config=config))
 
-    # Three new videos, then an explicit relist.
+    # Three new videos and a replaced one, then an explicit relist.
     before = _snapshot(first_lists)
     for index in range(3):
         write_pair(clips, f"batch two/new {index}", f"second batch clip {index}")
     upload_tree(client, bucket, clips / "batch two", prefix="data/batch two/")
+    replaced = write_pair(clips, "batch one/clip 3", "first batch clip 3", width=96, height=64)
+    client.put_object(Bucket=bucket, Key="data/batch one/clip 3.mp4", Body=replaced.read_bytes())
     run_snakemake(workdir, "shards", "--forcerun", "manifest", config=config)
 
-    assert sum(_probed_counts(results).values()) == 3, "only the new videos are probed"
+    assert sum(_probed_counts(results).values()) == 4, "only the new and the replaced videos are probed"
     all_lists = sorted((results / "shards").glob("shard-*.parquet"))
     assert [path.name for path in all_lists][-1] == "shard-00002.parquet" and len(all_lists) == 3
     assert _snapshot(first_lists) == before, "existing shard lists keep their bytes and mtimes"
-    new_rows = pq.read_table(results / "shards" / "shard-00002.parquet").column("key").to_pylist()
-    assert new_rows == [f"batch two/new {index}.mp4" for index in range(3)]
+    # The replaced object's new version is a new row in the new shard, with its new size; its old
+    # version stays in its old shard's list (training takes a key from the newest shard that holds it).
+    new_rows = pq.read_table(results / "shards" / "shard-00002.parquet").to_pylist()
+    assert [row["key"] for row in new_rows] == ["batch one/clip 3.mp4"] + [
+        f"batch two/new {index}.mp4" for index in range(3)
+    ]
+    assert new_rows[0]["width"] == 96
     assert nothing_to_do(run_snakemake(workdir, "shards", "-n", config=config))
 
     # A deleted shard list comes back alone, byte-identical.
@@ -140,14 +166,15 @@ def test_demo_clips_are_deterministic(tmp_path):
     make_demo_clips(tmp_path / "two", Demo(num_clips=4, seed=3))
 
     names = sorted(path.name for path in (tmp_path / "one").iterdir())
-    assert names == sorted(path.name for path in (tmp_path / "two").iterdir()) and len(names) == 9
+    # 4 clips and their captions, the marker, and the broken inputs (2 videos, 2 captions).
+    assert names == sorted(path.name for path in (tmp_path / "two").iterdir()) and len(names) == 13
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert any(clip.height > clip.width for clip in first)
 
     # The demo remakes its own folder, and refuses one with anything else in it.
     make_demo_clips(tmp_path / "one", Demo(num_clips=5, seed=3))
-    assert len(list((tmp_path / "one").iterdir())) == 11
+    assert len(list((tmp_path / "one").iterdir())) == 15
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "a.mp4").write_bytes(b"user data")

@@ -126,7 +126,7 @@ def test_probe_keeps_the_answered_objects_and_rereads_only_the_others(tmp_path, 
         tmp_path / "store" / "part-000.parquet",
         tmp_path / "p",
     )
-    write_manifest(LocalSource(clips), manifest)
+    write_manifest(LocalSource(clips), manifest, tmp_path / "unpaired.parquet")
 
     def probe(source):
         limits = {"workers": 2, "decode_check": True, "max_caption_bytes": MAX_CAPTION_BYTES}

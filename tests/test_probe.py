@@ -242,7 +242,7 @@ def test_changing_the_chunk_count_reuses_the_stored_records(tmp_path):
         (clips / f"clip {index}.txt").write_text(f"clip {index}")
     source = CountingSource(clips)
     manifest = tmp_path / "manifest.parquet"
-    write_manifest(source, manifest)
+    write_manifest(source, manifest, tmp_path / "unpaired.parquet")
     store = tmp_path / "store"
     for chunks in (2, 3):
         source.ranges.clear()

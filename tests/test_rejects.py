@@ -11,6 +11,10 @@ def _cut_in_half(path):
     path.write_bytes(data[: len(data) // 2])
 
 
+# The caption of a clip outside the source root, which no table may ever hold.
+OUTSIDE_TEXT = "a caption from outside the source root"
+
+
 def make_bad_inputs(root):
     """A tree with good clips and one file of each reject kind: {key: reason or None}."""
     expected = {}
@@ -46,6 +50,22 @@ def make_bad_inputs(root):
     expected["no-caption.mp4"] = "missing_caption"
     write_pair(root, "empty-caption", " \r\n\t\n")
     expected["empty-caption.mp4"] = "empty_caption"
+    (root / "orphan.txt").write_text("a caption whose video is missing")
+    expected["orphan.txt"] = "caption_without_video"
+
+    # Links: one that stays inside the root reads as a plain file; those leading out are never read.
+    outside = root.parent / "outside"
+    write_pair(outside, "elsewhere", OUTSIDE_TEXT)
+    write_pair(root, "caption-linked-out", None)
+    (root / "caption-linked-out.txt").symlink_to(outside / "elsewhere.txt")
+    expected["caption-linked-out.mp4"] = "outside_source"
+    (root / "video-linked-out.mp4").symlink_to(outside / "elsewhere.mp4")
+    (root / "video-linked-out.txt").write_text("a caption inside, its video outside")
+    expected["video-linked-out.mp4"] = "outside_source"
+    (root / "linked-in.mp4").symlink_to("good-faststart.mp4")
+    (root / "linked-in.txt").symlink_to("sub dir/ünï [x] (1).txt")
+    expected["linked-in.mp4"] = None
+    (root / "linked-dir").symlink_to(outside, target_is_directory=True)  # not descended: no rows
     return expected
 
 
@@ -68,6 +88,8 @@ def test_each_reject_kind_is_recorded_and_good_clips_pass(tmp_path):
     assert sorted(accepted) == sorted(key for key, reason in expected.items() if reason is None)
     assert reasons == {key: reason for key, reason in expected.items() if reason}
     assert all(row["detail"] for row in rejected)
+    assert OUTSIDE_TEXT not in str(metadata) + str(rejected)
+    assert accepted["linked-in.mp4"]["caption"] == "a good clip"
 
     assert accepted["good-bom-crlf.mp4"]["caption"] == "windows caption\nsecond line"
     assert accepted["good-bom-crlf.mp4"]["caption_fixups"] == "bom,crlf"

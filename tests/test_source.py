@@ -4,6 +4,8 @@ import csv
 import gzip
 import io
 import json
+import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, REPO, free_port, make_clip
+from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, MAX_CAPTION_BYTES, REPO, free_port, make_clip
 
 import longcat.data.s3 as s3_module
 from longcat import settings
@@ -21,8 +23,9 @@ from longcat.data.captions import decode_caption
 from longcat.data.local import LocalSource
 from longcat.data.manifest import build_manifest, chunk_of
 from longcat.data.open_source import open_source
+from longcat.data.probe import probe_rows
 from longcat.data.s3 import S3Source, s3_client
-from longcat.data.sources import ChangedSinceProbe, SourceError, TransientSourceError, sanitize
+from longcat.data.sources import ChangedSinceProbe, OutsideSource, SourceError, TransientSourceError, sanitize
 
 AWKWARD = [
     "top.mp4",
@@ -79,6 +82,7 @@ def test_s3_listing_by_prefix_pages_and_ranges(s3_bucket):
             endpoint_url=client.meta.endpoint_url,
             inventory=None,
             list_workers=8,
+            follow_symlinks=False,
         )
     )
     objects = {obj.key: obj for obj in source.list_objects()}
@@ -258,6 +262,111 @@ def test_local_source_checks_the_probed_version(tmp_path):
     with pytest.raises(SourceError, match="absent.mp4") as missing:
         source.local_path("absent.mp4", listed.etag)
     assert not isinstance(missing.value, ChangedSinceProbe | TransientSourceError)
+
+
+def _hostile_tree(tmp_path):
+    """A source root beside an outside folder, linked to in every way a tree can lead out: (root, secret)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    secret = b"root:x:0:0:outside secret\n"
+    _write(outside, "passwd", secret)
+    _write(outside, "clip.mp4", b"outside video")
+    _write(outside, "deep/other.mp4", b"outside video")
+    _write(outside, "deep/other.txt", b"outside caption")
+    _write(root, "a/clip.mp4", b"video")
+    _write(root, "a/clip.txt", b"inside caption")
+    _write(root, "b.mp4", b"video")
+    (root / "b.txt").symlink_to(outside / "passwd")  # a caption leading out
+    (root / "c.mp4").symlink_to(outside / "clip.mp4")  # a video leading out
+    (root / "c.txt").symlink_to("a/clip.txt")  # a caption linked inside: an ordinary file
+    (root / "escape.mp4").symlink_to("a/../../outside/clip.mp4")  # out through `..`
+    (root / "escape.txt").write_text("a caption beside a video linked out")
+    (root / "out").symlink_to(outside / "deep", target_is_directory=True)
+    (root / "a" / "up").symlink_to("..", target_is_directory=True)  # inside, would list everything again
+    (root / "loop1").symlink_to("loop2")
+    (root / "loop2").symlink_to("loop1")
+    (root / "broken.txt").symlink_to("nothing-here")
+    os.mkfifo(root / "fifo.mp4")
+    (root / "fifo.txt").write_text("a caption beside a FIFO")
+    return root, secret
+
+
+def test_local_source_reads_nothing_outside_its_root(tmp_path, caplog):
+    root, secret = _hostile_tree(tmp_path)
+    source = LocalSource(root)
+
+    with caplog.at_level(logging.WARNING, logger="longcat.data.local"):
+        listed = {obj.key: obj for obj in source.list_objects()}
+
+    # Links leading out are listed, so their clips are rejected with the reason; nothing under `out`.
+    assert sorted(listed) == [
+        "a/clip.mp4", "a/clip.txt", "b.mp4", "b.txt", "broken.txt", "c.mp4", "c.txt", "escape.mp4",
+        "escape.txt", "fifo.txt", "loop1", "loop2",
+    ]  # fmt: skip
+    assert listed["c.txt"].size == len(b"inside caption")
+    assert source.read_range("c.txt", 0, 100) == b"inside caption"
+    refused = dict(source.refused)
+    assert refused["b.txt"] == refused["c.mp4"] == refused["escape.mp4"] == "link outside the source"
+    assert refused["out"] == "directory link outside the source, not followed"
+    assert refused["a/up"] == "directory link to ., listed under its own path"
+    assert refused["fifo.mp4"] == "FIFO" and refused["broken.txt"].startswith("link to no file")
+    assert "loop1" in refused and "loop2" in refused
+    assert f"{len(refused)} entries are not readable files inside the source" in caplog.text
+    assert "out (directory link outside the source, not followed)" in caplog.text
+
+    reads = (
+        lambda key: source.read_range(key, 0, 100),
+        source.read_all,
+        source.local_path,
+        lambda key: source.download(key, io.BytesIO()),
+    )
+    for key in ("b.txt", "c.mp4", "escape.mp4"):
+        for read in reads:
+            with pytest.raises(OutsideSource, match=rf"{key} links outside {root} \(to .*outside") as raised:
+                read(key)
+            assert isinstance(raised.value, SourceError) and raised.value.reason == "outside_source"
+    for key, why in (("broken.txt", "a link to nothing-here"), ("loop1", "Too many levels")):
+        with pytest.raises(SourceError, match=why):
+            source.read_range(key, 0, 10)
+    with pytest.raises(SourceError, match="not a regular file"):
+        source.read_range("fifo.mp4", 0, 10)  # a FIFO never blocks a read
+    with pytest.raises(OutsideSource):
+        source.read_range("../outside/passwd", 0, 100)
+
+
+def test_a_caption_linking_outside_is_a_reject_and_its_text_goes_nowhere(tmp_path):
+    root, secret = _hostile_tree(tmp_path)
+    manifest = build_manifest(LocalSource(root)).to_pylist()
+
+    records, _, unanswered = probe_rows(
+        LocalSource(root), manifest, workers=2, decode_check=False, max_caption_bytes=MAX_CAPTION_BYTES
+    )
+
+    by_key = {record["key"]: record for record in records}
+    assert not unanswered and by_key["b.mp4"]["reason"] == by_key["c.mp4"]["reason"] == "outside_source"
+    assert by_key["escape.mp4"]["reason"] == "outside_source"
+    assert by_key["b.mp4"]["detail"].startswith(f"b.txt links outside {root}")
+    assert by_key["c.mp4"]["detail"].startswith(f"c.mp4 links outside {root}")
+    assert by_key["a/clip.mp4"]["caption"] == "inside caption" and "fifo.mp4" not in by_key
+    assert all(secret.decode().strip() not in str(record) for record in records)
+
+
+def test_follow_symlinks_reads_outside_links_and_stops_at_loops(tmp_path):
+    root, secret = _hostile_tree(tmp_path)
+    (tmp_path / "outside" / "deep" / "back").symlink_to("..", target_is_directory=True)
+    config = merge(
+        load_yaml(REPO / "config" / "config.yaml"),
+        {"source": {"kind": "local", "path": str(root), "follow_symlinks": True}},
+    )
+    source = open_source(settings.load_settings(config).source)
+
+    listed = {obj.key for obj in source.list_objects()}
+
+    assert source.read_all("b.txt") == secret
+    assert {"out/other.mp4", "out/other.txt", "b.txt", "c.mp4"} <= listed
+    # `back` leads to the directory that holds `deep`, which holds `back`: walked once, never again.
+    assert "out/back/passwd" in listed and not any(key.startswith("out/back/deep") for key in listed)
+    assert dict(source.refused)["out/back/deep"] == "out again, already walked (a link loop)"
+    assert settings.load_settings(load_yaml(REPO / "config" / "config.yaml")).source.follow_symlinks is False
 
 
 class FlakyS3:

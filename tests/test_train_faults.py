@@ -223,3 +223,56 @@ def test_a_loader_error_reaches_the_step_and_positions_count_only_batches_handed
 
     with pytest.raises(ValueError, match="truncated latent"):
         next(iter(TrainLoader(BrokenCache(), 1, 1, 0, seed=3, num_workers=1)))
+
+
+def test_loader_workers_outlive_a_sigterm_sent_to_the_whole_job():
+    # Slurm's hard preemption (`scontrol requeue`, a time limit without `--signal`) sends SIGTERM to
+    # every process of the job step, loader workers included. The training process saves a checkpoint
+    # at the end of its step (its own handler stands in here); its workers must still be serving it.
+    import signal
+
+    import psutil
+
+    from longcat.train.data import TrainLoader
+
+    before = {child.pid for child in psutil.Process().children()}
+    batches = iter(TrainLoader(MemoryCache(), 1, 1, 0, seed=3, num_workers=2, prefetch_batches=2))
+    for _ in range(4):  # batches alternate between the workers: both have started
+        next(batches)
+    workers = [child for child in psutil.Process().children() if child.pid not in before]
+    assert len(workers) == 2, workers
+    trainer_handler = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        for worker in workers:
+            os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(1)
+        assert all(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+        assert len([next(batches) for _ in range(12)]) == 12
+    finally:
+        signal.signal(signal.SIGTERM, trainer_handler)
+
+
+LEFT_OPEN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from test_train_faults import BrokenCache
+from longcat.train.data import TrainLoader
+
+try:
+    next(iter(TrainLoader(BrokenCache(), 1, 1, 0, seed=3, num_workers=2)))
+except ValueError as error:
+    kept = error  # its traceback keeps the loader, hence its workers, alive until exit
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_that_leaves_a_loader_open_still_exits():
+    # Workers that ignore SIGTERM must not keep their training process from exiting after an error:
+    # multiprocessing's exit handler stops them with SIGTERM, then waits for them.
+    result = subprocess.run(
+        [sys.executable, "-c", LEFT_OPEN, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "exiting" in result.stdout, result.stderr[-2000:]

@@ -41,11 +41,9 @@ def snakemake(directory: Path, *targets: str, check: bool = True) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("demo")
-    result = snakemake(directory, "train", check=False)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return directory
+def demo(trained_demo) -> Path:
+    """The demo after `snakemake train` (conftest's session fixture, shared with tests/test_report.py)."""
+    return trained_demo
 
 
 def test_demo_trains_checkpoints_logs_validates_and_exports(demo):

@@ -7,7 +7,8 @@ Layout, one directory per cache key (a hash of everything that changes the bytes
     {cache_dir}/vae/<key>/shard-NNNNN.index.parquet      one row per sample: status, reason, shape, ...
     {cache_dir}/text/<key>/...                           the same for text, plus empty.safetensors
 
-`spec` decides the keys, `format` the bytes of a file, `writer` builds a shard resumably (a killed job
-goes on from `.partial-shard-NNNNN/` and gives the same bytes), `reader` serves training. Only touching a
-tensor imports torch.
+`spec` decides the keys, `format` the bytes of a file (with a checksum per tensor), `writer` builds a
+shard resumably (a killed job goes on from `.partial-shard-NNNNN/` and gives the same bytes), `reader`
+serves training and refuses a damaged sample, `verify` checks whole caches and removes the damaged shards
+for `snakemake cache` to rebuild. Only touching a tensor imports torch.
 """

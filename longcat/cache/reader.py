@@ -1,7 +1,9 @@
 """Reading the caches training needs: random access to one sample's latent and caption embedding.
 
-Only the shards' index files are read up front; tensors are read lazily through safetensors' memory-mapped
-access, with a bounded set of open files.
+Only the shards' index files are read up front; tensors are read lazily, one sample at a time, with a
+bounded set of open files. Every tensor read is checked against the checksum its index row holds and for
+NaN or infinite values; a damaged one stops training with an error naming the file, the sample and the
+fix.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from longcat.cache.format import (
+    CHECKSUM_KEY,
     EMPTY_TEXT_TENSOR,
     STATUS_OK,
     TEXT_INDEX_SCHEMA,
     VAE_INDEX_SCHEMA,
+    TensorFile,
+    nonfinite_count,
+    read_index,
     read_safetensors_header,
 )
 from longcat.cache.spec import CacheError, cache_key, read_spec
@@ -34,49 +40,92 @@ class CachedSample(NamedTuple):
     fps: float
 
 
+REBUILD = "`snakemake cache` rebuilds it"
+
+
 def _shard_of(index_path: Path) -> str:
     return index_path.name.removeprefix("shard-").removesuffix(".index.parquet")
+
+
+def stored_shards(directory: Path) -> tuple[set[str], set[str]]:
+    """The shard ids of a cache directory's index files and of its tensors files."""
+    index_shards = {_shard_of(path) for path in directory.glob("shard-*.index.parquet")}
+    tensor_shards = {
+        path.name.removeprefix("shard-").removesuffix(".safetensors")
+        for path in directory.glob("shard-*.safetensors")
+    }
+    return index_shards, tensor_shards
+
+
+def repair_hint(path: Path) -> str:
+    """How to get rid of a damaged cache file: `snakemake cache` rebuilds only what is missing."""
+    if path.name.startswith("shard-"):
+        layout, shard = CacheLayout(path.parent), path.name.removeprefix("shard-").split(".")[0]
+        files = f"{layout.tensors(shard).name} and {layout.index(shard).name}"
+    else:
+        files = path.name
+    return (
+        f"`snakemake verify_cache` removes every damaged shard (or delete {files} in {path.parent}), "
+        "then `snakemake cache` rebuilds what is missing"
+    )
+
+
+def damaged(path: Path, problem: str) -> CacheError:
+    return CacheError(f"{path}: {problem}. {repair_hint(path)}")
+
+
+def _newest_versions(sample_ids: list[str], shards: list[str]) -> list[int]:
+    """Row numbers, in order, that keep each sample id once: the row of its highest shard."""
+    newest: dict[str, int] = {}
+    for row, (sample_id, shard) in enumerate(zip(sample_ids, shards, strict=True)):
+        if sample_id not in newest or int(shard) > int(shards[newest[sample_id]]):
+            newest[sample_id] = row
+    return sorted(newest.values())
 
 
 class CacheReader:
     """Random access to cached samples by id, across all shards of one VAE and one text cache directory.
 
     Builds an in-memory index from the shards' index files only; tensors are read lazily, one sample at a
-    time, through safetensors' memory-mapped access. A sample is listed when both caches hold it as ok.
+    time. A sample is listed when both caches hold it as ok. `verify=False` skips the checksum and
+    finite-value checks of every read (bench/bench_cache_read.py measures what they cost).
     """
 
-    def __init__(self, vae_dir: str | Path, text_dir: str | Path, max_open_files: int = 64):
+    def __init__(
+        self, vae_dir: str | Path, text_dir: str | Path, max_open_files: int = 64, verify: bool = True
+    ):
         self.vae_dir = Path(vae_dir)
         self.text_dir = Path(text_dir)
         self.max_open_files = max_open_files
-        self._handles: OrderedDict[Path, object] = OrderedDict()
+        self.verify = verify
+        self._handles: OrderedDict[Path, TensorFile] = OrderedDict()
         for directory in (self.vae_dir, self.text_dir):
             if not directory.is_dir():
                 raise CacheError(f"{directory}: cache directory missing; build it with `snakemake cache`")
 
-        vae = self._read_indexes(self.vae_dir, ["sample_id", "status", "latent_shape", "fps"])
-        text = self._read_indexes(self.text_dir, ["sample_id", "status", "text_len"])
+        vae = self._read_indexes(self.vae_dir, ["sample_id", "status", "latent_shape", "fps", "checksum"])
+        text = self._read_indexes(self.text_dir, ["sample_id", "status", "text_len", "checksum"])
         ok_vae = vae.filter(pc.equal(vae["status"], STATUS_OK)).drop_columns(["status"])
         ok_vae = ok_vae.append_column("order", pa.array(range(ok_vae.num_rows), pa.int64()))
         ok_text = text.filter(pc.equal(text["status"], STATUS_OK)).drop_columns(["status"])
         # A sample is usable when both caches hold it, in the same shard (both come from one shard list).
         keys = ok_vae.select(["shard", "sample_id", "order"])
+        ok_text = ok_text.rename_columns({"checksum": "text_checksum"})
         matched = keys.join(ok_text, ["shard", "sample_id"], join_type="inner")
         matched = matched.take(pc.sort_indices(matched["order"]))
         joined = ok_vae.take(matched["order"]).append_column("text_len", matched["text_len"])
+        # A key cached in several shards is several versions of one object (a replaced object gets a
+        # new shard when relisted): the newest shard's is the one to train on.
+        newest = _newest_versions(joined["sample_id"].to_pylist(), joined["shard"].to_pylist())
+        if len(newest) < joined.num_rows:
+            joined, matched = joined.take(newest), matched.take(newest)
+        # The checksums as arrays: a dict of Python ints per sample would be copied into every loader worker.
+        self._latent_checksum = joined["checksum"].to_numpy().astype(np.uint64)
+        self._text_checksum = matched["text_checksum"].to_numpy().astype(np.uint64)
 
         sample_ids = joined["sample_id"].to_pylist()
         shards = joined["shard"].to_pylist()
-        self._shard_of: dict[str, str] = dict(zip(sample_ids, shards, strict=True))
-        if len(self._shard_of) != len(sample_ids):
-            seen: dict[str, str] = {}
-            for sample_id, shard in zip(sample_ids, shards, strict=True):
-                if sample_id in seen:
-                    raise CacheError(
-                        f"{self.vae_dir}: sample {sample_id!r} is in shards {seen[sample_id]} and {shard}; "
-                        "shard lists must not share keys"
-                    )
-                seen[sample_id] = shard
+        self._position: dict[str, int] = {sample_id: index for index, sample_id in enumerate(sample_ids)}
         shapes = pc.list_flatten(joined["latent_shape"]).to_numpy().reshape(-1, 4).tolist()
         self.samples: list[CachedSample] = list(
             map(
@@ -98,11 +147,13 @@ class CacheReader:
     def _read_indexes(directory: Path, columns: list[str]) -> pa.Table:
         """All index files of a cache directory as one table, with a `shard` column."""
 
+        schema = VAE_INDEX_SCHEMA if "latent_shape" in columns else TEXT_INDEX_SCHEMA
+
         def read(index_path: Path) -> pa.Table:
             try:
-                table = pq.read_table(index_path, columns=columns)
-            except (OSError, pa.ArrowException) as error:
-                raise CacheError(f"{index_path}: unreadable index: {error}") from None
+                table = read_index(index_path, schema, columns)
+            except CacheError as error:
+                raise CacheError(f"{error}. {repair_hint(index_path)}") from None
             return table.append_column(
                 "shard", pa.array([_shard_of(index_path)] * table.num_rows, pa.string())
             )
@@ -110,7 +161,6 @@ class CacheReader:
         paths = sorted(directory.glob("shard-*.index.parquet"))
         with ThreadPoolExecutor(max_workers=8) as pool:
             tables = list(pool.map(read, paths))
-        schema = VAE_INDEX_SCHEMA if "latent_shape" in columns else TEXT_INDEX_SCHEMA
         empty = pa.table(
             {name: pa.array([], schema.field(name).type) for name in columns}
             | {"shard": pa.array([], pa.string())}
@@ -123,43 +173,58 @@ class CacheReader:
         state["_handles"] = OrderedDict()
         return state
 
-    def _open(self, path: Path):
-        from safetensors import safe_open
-
+    def _open(self, path: Path) -> TensorFile:
         handle = self._handles.get(path)
         if handle is None:
             try:
-                handle = safe_open(str(path), framework="pt")
-            except FileNotFoundError:
-                raise CacheError(f"{path}: missing; rebuild it with `snakemake cache`") from None
-            except Exception as error:
-                raise CacheError(f"{path}: unreadable: {error}") from None
+                handle = TensorFile(path)
+            except CacheError as error:
+                raise CacheError(f"{error}. {repair_hint(path)}") from None
+            except OSError as error:
+                raise damaged(path, f"unreadable: {error}") from None
             self._handles[path] = handle
             if len(self._handles) > self.max_open_files:
-                self._handles.popitem(last=False)
+                self._handles.popitem(last=False)[1].close()
         else:
             self._handles.move_to_end(path)
         return handle
 
-    def _get(self, directory: Path, shard: str, name: str):
-        path = CacheLayout(directory).tensors(shard)
-        handle = self._open(path)
+    def _read(self, path: Path, name: str, expected_checksum: int | None):
+        """One tensor, checked against its checksum and for non-finite values unless `verify` is off."""
+        handle = self._open(path)  # its errors name the file and the fix already
         try:
-            return handle.get_tensor(name)
-        except Exception as error:
-            raise CacheError(f"{path}: cannot read sample {name!r}: {error}") from None
+            tensor, digest = handle.read(name, with_checksum=self.verify)
+        except (CacheError, OSError) as error:
+            raise damaged(path, f"cannot read sample {name!r}: {error}") from None
+        if self.verify:
+            if digest != expected_checksum:
+                raise damaged(
+                    path,
+                    f"sample {name!r} is damaged: its checksum is {digest:016x}, its index row says "
+                    + ("none" if expected_checksum is None else f"{expected_checksum:016x}"),
+                )
+            bad = nonfinite_count(tensor)
+            if bad:
+                raise damaged(path, f"sample {name!r} has {bad} NaN or infinite values of {tensor.numel()}")
+        return tensor
+
+    def _sample(self, sample_id: str, directory: Path) -> int:
+        position = self._position.get(sample_id)
+        if position is None:
+            raise KeyError(f"{sample_id!r} is not an ok sample of {directory}")
+        return position
 
     def latent(self, sample_id: str):
         """The normalised latent [16, T, H, W] of a sample, in the cache's dtype."""
-        if sample_id not in self._shard_of:
-            raise KeyError(f"{sample_id!r} is not an ok sample of {self.vae_dir}")
-        return self._get(self.vae_dir, self._shard_of[sample_id], sample_id)
+        position = self._sample(sample_id, self.vae_dir)
+        path = CacheLayout(self.vae_dir).tensors(self.samples[position].shard)
+        return self._read(path, sample_id, int(self._latent_checksum[position]))
 
     def text(self, sample_id: str):
         """The unpadded caption embedding [L, C] of a sample."""
-        if sample_id not in self._shard_of:
-            raise KeyError(f"{sample_id!r} is not an ok sample of {self.text_dir}")
-        return self._get(self.text_dir, self._shard_of[sample_id], sample_id)
+        position = self._sample(sample_id, self.text_dir)
+        path = CacheLayout(self.text_dir).tensors(self.samples[position].shard)
+        return self._read(path, sample_id, int(self._text_checksum[position]))
 
     @property
     def max_tokens(self) -> int:
@@ -173,7 +238,8 @@ class CacheReader:
     def empty_text(self):
         """The embedding [L0, C] of the empty caption (caption dropout, unconditional sampling)."""
         path = CacheLayout(self.text_dir).empty_text
-        return self._open(path).get_tensor(EMPTY_TEXT_TENSOR)
+        expected = self._open(path).metadata.get(CHECKSUM_KEY)
+        return self._read(path, EMPTY_TEXT_TENSOR, int(expected) if str(expected).isdigit() else None)
 
     def check(self) -> None:
         """Raise CacheError naming the file for a spec/key mismatch, a missing or truncated shard."""
@@ -187,16 +253,15 @@ class CacheReader:
                     f"{layout.spec}: its key is {cache_key(spec)}, but the directory is named "
                     f"{directory.name}; the spec was edited or the directory renamed"
                 )
-            index_shards = {_shard_of(path) for path in directory.glob("shard-*.index.parquet")}
-            tensor_shards = {
-                path.name.removeprefix("shard-").removesuffix(".safetensors")
-                for path in directory.glob("shard-*.safetensors")
-            }
+            index_shards, tensor_shards = stored_shards(directory)
             for shard in sorted(index_shards ^ tensor_shards):
                 missing = layout.tensors(shard) if shard in index_shards else layout.index(shard)
-                raise CacheError(f"{missing}: missing beside its shard")
+                raise CacheError(f"{missing}: missing beside its shard; {REBUILD}")
             for shard in sorted(tensor_shards):
-                header, _ = read_safetensors_header(layout.tensors(shard))
+                try:
+                    header, _ = read_safetensors_header(layout.tensors(shard))
+                except CacheError as error:
+                    raise CacheError(f"{error}. {repair_hint(layout.tensors(shard))}") from None
                 if (header.get("__metadata__") or {}).get("cache_key") != directory.name:
                     raise CacheError(
                         f"{layout.tensors(shard)}: written for cache key "
@@ -206,7 +271,10 @@ class CacheReader:
         text = CacheLayout(self.text_dir)
         text_shards = {_shard_of(path) for path in self.text_dir.glob("shard-*.index.parquet")}
         for shard in sorted(vae_shards - text_shards):
-            raise CacheError(f"{text.index(shard)}: missing; the VAE cache has it")
+            raise CacheError(f"{text.index(shard)}: missing; the VAE cache has it; {REBUILD}")
         if not text.empty_text.is_file():
-            raise CacheError(f"{text.empty_text}: missing (the empty-caption embedding)")
-        read_safetensors_header(text.empty_text)
+            raise CacheError(f"{text.empty_text}: missing (the empty-caption embedding); {REBUILD}")
+        try:
+            read_safetensors_header(text.empty_text)
+        except CacheError as error:
+            raise CacheError(f"{error}. {repair_hint(text.empty_text)}") from None

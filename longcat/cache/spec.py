@@ -19,7 +19,8 @@ from longcat.files import atomic_write_text
 from longcat.settings import BaseModel, Cache, Frames
 
 # Bump when the decode, normalisation or file layout changes: old caches then get a new key.
-CACHE_FORMAT = 1
+# 2: a checksum (XXH3-64) per cached tensor and parquet page checksums in the index files.
+CACHE_FORMAT = 2
 SPEC_FILE = "spec.json"
 
 

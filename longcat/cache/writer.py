@@ -18,7 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longcat.cache.format import (
+    CHECKSUM_KEY,
     EMPTY_TEXT_TENSOR,
+    STATUS_FAILED,
+    nonfinite_count,
     read_safetensors_header,
     safetensors_header,
     tensor_bytes,
@@ -32,13 +35,20 @@ log = logging.getLogger(__name__)
 
 
 def write_index(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
+    """An index file, with parquet's page checksums (`format.read_index` verifies them)."""
     table = pa.Table.from_pylist(rows, schema=schema)
-    atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+    atomic_write(
+        path, lambda handle: pq.write_table(table, handle, compression="zstd", write_page_checksum=True)
+    )
 
 
 def write_empty_text(path: str | Path, embedding, metadata: Mapping) -> None:
-    """The empty caption's embedding, the one tensor of `empty.safetensors`."""
-    write_safetensors(path, [(EMPTY_TEXT_TENSOR, tensor_bytes(embedding))], metadata)
+    """The empty caption's embedding, the one tensor of `empty.safetensors`, with its checksum."""
+    bad = nonfinite_count(embedding)
+    if bad:
+        raise CacheError(f"{path}: the empty caption's embedding has {bad} non-finite values; not written")
+    data = tensor_bytes(embedding)
+    write_safetensors(path, [(EMPTY_TEXT_TENSOR, data)], {**metadata, CHECKSUM_KEY: str(data.checksum)})
 
 
 def _part_row(path: Path) -> dict:
@@ -85,8 +95,22 @@ class ShardWriter:
         return self.partial_dir / (hashlib.sha1(sample_id.encode("utf-8")).hexdigest() + ".safetensors")
 
     def add(self, row: dict, tensor=None) -> None:
-        """Record one sample: its index row (with `sample_id` and `status`) and its tensor when it has one."""
-        tensors = [(row["sample_id"], tensor_bytes(tensor))] if tensor is not None else []
+        """Record one sample: its index row (with `sample_id` and `status`) and its tensor when it has one.
+
+        The row gets the tensor's checksum. A tensor with NaN or infinite values is not kept: the sample
+        is recorded as failed, with the count in its reason, and training never sees it.
+        """
+        tensors = []
+        if tensor is not None:
+            bad = nonfinite_count(tensor)
+            if bad:
+                reason = f"{bad} of {tensor.numel()} values of the encoded tensor are NaN or infinite"
+                log.warning("%s: %s: %s", self.tensors_path.name, row["sample_id"], reason)
+                row = {**row, "status": STATUS_FAILED, "reason": reason}
+            else:
+                data = tensor_bytes(tensor)
+                row = {**row, "checksum": data.checksum}
+                tensors = [(row["sample_id"], data)]
         write_safetensors(self._part_path(row["sample_id"]), tensors, {"row": canonical_json(row)})
         self.done[row["sample_id"]] = row
 

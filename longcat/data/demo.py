@@ -2,14 +2,18 @@
 
 ffmpeg's lavfi sources draw the pictures; sizes, frame rates, lengths and the `moov` position vary so
 the probe and the frame plan see the cases real data has (portrait, a clip shorter than the frame plan
-asks for, different rates).
+asks for, different rates). Beside the clips lie a few broken inputs, as real buckets hold them: a
+truncated clip, a clip without a caption and a caption without a clip; each ends in `rejected.parquet`
+with its reason (shown by the report).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ffmpeg
@@ -53,6 +57,15 @@ RATES = [24, 25, 30, 15, 12]
 
 # Written into the demo's folder: the demo may replace a folder that holds it, and no other.
 DEMO_MARKER = "DEMO_CLIPS"
+# 2020-01-01T00:00:00Z: the modification times of the demo's files count from here (stamp_by_content).
+CONTENT_EPOCH_NS = 1_577_836_800 * 10**9
+# The broken inputs beside the clips, with the reason recorded for each (names that never collide with
+# `clip-NNN`): a truncated video, a video without caption and a caption without video.
+DEMO_REJECTS = {
+    "broken-orphan.txt": "caption_without_video",
+    "broken-truncated.mp4": "truncated",
+    "broken-uncaptioned.mp4": "missing_caption",
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,29 @@ def encode_clip(clip: DemoClip, path: str | Path) -> None:
         raise RuntimeError(f"demo clip {clip.name} ({clip.source}): ffmpeg failed: {message}") from None
 
 
+def write_broken_inputs(folder: Path) -> list[str]:
+    """The inputs of DEMO_REJECTS and a caption for the truncated video, the same
+    bytes on every run; returns the names written. The truncated clip keeps its first half: its index
+    (`moov`, written last) is gone."""
+    clip = DemoClip(
+        name="broken",
+        source="testsrc2=size=112x64:rate=15",
+        caption="a test card whose file was cut in half",
+        width=112,
+        height=64,
+        rate=15,
+        seconds=1.5,
+        faststart=False,
+    )
+    encode_clip(clip, folder / "broken-truncated.mp4")
+    whole = (folder / "broken-truncated.mp4").read_bytes()
+    (folder / "broken-truncated.mp4").write_bytes(whole[: len(whole) // 2])
+    (folder / "broken-truncated.txt").write_text(clip.caption + "\n", encoding="utf-8")
+    encode_clip(replace(clip, source="smptebars=size=112x64:rate=15"), folder / "broken-uncaptioned.mp4")
+    (folder / "broken-orphan.txt").write_text("a caption whose video was never uploaded\n", encoding="utf-8")
+    return ["broken-truncated.mp4", "broken-truncated.txt", "broken-uncaptioned.mp4", "broken-orphan.txt"]
+
+
 def check_demo_folder(path: str | Path) -> None:
     """Refuse a folder that holds anything the demo did not write: the demo replaces its whole folder."""
     path = Path(path)
@@ -130,20 +166,34 @@ def check_demo_folder(path: str | Path) -> None:
         )
 
 
+def stamp_by_content(folder: Path) -> None:
+    """Give every file a modification time derived from its bytes (early January 2020). A local
+    object's etag is its size and mtime, so a clip written again byte for byte keeps its etag: more
+    demo clips make new shards and leave the existing ones, and their caches, as they are."""
+    for path in folder.iterdir():
+        digest = hashlib.sha256(path.read_bytes()).digest()
+        mtime_ns = CONTENT_EPOCH_NS + int.from_bytes(digest[:6], "big")
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
 def make_demo_clips(out_dir: str | Path, demo: Demo) -> list[DemoClip]:
-    """Write NAME.mp4 + NAME.txt for each demo clip into `out_dir`, which appears complete or not at all.
+    """Write NAME.mp4 + NAME.txt for each demo clip, and the broken inputs, into `out_dir`, which
+    appears complete or not at all.
 
     `DEMO_MARKER` in the folder says the demo wrote it (`check_demo_folder`); the source ignores it.
     """
     check_demo_folder(out_dir)
     clips = plan_clips(demo)
+    broken = []
 
     def fill(building: Path) -> None:
         (building / DEMO_MARKER).write_text(f"{demo}\n", encoding="utf-8")
         for clip in clips:
             encode_clip(clip, building / f"{clip.name}.mp4")
             (building / f"{clip.name}.txt").write_text(clip.caption + "\n", encoding="utf-8")
+        broken.extend(write_broken_inputs(building))
+        stamp_by_content(building)
 
     write_dir_atomically(out_dir, fill)
-    log.info("wrote %d demo clips to %s", len(clips), out_dir)
+    log.info("wrote %d demo clips and %d broken inputs to %s", len(clips), len(broken), out_dir)
     return clips

@@ -1,7 +1,9 @@
 """The manifest: one row per video of the source, paired with the caption of the same stem.
 
-Videos pair with a caption of the same stem (`a/b/clip.mp4` + `a/b/clip.txt`). Each key also has a
-probe chunk, from a stable hash of the key, so a relist never moves an existing key to another chunk.
+Videos pair with a caption of the same stem (`a/b/clip.mp4` + `a/b/clip.txt`). A caption without its
+video is listed beside the manifest (`unpaired.parquet`) and ends in rejected.parquet; other files
+(neither video nor caption) are counted in the job's log. Each key also has a probe chunk, from a
+stable hash of the key, so a relist never moves an existing key to another chunk.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
+UNPAIRED_SCHEMA = pa.schema([("key", pa.string()), ("etag", pa.string()), ("size", pa.int64())])
+
 
 def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
     """One manifest row per video, with the caption of the same stem (or none), sorted by key."""
@@ -59,19 +63,42 @@ def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
+def unpaired_captions(objects: Iterable[SourceObject]) -> pa.Table:
+    """The captions with no video of the same stem, sorted by key."""
+    by_key = {obj.key: obj for obj in objects}
+    stems = (os.path.splitext(key) for key in by_key)
+    videos = {stem for stem, suffix in stems if suffix.lower() in VIDEO_SUFFIXES}
+    rows = [
+        {"key": key, "etag": obj.etag, "size": obj.size}
+        for key, obj in sorted(by_key.items())
+        if key.endswith(CAPTION_SUFFIX) and key.removesuffix(CAPTION_SUFFIX) not in videos
+    ]
+    return pa.Table.from_pylist(rows, schema=UNPAIRED_SCHEMA)
+
+
 def build_manifest(source: Source) -> pa.Table:
-    table = pair_captions(source.list_objects())
+    return list_source(source)[0]
+
+
+def list_source(source: Source) -> tuple[pa.Table, pa.Table]:
+    """The manifest and the captions without a video, from one listing."""
+    objects = list(source.list_objects())
+    table, unpaired = pair_captions(objects), unpaired_captions(objects)
+    captioned = table.num_rows - table.column("caption_key").null_count
     log.info(
-        "listed %s: %d videos, %d without caption",
+        "listed %s: %d videos, %d without caption, %d captions without video, %d other files (not listed)",
         source.description,
         table.num_rows,
-        table.column("caption_key").null_count,
+        table.num_rows - captioned,
+        unpaired.num_rows,
+        len(objects) - table.num_rows - captioned - unpaired.num_rows,
     )
-    return table
+    return table, unpaired
 
 
-def write_manifest(source: Source, path: str | Path) -> pa.Table:
-    table = build_manifest(source)
+def write_manifest(source: Source, path: str | Path, unpaired_path: str | Path) -> pa.Table:
+    table, unpaired = list_source(source)
+    write_table(unpaired, unpaired_path)
     write_table(table, path)
     return table
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from longcat.data.buckets import display_size
 from longcat.data.frames import ClipRejected, frame_plan
-from longcat.data.manifest import chunk_of, manifest_chunk
+from longcat.data.manifest import VIDEO_SUFFIXES, chunk_of, manifest_chunk
 from longcat.data.probe import PROBE_SCHEMA, probe_rows
 from longcat.data.sources import Source, TransientSourceError, sanitize
 from longcat.data.tables import write_table
@@ -45,6 +45,11 @@ REJECTED_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
+
+_NO_VIDEO = {
+    "reason": "caption_without_video",
+    "detail": f"no video of the same name ({', '.join(VIDEO_SUFFIXES)}) beside it",
+}
 
 
 def read_records(path: str | Path, keys: Sequence[str] | None = None) -> list[dict]:
@@ -164,8 +169,13 @@ def merge_metadata(
     frames: Frames,
     metadata_path: str | Path,
     rejected_path: str | Path,
+    *,
+    unpaired_path: str | Path | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """Split the probe records into accepted rows (with the frame plan) and rejects, both sorted by key."""
+    """Split the probe records into accepted rows (with the frame plan) and rejects, both sorted by key.
+
+    The captions the listing found without a video (`unpaired_path`) are rejects too.
+    """
     manifest_keys = pq.read_table(manifest_path, columns=["key"]).column("key").to_pylist()
     records = {}
     for path in part_paths:
@@ -188,6 +198,12 @@ def merge_metadata(
             rejected.append({**record, "reason": outcome[0], "detail": outcome[1]})
         else:
             accepted.append({**record, **outcome})
+    if unpaired_path is not None:
+        rejected += [
+            {**caption, "caption_key": caption["key"], **_NO_VIDEO}
+            for caption in pq.read_table(unpaired_path).to_pylist()
+        ]
+        rejected.sort(key=lambda record: record["key"])
     metadata = pa.Table.from_pylist(accepted, schema=METADATA_SCHEMA)
     rejects = pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
     write_table(metadata, metadata_path)

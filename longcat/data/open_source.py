@@ -26,5 +26,5 @@ def open_source(source: settings.Source, readers: int = 8) -> Source:
     if source.kind == "local":
         if not source.path:
             raise SourceError("source.path: expected a directory for source.kind local, found none")
-        return LocalSource(source.path)
+        return LocalSource(source.path, follow_symlinks=source.follow_symlinks)
     raise SourceError(f"source.kind: expected one of s3, local, found {source.kind!r}")

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import pyarrow as pa
+from tqdm import tqdm
 
 from longcat.data.captions import Caption, decode_caption
 from longcat.data.container import probe_container
@@ -64,6 +65,22 @@ PROBE_SCHEMA = pa.schema(
         ("probe_bytes", pa.int64()),
     ]
 )
+
+
+# Clips done (records reused by etag count as done), clips/s and the time left: a log line every 10 s.
+PROGRESS_FORMAT = "probed {n}/{total} clips in {elapsed}, {rate_fmt}, {remaining} left"
+
+
+class LogLines:
+    """A file for tqdm that makes each progress update one line of the job's log."""
+
+    def write(self, text: str) -> None:
+        line = text.strip("\r\n ")
+        if line:
+            log.info("%s", line)
+
+    def flush(self) -> None:
+        pass
 
 
 @cache
@@ -219,6 +236,14 @@ def probe_rows(
             known[reuse_key(row)] = record
     todo = [row for row in rows if reuse_key(row) not in known]
     fresh, unanswered = {}, []
+    progress = tqdm(
+        total=len(rows),
+        initial=len(rows) - len(todo),
+        unit=" clips",
+        file=LogLines(),
+        mininterval=10,
+        bar_format=PROGRESS_FORMAT,
+    )
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [
             pool.submit(
@@ -231,6 +256,8 @@ def probe_rows(
                 fresh[reuse_key(row)] = future.result()
             except TransientSourceError as error:
                 unanswered.append(error)
+            progress.update()
+    progress.close()
     records = []
     for row in rows:
         record = known.get(reuse_key(row)) or fresh.get(reuse_key(row))

@@ -13,6 +13,8 @@ REJECT_REASONS = (
     "missing_caption",
     "empty_caption",
     "read_error",
+    "outside_source",
+    "caption_without_video",
 )
 # Reasons that depend on access to the object (403, gone after listing), not on its bytes: never reused
 # by etag, so each probe of the object asks again. A source that does not answer at all (connection

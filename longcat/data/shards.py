@@ -1,9 +1,11 @@
 """Append-only shard assignment and the per-shard lists built from it.
 
-The assignment table maps each accepted key to a shard id ("00000", ...). Existing assignments never
-change: keys that appear later fill new shards, so existing shard lists (and the caches built from
-them) stay valid. Keys to drop are listed in an exclusion file and filtered out of their shard's list;
-they keep their assignment, so nothing is reshuffled.
+The assignment table maps each accepted version of a key (key, etag) to a shard id ("00000", ...).
+Existing assignments never change: keys that appear later fill new shards, so existing shard lists (and
+the caches built from them) stay valid. An object replaced after it was assigned is a new version
+(a relist gives it a new etag, the probe reads it again): it goes into a new shard like a new key, and
+training takes each key from the newest shard that cached it. Keys to drop are listed in an exclusion
+file and filtered out of their shard's list; they keep their assignment, so nothing is reshuffled.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from longcat.settings import Shards
 
 log = logging.getLogger(__name__)
 
-ASSIGNMENT_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string())])
+ASSIGNMENT_SCHEMA = pa.schema([("key", pa.string()), ("etag", pa.string()), ("shard", pa.string())])
 
 
 def read_exclusions(path: str | Path | None) -> frozenset[str]:
@@ -45,27 +47,48 @@ def read_exclusions(path: str | Path | None) -> frozenset[str]:
 
 
 def read_assignments(path: str | Path) -> pa.Table:
+    """The stored table; one written before versions were tracked gets a null etag (any version)."""
     path = Path(path)
     if not path.exists():
         return ASSIGNMENT_SCHEMA.empty_table()
     table = pq.read_table(path)
+    if table.schema.names == ["key", "shard"]:
+        table = table.add_column(1, "etag", pa.nulls(table.num_rows, pa.string()))
     if table.schema != ASSIGNMENT_SCHEMA:
-        raise ValueError(f"{path}: expected columns key, shard (strings), found {table.schema.names}")
+        raise ValueError(f"{path}: expected columns key, etag, shard (strings), found {table.schema.names}")
     return table
 
 
 def assign_shards(
-    previous: pa.Table, accepted_keys: Iterable[str], shard_size: int, excluded: frozenset[str] = frozenset()
+    previous: pa.Table,
+    accepted: Iterable[tuple[str, str]],
+    shard_size: int,
+    excluded: frozenset[str] = frozenset(),
 ) -> pa.Table:
-    """The previous assignments, then new keys (sorted) in new shards of `shard_size` keys each."""
+    """The previous assignments, then new (key, etag) versions, sorted, in new shards of `shard_size`.
+
+    A previous row with a null etag (a table from before versions were tracked) stands for every
+    version of its key.
+    """
     if shard_size < 1:
         raise ValueError(f"shards.size: expected a positive number of rows, found {shard_size}")
-    known = set(previous.column("key").to_pylist())
-    new_keys = sorted(set(accepted_keys) - known - excluded)
+    known = set(zip(previous.column("key").to_pylist(), previous.column("etag").to_pylist(), strict=True))
+    any_version = {key for key, etag in known if etag is None}
+    new = sorted(
+        (key, etag)
+        for key, etag in set(accepted)
+        if (key, etag) not in known and key not in any_version and key not in excluded
+    )
     shard_numbers = [int(shard) for shard in pc.unique(previous.column("shard")).to_pylist()]
     next_shard = max(shard_numbers, default=-1) + 1
-    new_shards = [shard_id(next_shard + position // shard_size) for position in range(len(new_keys))]
-    added = pa.Table.from_pydict({"key": new_keys, "shard": new_shards}, schema=ASSIGNMENT_SCHEMA)
+    added = pa.Table.from_pydict(
+        {
+            "key": [key for key, _ in new],
+            "etag": [etag for _, etag in new],
+            "shard": [shard_id(next_shard + position // shard_size) for position in range(len(new))],
+        },
+        schema=ASSIGNMENT_SCHEMA,
+    )
     return pa.concat_tables([previous, added])
 
 
@@ -80,11 +103,12 @@ def update_assignments(
     The store survives Snakemake's deletion of the checkpoint's output before the job runs.
     """
     previous = read_assignments(store_path)
-    accepted = pq.read_table(metadata_path, columns=["key"]).column("key").to_pylist()
-    table = assign_shards(previous, accepted, shards.size, read_exclusions(shards.exclude))
+    accepted = pq.read_table(metadata_path, columns=["key", "etag"]).to_pydict()
+    versions = zip(accepted["key"], accepted["etag"], strict=True)
+    table = assign_shards(previous, versions, shards.size, read_exclusions(shards.exclude))
     new_shards = sorted(set(table.column("shard").to_pylist()) - set(previous.column("shard").to_pylist()))
     log.info(
-        "shards: %d keys in %d shards; %d new keys in new shards %s",
+        "shards: %d versions of keys in %d shards; %d new in new shards %s",
         table.num_rows,
         len(pc.unique(table.column("shard"))),
         table.num_rows - previous.num_rows,
@@ -101,10 +125,10 @@ def shard_ids(assignments_path: str | Path) -> list[str]:
 
 
 @functools.cache
-def _shard_keys(assignments_path: str, mtime_ns: int) -> dict[str, list[str]]:
-    keys_by_shard: dict[str, list[str]] = {}
-    for key, shard in zip(*read_assignments(assignments_path).to_pydict().values(), strict=True):
-        keys_by_shard.setdefault(shard, []).append(key)
+def _shard_keys(assignments_path: str, mtime_ns: int) -> dict[str, list[tuple[str, str | None]]]:
+    keys_by_shard: dict[str, list[tuple[str, str | None]]] = {}
+    for key, etag, shard in zip(*read_assignments(assignments_path).to_pydict().values(), strict=True):
+        keys_by_shard.setdefault(shard, []).append((key, etag))
     return keys_by_shard
 
 
@@ -113,7 +137,8 @@ def _exclusions(exclude_path: str, mtime_ns: int) -> frozenset[str]:
     return read_exclusions(exclude_path)
 
 
-def shard_keys(assignments_path: str | Path, shard: str) -> list[str]:
+def shard_keys(assignments_path: str | Path, shard: str) -> list[tuple[str, str | None]]:
+    """(key, etag) of each version assigned to one shard; a null etag stands for any version."""
     path = str(assignments_path)
     return _shard_keys(path, Path(path).stat().st_mtime_ns).get(shard, [])
 
@@ -123,7 +148,7 @@ def excluded_in_shard(assignments_path: str | Path, exclude_path: str | Path | N
     if not exclude_path or not Path(assignments_path).exists():
         return []
     excluded = _exclusions(str(exclude_path), Path(exclude_path).stat().st_mtime_ns)
-    return sorted(key for key in shard_keys(assignments_path, shard) if key in excluded)
+    return sorted({key for key, _ in shard_keys(assignments_path, shard) if key in excluded})
 
 
 def build_shard_list(
@@ -133,20 +158,29 @@ def build_shard_list(
     excluded: Iterable[str],
     output_path: str | Path,
 ) -> pa.Table:
-    """The metadata rows of one shard's keys (in assignment order), excluded keys left out."""
-    keys = [key for key in shard_keys(assignments_path, shard) if key not in set(excluded)]
-    if not keys and shard not in shard_ids(assignments_path):
+    """The metadata rows of one shard's versions (in assignment order), excluded keys left out.
+
+    A version the metadata no longer holds (the object was replaced or removed since) is left out: its
+    newer version, if any, has a shard of its own.
+    """
+    excluded = set(excluded)
+    versions = [(key, etag) for key, etag in shard_keys(assignments_path, shard) if key not in excluded]
+    if not versions and shard not in shard_ids(assignments_path):
         raise ValueError(f"shard {shard}: not in {assignments_path}")
     rows = {}
-    if keys:
-        metadata = pq.read_table(metadata_path, filters=[("key", "in", keys)])
+    if versions:
+        metadata = pq.read_table(metadata_path, filters=[("key", "in", [key for key, _ in versions])])
         rows = {row["key"]: row for row in metadata.to_pylist()}
-    missing = [key for key in keys if key not in rows]
-    if missing:
+    kept = [rows[key] for key, etag in versions if key in rows and etag in (None, rows[key]["etag"])]
+    if len(kept) < len(versions):
+        gone = next(key for key, etag in versions if key not in rows or etag not in (None, rows[key]["etag"]))
         log.warning(
-            "shard %s: %d keys no longer accepted, left out (first: %s)", shard, len(missing), missing[0]
+            "shard %s: %d keys no longer accepted at their assigned version, left out (first: %s)",
+            shard,
+            len(versions) - len(kept),
+            gone,
         )
-    table = pa.Table.from_pylist([rows[key] for key in keys if key in rows], schema=METADATA_SCHEMA)
+    table = pa.Table.from_pylist(kept, schema=METADATA_SCHEMA)
     write_table(table, output_path)
     log.info("shard %s: %d rows", shard, table.num_rows)
     return table

@@ -4,10 +4,11 @@ Sources are a local tree (`longcat.data.local`) or an S3 bucket or S3 Inventory 
 `longcat.data.open_source` opens the one the config names. Probing reads byte ranges only, so it never
 needs a whole object; cache jobs stream an object into a file (`download`) at the version the probe saw.
 
-Failures come in three kinds, because callers treat them differently: `SourceError` is a permanent
+Failures come in four kinds, because callers treat them differently: `SourceError` is a permanent
 answer (missing object, refused access) that may become a reject; `TransientSourceError` means the
 source did not answer after the client's retries, so the job must fail and a rerun try again;
-`ChangedSinceProbe` means the object is no longer the version that was probed. Error messages name the
+`ChangedSinceProbe` means the object is no longer the version that was probed; `OutsideSource` means a
+local key resolves outside the source's root, and nothing was opened. Error messages name the
 bucket and key but never a credential: `sanitize` blanks secrets out of any text that reaches a log or
 a table.
 """
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
+
+from longcat.data.rejects import Reject
 
 
 class SourceError(RuntimeError):
@@ -33,6 +36,19 @@ class TransientSourceError(SourceError):
 
 class ChangedSinceProbe(SourceError):
     """The object is not the version that was probed (its etag differs)."""
+
+
+class OutsideSource(SourceError, Reject):
+    """A key whose path resolves outside the source's root (a symlink leading out, or `..`), refused
+    before anything is opened. It is also a Reject, so the probe records the clip as `outside_source`
+    rather than as a read error; to the cache jobs it is a permanent SourceError like any other."""
+
+    def __init__(self, key: str, root: object, target: object):
+        Reject.__init__(
+            self,
+            "outside_source",
+            f"{key} links outside {root} (to {target}); source.follow_symlinks: true would read it",
+        )
 
 
 def changed_since_probe(location: str, probed: str, current: str | None) -> ChangedSinceProbe:

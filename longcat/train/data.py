@@ -11,9 +11,12 @@ runs, so the step itself only takes a ready batch from a queue.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
 import queue
 import random
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -192,6 +195,7 @@ class TrainLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_batches if self.num_workers else None,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_leave_stopping_to_the_trainer,
         )
         # The position counts batches handed to the step, not those taken in ahead of it.
         for batch in _in_background(iter(loader), self.prefetch_batches):
@@ -200,6 +204,33 @@ class TrainLoader:
                 self.epoch += 1
                 self.position = 0
             yield batch
+
+
+def _leave_stopping_to_the_trainer(worker_id: int) -> None:
+    """A loader worker ignores the signals that ask training to stop.
+
+    Slurm's hard preemption (`scontrol requeue`, a time limit without `--signal`) sends SIGTERM to
+    every process of the job step, and `--signal=USR1` sends USR1 to each. torch's worker handler
+    exits on a SIGTERM from anyone but its parent; the training process would then fail on the dead
+    worker before it saves. The training process handles both (`StopRequest`) and shuts its workers
+    down itself once the checkpoint is written; if it exits without doing so (an error), they are
+    killed at its exit (`_kill_workers_left_at_exit`).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+@atexit.register
+def _kill_workers_left_at_exit() -> None:
+    """Kill the loader workers still running when this process exits.
+
+    A loader left open (its iterator kept alive by an error's traceback) still has its workers at
+    exit, and multiprocessing's own exit handler stops them with SIGTERM, which they ignore, then
+    waits for them forever. Registered after multiprocessing's handler, this one runs before it.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 class _EpochsFrom:

@@ -3,42 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from longcat.data.buckets import resolution_buckets
 from longcat.data.frames import frame_counts
 from longcat.paths import RunLayout
-from longcat.settings import BaseModel, Frames, RunSettings, Train
+from longcat.settings import Frames, RunSettings, Train
 from longcat.train.data import BucketedSampler
-from longcat.train.estimate import CARDS, estimate_run, latent_shape_for
-
-# The published 13.6B `dit/config.json` (architecture keys), used when no base model is on disk yet.
-PUBLISHED_DIT_CONFIG = {
-    "in_channels": 16,
-    "out_channels": 16,
-    "hidden_size": 4096,
-    "depth": 48,
-    "num_heads": 32,
-    "caption_channels": 4096,
-    "mlp_ratio": 4,
-    "adaln_tembed_dim": 512,
-    "frequency_embedding_size": 256,
-    "patch_size": [1, 2, 2],
-}
-
-
-def dit_config_for(base: BaseModel, base_model: Path) -> tuple[dict[str, Any], str]:
-    config_file = base_model / "dit" / "config.json"
-    if config_file.is_file():
-        return json.loads(config_file.read_text()), str(config_file)
-    if base.kind == "tiny":
-        from longcat.basemodel.tiny import tiny_dit_config
-
-        return tiny_dit_config(base.tiny), "config base_model.tiny"
-    return dict(PUBLISHED_DIT_CONFIG), "the published 13.6B config (base model not on disk yet)"
+from longcat.train.estimate import CARDS, dit_config_for, estimate_run, latent_shape_for
 
 
 def configured_latent_shapes(frames: Frames) -> list[tuple[int, int, int, int]]:

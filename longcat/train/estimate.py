@@ -1,4 +1,5 @@
-"""Before a run starts: model FLOPs, step time and per-GPU memory for the configured model and world size.
+"""Before a run starts: model FLOPs, step time, per-GPU memory and checkpoint bytes for the configured
+model and world size. The dry run and the `estimate` target both count with these definitions.
 
 FLOPs per sample follow the usual model-FLOPs convention (no recomputation counted):
 6·N·s for the linear layers (forward + backward) plus 12·s²·d·L for self-attention, with N parameters,
@@ -8,13 +9,37 @@ which knob (batch size, activation checkpointing, CPU offload) moves which part.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from longcat.train.parallelize import checkpointed_block_indices
+from longcat.settings import BaseModel
 
 GIB = 1024**3
+
+# Bytes per parameter of the training state: FSDP2 keeps the sharded parameters in fp32 (master weights,
+# also under bf16 compute), with fp32 gradients and AdamW's two fp32 moments. A checkpoint holds the
+# weights and the moments; the exported model is bf16.
+MASTER_WEIGHT_BYTES = 4
+GRADIENT_BYTES = 4
+ADAM_MOMENT_BYTES = 8
+EXPORTED_WEIGHT_BYTES = 2
+
+# The published 13.6B `dit/config.json` (architecture keys), used when no base model is on disk yet.
+PUBLISHED_DIT_CONFIG = {
+    "in_channels": 16,
+    "out_channels": 16,
+    "hidden_size": 4096,
+    "depth": 48,
+    "num_heads": 32,
+    "caption_channels": 4096,
+    "mlp_ratio": 4,
+    "adaln_tembed_dim": 512,
+    "frequency_embedding_size": 256,
+    "patch_size": [1, 2, 2],
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,19 @@ CARDS = {
 # qkv, q/k after norm and RoPE, attention output, cross-attention, the four SwiGLU tensors);
 # an estimate to be checked against a measured peak (bench/bench_train_gpu.py).
 ACTIVATION_BYTES_PER_TOKEN_WIDTH = 60
+
+
+def dit_config_for(base: BaseModel, base_model: Path) -> tuple[dict[str, Any], str]:
+    """The DiT's `config.json` and where it came from: the base model on disk, else what the config
+    names (the tiny model's settings, or the published 13.6B architecture)."""
+    config_file = base_model / "dit" / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()), str(config_file)
+    if base.kind == "tiny":
+        from longcat.basemodel.tiny import tiny_dit_config
+
+        return tiny_dit_config(base.tiny), "config base_model.tiny"
+    return dict(PUBLISHED_DIT_CONFIG), "the published 13.6B config (base model not on disk yet)"
 
 
 def swiglu_hidden(hidden_size: int, mlp_ratio: float) -> int:
@@ -91,8 +129,28 @@ def train_flops_per_sample(num_params: int, tokens: int, hidden: int, depth: int
     return 6.0 * num_params * tokens + 12.0 * tokens**2 * hidden * depth
 
 
+def sample_cost(dit_config: dict[str, Any], latent_shape: tuple[int, ...]) -> tuple[int, float]:
+    """Video tokens and model FLOPs (forward and backward) of one training sample of `latent_shape`."""
+    counts = dit_parameter_counts(dit_config)
+    tokens = video_tokens(latent_shape, tuple(dit_config["patch_size"]))
+    return tokens, train_flops_per_sample(
+        counts["total"], tokens, dit_config["hidden_size"], dit_config["depth"]
+    )
+
+
+def card_mfu(card: Card, mfu: float | None) -> float:
+    """The MFU a step-time estimate assumes: the configured one, else the card's typical value."""
+    return mfu or card.typical_mfu
+
+
 def step_seconds(flops_per_sample: float, samples_per_gpu: int, card: Card, mfu: float) -> float:
     return flops_per_sample * samples_per_gpu / (card.bf16_tflops * 1e12 * mfu)
+
+
+def checkpoint_bytes(num_params: int) -> int:
+    """Tensor bytes of one resumable checkpoint (DCP, all ranks' shards together): the fp32 master
+    weights and both AdamW moments. Gradients are not saved; RNG states and counters are negligible."""
+    return num_params * (MASTER_WEIGHT_BYTES + ADAM_MOMENT_BYTES)
 
 
 def memory_per_gpu(
@@ -108,10 +166,13 @@ def memory_per_gpu(
     bf16: bool = True,
 ) -> dict[str, float]:
     """Estimated peak bytes on one GPU, by part (GiB)."""
+    from longcat.train.parallelize import checkpointed_block_indices  # torch: only when memory is asked
+
     total = counts["total"]
     compute_bytes = 2 if bf16 else 4
     # fp32 master weights, fp32 gradients and two fp32 AdamW moments, all sharded.
-    sharded_states = 0 if cpu_offload else 16 * total / world_size
+    state_bytes = MASTER_WEIGHT_BYTES + GRADIENT_BYTES + ADAM_MOMENT_BYTES
+    sharded_states = 0 if cpu_offload else state_bytes * total / world_size
     # Unsharded compute copies: the current block, the prefetched next one, and the root's own weights,
     # plus one block's unsharded gradients before reduce-scatter.
     working_params = (2 * counts["block"] + counts["embedders"] + counts["final"]) * compute_bytes
@@ -154,11 +215,9 @@ def estimate_run(
     bf16: bool = True,
 ) -> dict[str, Any]:
     card = CARDS[card_name]
-    mfu = mfu or card.typical_mfu
+    mfu = card_mfu(card, mfu)
     counts = dit_parameter_counts(dit_config)
-    patch = tuple(dit_config["patch_size"])
-    tokens = video_tokens(latent_shape, patch)
-    flops = train_flops_per_sample(counts["total"], tokens, dit_config["hidden_size"], dit_config["depth"])
+    tokens, flops = sample_cost(dit_config, latent_shape)
     samples_per_gpu = batch_size * gradient_accumulation_steps
     memory = memory_per_gpu(
         counts,

@@ -13,6 +13,7 @@ import torch
 from conftest import run_snakemake, train_settings
 from safetensors.torch import load_file
 
+from longcat.data.demo import DEMO_REJECTS
 from longcat.train.launch import launch_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,8 +86,8 @@ def test_metadata_runs_every_job_on_slurm(demo_dir, slurm_snakemake, submitted_j
 
     metadata = pd.read_parquet(demo_dir / "results" / "metadata.parquet")
     rejected = pd.read_parquet(demo_dir / "results" / "rejected.parquet")
-    assert len(metadata) + len(rejected) == 12  # source.demo.num_clips in the embedded default
-    assert len(metadata) > 0
+    # source.demo.num_clips in the embedded default, and the demo's broken videos
+    assert len(metadata) == 12 and len(rejected) == len(DEMO_REJECTS)
 
 
 @pytest.mark.skipif(not (REPO / "rules" / "train.smk").exists(), reason="rules/train.smk not written yet")
@@ -166,12 +167,19 @@ def _wait_for(condition, what, timeout, process=None):
     pytest.fail(f"no {what} after {timeout} s")
 
 
-@pytest.mark.skipif(not (REPO / "rules" / "train.smk").exists(), reason="rules/train.smk not written yet")
-def test_training_stopped_by_slurm_signal_resumes_from_checkpoint(
+def _checkpoint_steps(run):
+    return [int(path.parent.name.removeprefix("step-")) for path in run.glob("checkpoints/step-*/.metadata")]
+
+
+def test_training_stopped_by_slurm_resumes_from_the_step_it_stopped_at(
     demo_dir, slurm_cluster, slurm_snakemake_command, submitted_jobs
 ):
-    # The signal Slurm sends ten minutes before the time limit (`--signal=USR1@600`): every process
-    # of the job's steps, not the batch shell. Reuses the caches of the tests above; a new run name.
+    # Two stops, each followed by a resume from the step it stopped at, not from a periodic checkpoint:
+    # - the warning Slurm sends ten minutes before the time limit (`--signal=USR1@600`) to every
+    #   process of the job's steps; the train job fails (exit 75) and Snakemake's retry resumes;
+    # - a hard preemption, `scontrol requeue`: SIGTERM to every process of the job, loader workers
+    #   included, SIGKILL after KillWait (30 s here); Slurm runs the same job again.
+    # Reuses the caches of the tests above; a new run name.
     configfile = demo_dir / "preempt.yaml"
     configfile.write_text(PREEMPT_CONFIG)
     run = demo_dir / "runs" / "preempt"
@@ -180,22 +188,30 @@ def test_training_stopped_by_slurm_signal_resumes_from_checkpoint(
     )
     with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as sm:
 
-        def running_train_job():
+        def running_train_job(other_than=None):
             jobs = [job for job in submitted_jobs() if _rule_of(job) == "train"]
-            return next((job["JobId"] for job in jobs if job["JobState"] == "RUNNING"), None)
+            running = (job["JobId"] for job in jobs if job["JobState"] == "RUNNING")
+            return next((job_id for job_id in running if job_id != other_than), None)
 
-        job_id = _wait_for(running_train_job, "running train job", 600, sm)
-        _wait_for(lambda: list(run.glob("checkpoints/step-*/.metadata")), "first checkpoint", 300, sm)
-        slurm_cluster.run("scancel", "--signal=USR1", job_id)
+        first_job = _wait_for(running_train_job, "running train job", 600, sm)
+        _wait_for(lambda: _checkpoint_steps(run), "first checkpoint", 300, sm)
+        slurm_cluster.run("scancel", "--signal=USR1", first_job)
+
+        retry_job = _wait_for(lambda: running_train_job(other_than=first_job), "the retry", 600, sm)
+        stopped = max(_checkpoint_steps(run))
+        _wait_for(lambda: max(_checkpoint_steps(run)) > stopped, "a checkpoint of the retry", 300, sm)
+        slurm_cluster.run("scontrol", "requeue", retry_job)
         output, _ = sm.communicate(timeout=600)
     output = output.decode(errors="replace")
     assert sm.returncode == 0, output[-4000:]
 
     trains = [job for job in submitted_jobs() if _rule_of(job) == "train"]
     assert [job["JobState"] for job in trains] == ["FAILED", "COMPLETED"], trains
+    assert trains[1]["Restarts"] == "1", trains[1]
     assert (run / "train.done").is_file() and (run / "final" / "model_index.json").is_file()
 
-    # One TensorBoard event file per training process: the second starts after a checkpoint, not at 0.
+    # One TensorBoard event file per training process: each resume starts after the step its
+    # predecessor logged last, which it saved on the way out.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     def loss_steps(path):
@@ -203,9 +219,13 @@ def test_training_stopped_by_slurm_signal_resumes_from_checkpoint(
         events.Reload()
         return [event.step for event in events.Scalars("train/loss")]
 
-    first, resumed = (loss_steps(path) for path in sorted((run / "tb").glob("events.out.tfevents.*")))
-    assert 20 <= first[-1] < 200 and resumed[0] == first[-1] + 1, (first[-3:], resumed[:3])
-    assert resumed[-1] == 200
+    first, retried, requeued = (
+        loss_steps(path) for path in sorted((run / "tb").glob("events.out.tfevents.*"))
+    )
+    assert 20 <= first[-1] < retried[-1] < 200, (first[-3:], retried[-3:])
+    assert retried[0] == first[-1] + 1, (first[-3:], retried[:3])
+    assert requeued[0] == retried[-1] + 1, (retried[-3:], requeued[:3])
+    assert requeued[-1] == 200
 
 
 def test_multi_node_training_is_one_job_of_n_nodes(

@@ -1,0 +1,14 @@
+"""Figures of the TensorBoard scalars and the page of the videos of a run (rule report_training)."""
+
+import logging
+
+from longcat.report.training import TRAINING_OUTPUTS, write_training_report
+
+smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
+logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+write_training_report(
+    smk.params.tensorboard,
+    smk.params.validation,
+    smk.input.samples,
+    {name: smk.output[name] for name in TRAINING_OUTPUTS},
+)

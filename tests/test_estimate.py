@@ -1,0 +1,139 @@
+"""The pre-launch estimate (`snakemake estimate`): counts, bytes and hours from a metadata table."""
+
+import dataclasses
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from longcat.config import REPO_ROOT, load_config
+from longcat.report.estimate import estimate, format_estimate, run_estimate
+from longcat.settings import load_settings
+from longcat.train.estimate import PUBLISHED_DIT_CONFIG
+
+REAL = load_settings(load_config(REPO_ROOT / "config" / "longcat-13b.yaml"))
+PARAMETERS = 13_581_071_424  # the published DiT
+H100_PEAK = 989e12
+
+
+def tables(plans, reasons):
+    """Metadata of clips given as (frames, height, width, duration, count), and rejects per reason."""
+    rows = [plan[:4] for plan in plans for _ in range(plan[4])]
+    metadata = pa.table(
+        {
+            "plan_num_frames": pa.array([row[0] for row in rows], pa.int32()),
+            "plan_height": pa.array([row[1] for row in rows], pa.int32()),
+            "plan_width": pa.array([row[2] for row in rows], pa.int32()),
+            "duration": pa.array([row[3] for row in rows], pa.float64()),
+        }
+    )
+    rejected = pa.table({"reason": [reason for reason, count in reasons.items() for _ in range(count)]})
+    return metadata, rejected
+
+
+def real_estimate(metadata, rejected, train=REAL.train, figures=REAL.estimate):
+    return estimate(metadata, rejected, REAL.cache, train, figures, PUBLISHED_DIT_CONFIG, "published")
+
+
+def model_flops(tokens):
+    return 6.0 * PARAMETERS * tokens + 12.0 * tokens**2 * 4096 * 48
+
+
+def test_estimate_counts_bytes_and_hours_of_a_known_table():
+    metadata, rejected = tables(
+        [(93, 480, 832, 7.0, 3), (73, 480, 832, 5.0, 5), (73, 832, 480, 5.0, 2)],
+        {"read_error": 1, "too_short": 2},
+    )
+    report = real_estimate(metadata, rejected)
+
+    clips = report["clips"]
+    assert (clips["accepted"], clips["rejected"]) == (10, 3)
+    assert clips["rejected_by_reason"] == {"too_short": 2, "read_error": 1}
+    assert clips["source_hours"] == pytest.approx((3 * 7.0 + 7 * 5.0) / 3600)
+    assert clips["by_frames"] == {"93": 3, "73": 7}
+    assert clips["by_resolution"] == {"480x832": 8, "832x480": 2}
+
+    # bf16 latents [16, 24, 60, 104] and [16, 19, 60, 104]; captions [512, 4096] in bf16, plus the empty one.
+    disk = report["disk"]
+    assert disk["vae_cache_bytes"] == 3 * 4_792_320 + 7 * 3_793_920 == 40_934_400
+    assert disk["text_cache_bytes_at_most"] == 11 * 4_194_304
+    assert disk["checkpoint_bytes"] == PARAMETERS * 12 == 162_972_857_088  # fp32 weights, two fp32 moments
+    assert disk["checkpoints_bytes"] == 2 * disk["checkpoint_bytes"]
+    assert disk["exported_model_bytes"] == PARAMETERS * 2
+
+    # 0.825 clips/s at 93x480x832; a 73-frame clip costs 73/93 of one. 50 captions/s. 8 GPUs.
+    cache = report["cache_time"]
+    assert cache["vae_gpu_hours"] == pytest.approx((3 + 7 * 73 / 93) / 0.825 / 3600)
+    assert cache["vae_wall_hours"] == pytest.approx(cache["vae_gpu_hours"] / 8)
+    assert cache["text_gpu_hours"] == pytest.approx(10 / 50 / 3600)
+
+    # Batch 1 on each of 8 GPUs at the configured 46.6% MFU of an H100: a step takes one sample's FLOPs.
+    steps = {bucket["frames"]: bucket["step_seconds"] for bucket in report["buckets"]}
+    assert steps[93] == pytest.approx(model_flops(37_440) / (H100_PEAK * 0.466))
+    assert steps[73] == pytest.approx(model_flops(29_640) / (H100_PEAK * 0.466))
+    training = report["training"]
+    mean = (3 * steps[93] + 7 * steps[73]) / 10
+    assert training["samples_per_step"] == 8 and training["mean_step_seconds"] == pytest.approx(mean)
+    assert training["pass_hours"] == pytest.approx(10 / 8 * mean / 3600)
+    assert training["run_hours"] == pytest.approx(10_000 * mean / 3600)
+    assert training["run_gpu_hours"] == pytest.approx(8 * training["run_hours"])
+    assert training["passes"] == pytest.approx(10_000 / (10 / 8))
+
+    text = format_estimate(report)
+    assert "10 accepted, 3 rejected (too_short: 2, read_error: 1)" in text
+    assert "checkpoint 163 GB (fp32 weights + AdamW moments), 2 kept: 326 GB" in text
+    assert (
+        f"   93 frames:         3 clips,   37,440 tokens, 6.36 PFLOP/sample, {steps[93]:.3g} s/step" in text
+    )
+
+
+def test_estimate_of_the_real_config_scales_with_the_data_and_follows_its_figures():
+    plans = [(93, 480, 832, 8.0, 200), (73, 480, 832, 5.0, 1500), (73, 832, 480, 5.0, 250)]
+    plans += [(73, 624, 624, 5.0, 50), (49, 480, 832, 4.0, 100)]
+    once = real_estimate(*tables(plans, {"too_short": 40, "undecodable": 10}))
+    twice = real_estimate(*tables([(*plan[:4], 2 * plan[4]) for plan in plans], {"too_short": 80}))
+
+    assert (once["clips"]["accepted"], twice["clips"]["accepted"]) == (2100, 4200)
+    for part, key in [
+        ("disk", "vae_cache_bytes"),
+        ("cache_time", "vae_gpu_hours"),
+        ("cache_time", "text_gpu_hours"),
+        ("training", "pass_hours"),
+        ("training", "steps_per_pass"),
+    ]:
+        assert twice[part][key] == pytest.approx(2 * once[part][key]), key
+    assert twice["training"]["run_hours"] == pytest.approx(once["training"]["run_hours"])
+    assert twice["training"]["passes"] == pytest.approx(once["training"]["passes"] / 2)
+    assert once["disk"]["checkpoint_bytes"] == twice["disk"]["checkpoint_bytes"]
+    # A 93-frame step is the slowest, a 49-frame one the fastest; the mean lies between.
+    steps = {bucket["frames"]: bucket["step_seconds"] for bucket in once["buckets"]}
+    assert steps[49] < once["training"]["mean_step_seconds"] < steps[93]
+    assert 13 < steps[93] < 14.5 and 9 < steps[73] < 10.5  # the measured 13.9 s and 10.0 s per step
+
+    # The figures come from the config: the card's typical MFU when train.assumed_mfu is null, the
+    # configured VAE throughput.
+    metadata, rejected = tables(plans, {})
+    typical = real_estimate(metadata, rejected, train=dataclasses.replace(REAL.train, assumed_mfu=None))
+    assert typical["training"]["assumed_mfu"] == 0.4
+    assert typical["training"]["run_hours"] == pytest.approx(once["training"]["run_hours"] * 0.466 / 0.4)
+    slower = real_estimate(
+        metadata, rejected, figures=dataclasses.replace(REAL.estimate, vae_clips_per_s=0.4125)
+    )
+    assert slower["cache_time"]["vae_gpu_hours"] == pytest.approx(2 * once["cache_time"]["vae_gpu_hours"])
+
+
+def test_run_estimate_writes_both_files_and_names_a_table_it_cannot_read(tmp_path):
+    metadata, rejected = tables([(73, 480, 832, 5.0, 4)], {"missing_caption": 1})
+    pq.write_table(metadata, tmp_path / "metadata.parquet")
+    pq.write_table(rejected, tmp_path / "rejected.parquet")
+    outputs = tmp_path / "out" / "estimate.json", tmp_path / "out" / "estimate.txt"
+    args = (REAL.cache, REAL.train, REAL.estimate, REAL.base_model, tmp_path / "no-base-model", *outputs)
+
+    text = run_estimate(tmp_path / "metadata.parquet", tmp_path / "rejected.parquet", *args)
+
+    assert outputs[1].read_text() == text and "4 accepted, 1 rejected (missing_caption: 1)" in text
+    assert json.loads(outputs[0].read_text())["model"]["parameters"] == PARAMETERS
+    pq.write_table(pa.table({"key": ["a.mp4"]}), tmp_path / "old.parquet")
+    with pytest.raises(ValueError, match=r"old\.parquet: expected a table with the columns plan_num_frames"):
+        run_estimate(tmp_path / "old.parquet", tmp_path / "rejected.parquet", *args)
