@@ -5,8 +5,8 @@
 
 
 # What the configured run will cost (clips, disk, cache and training GPU-hours), from the metadata
-# and the config only: `snakemake estimate` before committing GPUs. Not part of `all`. Its settings
-# are params, so a config change re-estimates; the job prints the text at the end of its output.
+# and the config only: `snakemake estimate` before committing GPUs (`all` builds it too, for the
+# report). Its settings are params, so a config change re-estimates; the job prints the text.
 rule estimate:
     input:
         metadata=str(PATHS.metadata),

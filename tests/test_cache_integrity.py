@@ -95,7 +95,7 @@ def test_a_flipped_bit_in_a_latent_stops_training_naming_shard_and_sample(tmp_pa
     assert "delete shard-00001.safetensors and shard-00001.index.parquet" in message
 
 
-def test_a_nan_sample_is_refused_naming_shard_and_sample(tmp_path):
+def test_a_nan_sample_never_reaches_training_and_verify_names_it(tmp_path):
     vae, text = small_cache(tmp_path, shards=1)
     # The writer keeps no non-finite tensor: the sample is recorded as failed, with the count.
     writer = ShardWriter(vae, "00001", VAE_INDEX_SCHEMA, {"cache_key": vae.root.name})
@@ -109,7 +109,7 @@ def test_a_nan_sample_is_refused_naming_shard_and_sample(tmp_path):
     assert row["status"] == "failed" and row["reason"].startswith("2 of 768 values")
     assert read_safetensors_header(vae.tensors("00001"))[0] == {"__metadata__": {"cache_key": vae.root.name}}
 
-    # A NaN that its checksum vouches for (another writer) is still refused when read.
+    # A NaN that its checksum vouches for (not written by this writer) is named by verify_cache.
     data = tensor_bytes(latent)
     write_safetensors(vae.tensors("00001"), [("nan.mp4", data)], {"cache_key": vae.root.name})
     ok_row = row | {"status": "ok", "reason": None, "checksum": data.checksum}
@@ -118,9 +118,9 @@ def test_a_nan_sample_is_refused_naming_shard_and_sample(tmp_path):
     shutil.copy(text.tensors("00000"), text.tensors("00001"))
     text_rows = pq.read_table(text.index("00000")).to_pylist()
     write_index(text.index("00001"), [text_rows[0] | {"sample_id": "nan.mp4"}], TEXT_INDEX_SCHEMA)
-    reader = CacheReader(vae.root, text.root)
-    with pytest.raises(CacheError, match=rf"{vae.tensors('00001')}: sample 'nan.mp4' has 2 NaN or infinite"):
-        reader.latent("nan.mp4")
+    (problem,) = check_shard(vae, "vae", "00001").problems
+    assert (problem.file, problem.sample_id) == (str(vae.tensors("00001")), "nan.mp4")
+    assert "2 NaN or infinite" in problem.problem
 
 
 def test_a_flipped_byte_in_an_index_names_the_file_and_the_fix(tmp_path):
