@@ -243,8 +243,8 @@ def test_loader_workers_outlive_a_sigterm_sent_to_the_whole_job():
     assert len(workers) == 2, workers
     trainer_handler = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        for worker in workers:
-            os.kill(worker.pid, signal.SIGTERM)
+        # From another process, as Slurm's: a SIGTERM from the training process itself ends a worker.
+        subprocess.run(["kill", "-TERM", *(str(worker.pid) for worker in workers)], check=True)
         time.sleep(1)
         assert all(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
         assert len([next(batches) for _ in range(12)]) == 12

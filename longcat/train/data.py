@@ -11,9 +11,8 @@ runs, so the step itself only takes a ready batch from a queue.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import multiprocessing
+import os
 import queue
 import random
 import signal
@@ -207,30 +206,25 @@ class TrainLoader:
 
 
 def _leave_stopping_to_the_trainer(worker_id: int) -> None:
-    """A loader worker ignores the signals that ask training to stop.
+    """A loader worker leaves the signals that ask training to stop to the training process.
 
     Slurm's hard preemption (`scontrol requeue`, a time limit without `--signal`) sends SIGTERM to
     every process of the job step, and `--signal=USR1` sends USR1 to each. torch's worker handler
     exits on a SIGTERM from anyone but its parent; the training process would then fail on the dead
-    worker before it saves. The training process handles both (`StopRequest`) and shuts its workers
-    down itself once the checkpoint is written; if it exits without doing so (an error), they are
-    killed at its exit (`_kill_workers_left_at_exit`).
+    worker before it saves. Here USR1 is ignored, and SIGTERM is blocked and taken by a thread that
+    ends the worker only when its parent sent it (as multiprocessing does to stop its workers at
+    exit); the training process saves, then shuts its workers down itself.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    # Threads started from here on inherit the mask, so the SIGTERM waits for _exit_on_parents_sigterm.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), daemon=True).start()
 
 
-@atexit.register
-def _kill_workers_left_at_exit() -> None:
-    """Kill the loader workers still running when this process exits.
-
-    A loader left open (its iterator kept alive by an error's traceback) still has its workers at
-    exit, and multiprocessing's own exit handler stops them with SIGTERM, which they ignore, then
-    waits for them forever. Registered after multiprocessing's handler, this one runs before it.
-    """
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 class _EpochsFrom:

@@ -201,6 +201,14 @@ def test_training_stopped_by_slurm_resumes_from_the_step_it_stopped_at(
         stopped = max(_checkpoint_steps(run))
         _wait_for(lambda: max(_checkpoint_steps(run)) > stopped, "a checkpoint of the retry", 300, sm)
         slurm_cluster.run("scontrol", "requeue", retry_job)
+
+        # Slurm holds a requeued job for two minutes (Reason=BeginTime); the test lets it start at once.
+        def requeued():
+            job = next(job for job in submitted_jobs() if job["JobId"] == retry_job)
+            return job["JobState"] == "PENDING" and job["Restarts"] == "1"
+
+        _wait_for(requeued, "the requeued job", 120, sm)
+        slurm_cluster.run("scontrol", "update", f"JobId={retry_job}", "StartTime=now")
         output, _ = sm.communicate(timeout=600)
     output = output.decode(errors="replace")
     assert sm.returncode == 0, output[-4000:]
