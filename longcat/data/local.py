@@ -15,6 +15,7 @@ inside the root is not descended: its files are listed under their own path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -59,6 +60,7 @@ class LocalSource(Source):
         # (key, why) of every entry the last listing found to be no readable file inside the root.
         self.refused: list[tuple[str, str]] = []
 
+    @functools.cached_property
     def _real_root(self) -> Path:
         return Path(os.path.realpath(self.root))
 
@@ -66,7 +68,7 @@ class LocalSource(Source):
         return Path(path).relative_to(self.root).as_posix()
 
     def _inside(self, real: Path) -> bool:
-        return real.is_relative_to(self._real_root())
+        return real.is_relative_to(self._real_root)
 
     def list_objects(self) -> Iterator[SourceObject]:
         if not self.root.is_dir():
@@ -104,7 +106,7 @@ class LocalSource(Source):
         real = os.path.realpath(path)
         key = self._key(path)
         if path.is_symlink() and self._inside(Path(real)):
-            target = Path(real).relative_to(self._real_root()).as_posix()
+            target = Path(real).relative_to(self._real_root).as_posix()
             self.refused.append((key, f"directory link to {target}, listed under its own path"))
         elif path.is_symlink() and not self.follow_symlinks:
             self.refused.append((key, "directory link outside the source, not followed"))
