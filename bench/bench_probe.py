@@ -11,13 +11,19 @@ machine it measures mostly how many requests each way makes) and rclone's S3 ser
 - `emulated`: through a byte-counting proxy on 127.0.0.1 that holds each response's first byte until
   `--latency-ms` after its request and caps each connection at `--bandwidth-mbps` megabytes per second
   (defaults: S3 from an instance in the same region). No probe beats one first-byte latency, so the
-  ratio line also gives that ceiling.
+  ratio line also gives that ceiling. The proxy answers a range with 206, as S3 does (rclone's server
+  sends 200 with a Content-Range, which obstore refuses).
+
+`--clients` picks the client of our ranged reads: boto3 (what `longcat.data.s3` uses) and obstore
+(Rust `object_store`, a candidate measured here only; `pip install obstore`). obstore runs in the
+emulated mode only, or against moto.
 
 Prints one JSON line per method per server and mode, and one with the ratios for each.
 Goal: <= 5% of the bytes and >= 5x faster.
 
     python bench/bench_probe.py            # n=200, both servers, both modes
     python bench/bench_probe.py --n 20 --servers rclone --modes emulated
+    python bench/bench_probe.py --clients boto3,obstore
 """
 
 from __future__ import annotations
@@ -84,11 +90,43 @@ class ByteCounter:
             self.total += count
 
 
-def probe_ranged(client, bucket: str, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
-    from longcat.data.probe import probe_video
+def obstore_source(bucket: str, endpoint: str):
+    """An S3Source whose ranged reads go through obstore: all ranges of one call in flight at once, in
+    Rust threads, without the GIL."""
+    try:
+        import obstore
+        from obstore.store import S3Store
+    except ImportError:
+        raise SystemExit("obstore is missing: pip install obstore (measured here only)") from None
+
     from longcat.data.s3 import S3Source
 
-    source = S3Source(bucket, client=client)
+    class ObstoreSource(S3Source):
+        def __init__(self):
+            super().__init__(bucket, region="us-east-1", endpoint_url=endpoint)
+            self.store = S3Store(
+                bucket,
+                endpoint=endpoint,
+                region="us-east-1",
+                access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                client_options={"allow_http": True},
+            )
+
+        def read_range(self, key, start, end):
+            return self.read_ranges(key, [(start, end)])[0]
+
+        def read_ranges(self, key, ranges):
+            starts, ends = [start for start, _ in ranges], [end for _, end in ranges]
+            parts = obstore.get_ranges(self.store, self.prefix + key, starts=starts, ends=ends, coalesce=0)
+            return [bytes(part) for part in parts]
+
+    return ObstoreSource()
+
+
+def probe_ranged(source, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
+    from longcat.data.probe import probe_video
+
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda key: probe_video(source, key, sizes[key], decode_check), keys))
@@ -170,6 +208,9 @@ def serve_network(
         send_at = 0.0
         while data := await reader.read(256 * 1024):
             if state["requested_at"] is not None:
+                head = data[: data.find(b"\r\n\r\n")].lower()
+                if head.startswith(b"http/1.1 200 ok\r\n") and b"\r\ncontent-range:" in head:
+                    data = b"HTTP/1.1 206 Partial Content" + data[len(b"HTTP/1.1 200 OK") :]
                 first_byte_at = state["requested_at"] + latency_s
                 state["requested_at"] = None
                 await asyncio.sleep(max(0.0, first_byte_at - loop.time()))
@@ -234,16 +275,18 @@ def stop_process(process: multiprocessing.Process) -> None:
         process.join(timeout=5)
 
 
-def measure(client, bucket, keys, sizes, args, counted=None) -> dict:
+def measure(client, source, keys, sizes, args, counted=None) -> dict:
     """Both methods in turn, `--repeats` rounds, at the same concurrency: the median wall time of each, and
-    the bytes of one round as the GETs returned them (and as the proxy saw them, when there is one)."""
+    the bytes of one round as the GETs returned them (and as the proxy saw them, when there is one).
+    Ours reads through `source`, the seed's way through the boto3 `client`."""
+    bucket = source.bucket
     runs = {"ranged_reads": [], "download_opencv": []}
     for _ in range(args.repeats):
         for method, results in runs.items():
             if counted is not None:
                 counted.value = 0
             if method == "ranged_reads":
-                result = probe_ranged(client, bucket, keys, sizes, args.workers, not args.no_decode_check)
+                result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check)
             else:
                 result = probe_download_opencv(client, bucket, keys, args.workers)
             if counted is not None:
@@ -256,8 +299,9 @@ def measure(client, bucket, keys, sizes, args, counted=None) -> dict:
 
 
 def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dict:
-    """Start `server` (and the network proxy in front of it), upload the objects, measure every mode."""
-    from longcat.data.s3 import s3_client
+    """Start `server` (and the network proxy in front of it), upload the objects, measure every mode with
+    every client."""
+    from longcat.data.s3 import S3Source, s3_client
 
     s3_port, proxy_port = free_port(), free_port()
     stop = multiprocessing.Event()
@@ -285,12 +329,19 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
             keys.append(key)
             sizes[key] = len(body)
         for mode in args.modes:
-            if mode == "loopback":
-                results[mode] = measure(client, bucket, keys, sizes, args)
-            else:
-                wait_for_port(proxy_port)
-                proxied = s3_client("us-east-1", f"http://127.0.0.1:{proxy_port}", max_pool=pool)
-                results[mode] = measure(proxied, bucket, keys, sizes, args, counted)
+            port = s3_port if mode == "loopback" else proxy_port
+            wait_for_port(port)
+            endpoint = f"http://127.0.0.1:{port}"
+            plain = s3_client("us-east-1", endpoint, max_pool=pool)
+            for name in args.clients:
+                if name == "obstore" and server == "rclone" and mode == "loopback":
+                    continue  # obstore refuses rclone's 200 answers to a range; the proxy mends them
+                if name == "obstore":
+                    source = obstore_source(bucket, endpoint)
+                else:
+                    source = S3Source(bucket, client=plain)
+                on_wire = counted if mode == "emulated" else None
+                results[mode, name] = measure(plain, source, keys, sizes, args, on_wire)
     finally:
         stop.set()
         for process in processes:
@@ -313,6 +364,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="loopback,emulated", help="comma-separated: loopback, emulated (the network proxy)"
     )
+    parser.add_argument("--clients", default="boto3", help="comma-separated: boto3, obstore")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="emulated first-byte latency")
     parser.add_argument(
         "--bandwidth-mbps", type=float, default=100.0, help="emulated cap per connection, in MB/s"
@@ -321,6 +373,9 @@ def main() -> None:
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     if not args.modes or set(args.modes) - {"loopback", "emulated"}:
         parser.error(f"--modes: expected loopback and/or emulated, found {args.modes!r}")
+    args.clients = [client.strip() for client in args.clients.split(",") if client.strip()]
+    if not args.clients or set(args.clients) - {"boto3", "obstore"}:
+        parser.error(f"--clients: expected boto3 and/or obstore, found {args.clients!r}")
     servers = [server.strip() for server in args.servers.split(",") if server.strip()]
     if not servers or set(servers) - {"moto", "rclone"}:
         parser.error(f"--servers: expected moto and/or rclone, found {args.servers!r}")
@@ -341,8 +396,8 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
     }
     for server, by_mode in results.items():
-        for mode, by_method in by_mode.items():
-            network = {"server": server, "mode": mode}
+        for (mode, client), by_method in by_mode.items():
+            network = {"server": server, "mode": mode, "client": client}
             if mode == "emulated":
                 network.update(latency_ms=args.latency_ms, bandwidth_mbps_per_connection=args.bandwidth_mbps)
             for method, result in by_method.items():
