@@ -62,11 +62,11 @@ def test_estimate_counts_bytes_and_hours_of_a_known_table():
     assert disk["checkpoints_bytes"] == 2 * disk["checkpoint_bytes"]
     assert disk["exported_model_bytes"] == PARAMETERS * 2
 
-    # 0.825 clips/s at 93x480x832; a 73-frame clip costs 73/93 of one. 50 captions/s. 8 GPUs.
+    # 0.825 clips/s at 93x480x832; a 73-frame clip costs 73/93 of one. 34 captions/s. 8 GPUs.
     cache = report["cache_time"]
     assert cache["vae_gpu_hours"] == pytest.approx((3 + 7 * 73 / 93) / 0.825 / 3600)
     assert cache["vae_wall_hours"] == pytest.approx(cache["vae_gpu_hours"] / 8)
-    assert cache["text_gpu_hours"] == pytest.approx(10 / 50 / 3600)
+    assert cache["text_gpu_hours"] == pytest.approx(10 / 34 / 3600)
 
     # Batch 1 on each of 8 GPUs at the configured 46.6% MFU of an H100: a step takes one sample's FLOPs.
     steps = {bucket["frames"]: bucket["step_seconds"] for bucket in report["buckets"]}
@@ -137,3 +137,49 @@ def test_run_estimate_writes_both_files_and_names_a_table_it_cannot_read(tmp_pat
     pq.write_table(pa.table({"key": ["a.mp4"]}), tmp_path / "old.parquet")
     with pytest.raises(ValueError, match=r"old\.parquet: expected a table with the columns plan_num_frames"):
         run_estimate(tmp_path / "old.parquet", tmp_path / "rejected.parquet", *args)
+
+
+def _load_text_bench():
+    """bench/bench_text_gpu.py, which measures `estimate.text_captions_per_s` (it imports its neighbour)."""
+    import importlib.util
+    import sys
+
+    bench = REPO_ROOT / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_text_gpu", bench / "bench_text_gpu.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+def test_text_bench_flop_formula_matches_counted_flops():
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench = _load_text_bench()
+    torch.manual_seed(0)
+    encoder = bench.build_encoder(bench.UMT5_TINY, torch.device("cpu"))
+    encoder.set_attn_implementation("eager")  # the counter sees eager attention's matmuls, not CPU SDPA's
+    ids = torch.randint(0, 256, (1, bench.MAX_TOKENS))
+    mask = torch.ones_like(ids)
+    mask[:, 300:] = 0  # padded as the cache pads: the encoder still runs every position
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        encoder(ids, attention_mask=mask)
+    assert bench.encoder_flops(bench.UMT5_TINY, bench.MAX_TOKENS) == counter.get_total_flops()
+
+
+def test_text_bench_runs_the_cache_job_on_cpu(tmp_path):
+    import torch
+
+    from longcat.basemodel.tiny import train_tiny_tokenizer
+
+    bench = _load_text_bench()
+    encoder = bench.build_encoder(bench.UMT5_TINY, torch.device("cpu"))
+    result = bench.measure(
+        train_tiny_tokenizer(), encoder, bench.make_captions(3), 2, tmp_path, torch.device("cpu")
+    )
+    assert result["captions_per_s"] > 0 and result["encode_only_captions_per_s"] > 0
+    assert result["mb_per_caption"] > 0
