@@ -27,6 +27,7 @@ from longcat.config import ConfigError
 from longcat.data.frames import decode_clip, frame_plan
 from longcat.encoders.text import encode_prompts
 from longcat.encoders.vae import FusedChannelRMSNorm, cache_vae_shard, prepare_vae
+from longcat.encoders.write_behind import WriteBehind
 from longcat.flow import normalize_latents
 from longcat.paths import CacheLayout
 from longcat.pipeline import LongCatVideoPipeline
@@ -489,3 +490,17 @@ def test_prepare_vae_switches_the_fused_norms_on_and_off_repeatedly():
         with torch.no_grad():
             found = vae.encode(pixels).latent_dist.mode()
         torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_write_behind_keeps_the_order_and_raises_a_failed_write_in_the_caller():
+    written = []
+    with WriteBehind(depth=2) as writes:
+        for index in range(6):
+            writes.submit(written.append, index)
+    assert written == list(range(6))
+
+    def fail():
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space left"), WriteBehind() as writes:
+        writes.submit(fail)  # raises here once the write is done, or when the block ends

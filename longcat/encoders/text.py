@@ -21,6 +21,7 @@ from longcat.cache.spec import CacheSettings, cache_key, checked_spec, text_cach
 from longcat.cache.writer import ShardWriter, write_empty_text
 from longcat.encoders.decode import read_shard_rows
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
+from longcat.encoders.write_behind import WriteBehind, to_host
 from longcat.flow import pad_captions
 from longcat.paths import CacheLayout
 
@@ -85,26 +86,41 @@ def cache_text_shard(
     store_dtype: torch.dtype,
     batch_size: int = 16,
 ) -> None:
-    """Encode the caption of every row not already done, unpadded [L_i, C], then assemble the shard."""
+    """Encode the caption of every row not already done, unpadded [L_i, C], then assemble the shard.
+
+    A batch's embeddings are written by a background thread while the next batch encodes.
+    """
     todo = [row for row in rows if row["key"] not in writer.done]
     for row in todo:
         if row.get("caption") is None:
             writer.add({"sample_id": row["key"], "status": STATUS_FAILED, "reason": "no caption text"})
     captioned = [row for row in todo if row.get("caption") is not None]
-    for start in tqdm(range(0, len(captioned), batch_size), desc=writer.tensors_path.name, unit="batch"):
-        batch = captioned[start : start + batch_size]
-        embeddings = encode_prompts(tokenizer, text_encoder, [row["caption"] for row in batch], max_tokens)
-        for row, embedding in zip(batch, embeddings.unpadded, strict=True):
-            writer.add(
-                {
-                    "sample_id": row["key"],
-                    "status": STATUS_OK,
-                    "reason": None,
-                    "text_len": int(embedding.shape[0]),
-                },
-                embedding.to(store_dtype),
-            )
+    with WriteBehind() as writes:
+        for start in tqdm(range(0, len(captioned), batch_size), desc=writer.tensors_path.name, unit="batch"):
+            batch = captioned[start : start + batch_size]
+            prompts = [row["caption"] for row in batch]
+            unpadded = encode_prompts(tokenizer, text_encoder, prompts, max_tokens).unpadded
+            host, ready = to_host(torch.cat(unpadded), store_dtype)
+            writes.submit(_write_captions, writer, batch, host, [len(tokens) for tokens in unpadded], ready)
     writer.finish(row["key"] for row in rows)
+
+
+def _write_captions(
+    writer: ShardWriter, batch: list[dict], host: torch.Tensor, lengths: list[int], ready
+) -> None:
+    """One batch's parts: `host` holds its embeddings end to end, `lengths` tokens each."""
+    if ready is not None:
+        ready.synchronize()
+    for row, embedding in zip(batch, host.split(lengths), strict=True):
+        writer.add(
+            {
+                "sample_id": row["key"],
+                "status": STATUS_OK,
+                "reason": None,
+                "text_len": int(embedding.shape[0]),
+            },
+            embedding,
+        )
 
 
 def load_text_components(base_model: str | Path, device: torch.device):

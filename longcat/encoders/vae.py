@@ -8,8 +8,6 @@ while the next batch encodes.
 from __future__ import annotations
 
 import logging
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from longcat.cache.writer import ShardWriter
 from longcat.data.sources import TransientSourceError, sanitize
 from longcat.encoders.decode import DecodedClip, decode_ahead, decode_row, read_shard_rows, same_shape_batches
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
+from longcat.encoders.write_behind import WriteBehind, to_host
 from longcat.flow import normalize_latents
 from longcat.paths import CacheLayout
 from longcat.settings import Cache, Frames, Settings
@@ -124,17 +123,6 @@ class _LatentBatch:
     ready: torch.cuda.Event | None = None
 
 
-def _to_host(latents: torch.Tensor, store_dtype: torch.dtype) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    stored = latents.to(store_dtype)
-    if stored.device.type != "cuda":
-        return stored, None
-    host = torch.empty(stored.shape, dtype=store_dtype, pin_memory=True)
-    host.copy_(stored, non_blocking=True)
-    ready = torch.cuda.Event()
-    ready.record()
-    return host, ready
-
-
 def _write_batch(writer: ShardWriter, batch: _LatentBatch) -> None:
     if batch.ready is not None:
         batch.ready.synchronize()
@@ -157,27 +145,22 @@ def _write_batch(writer: ShardWriter, batch: _LatentBatch) -> None:
 def _encode_rows(todo, decode, vae, writer, store_dtype, device, dtype, cache, progress) -> None:
     """Decode ahead, encode in same-shape batches and hand the parts to the writer, in row order."""
     workers, batch_size = cache.decode_workers, cache.vae_batch_size
-    # One writer thread keeps the parts in encode order; a short queue bounds the latents held in memory.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="write") as write_pool:
-        writes: deque = deque()
+    with WriteBehind() as writes:
         decoded = decode_ahead(todo, decode, workers, window=2 * workers + batch_size)
         for batch in same_shape_batches(decoded, batch_size):
             if batch[0].frames is None:
                 clip = batch[0]
                 log.warning("%s: skipped: %s", clip.sample_id, clip.reason)
-                row = {"sample_id": clip.sample_id, "status": STATUS_FAILED, "reason": clip.reason}
-                writes.append(write_pool.submit(writer.add, row))
+                writes.submit(
+                    writer.add, {"sample_id": clip.sample_id, "status": STATUS_FAILED, "reason": clip.reason}
+                )
             else:
                 latents = encode_batch(
                     vae, [clip.frames for clip in batch], device, dtype, memory_format(cache)
                 )
-                host, ready = _to_host(latents, store_dtype)
-                writes.append(write_pool.submit(_write_batch, writer, _LatentBatch(batch, host, ready)))
-            while len(writes) > 2 or (writes and writes[0].done()):
-                writes.popleft().result()  # re-raises a failed write here, in the shard's thread
+                host, ready = to_host(latents, store_dtype)
+                writes.submit(_write_batch, writer, _LatentBatch(batch, host, ready))
             progress.update(len(batch))
-        while writes:
-            writes.popleft().result()
 
 
 def cache_vae_shard(
