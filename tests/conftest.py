@@ -29,6 +29,21 @@ def _schema_default(section: str, key: str):
 MAX_CAPTION_BYTES = _schema_default("probe", "max_caption_bytes")
 
 
+def load_bench(name: str):
+    """The script bench/NAME.py as a module; its neighbours import as it runs them (`from bench_x import`)."""
+    import importlib.util
+
+    bench = str(REPO / "bench")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(bench)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

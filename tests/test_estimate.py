@@ -6,6 +6,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_bench
 
 from longcat.config import REPO_ROOT, load_config
 from longcat.report.estimate import estimate, format_estimate, run_estimate
@@ -139,27 +140,11 @@ def test_run_estimate_writes_both_files_and_names_a_table_it_cannot_read(tmp_pat
         run_estimate(tmp_path / "old.parquet", tmp_path / "rejected.parquet", *args)
 
 
-def _load_text_bench():
-    """bench/bench_text_gpu.py, which measures `estimate.text_captions_per_s` (it imports its neighbour)."""
-    import importlib.util
-    import sys
-
-    bench = REPO_ROOT / "bench"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_text_gpu", bench / "bench_text_gpu.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-    return module
-
-
 def test_text_bench_flop_formula_matches_counted_flops():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    bench = _load_text_bench()
+    bench = load_bench("bench_text_gpu")  # measures estimate.text_captions_per_s
     torch.manual_seed(0)
     encoder = bench.build_encoder(bench.UMT5_TINY, torch.device("cpu"))
     encoder.set_attn_implementation("eager")  # the counter sees eager attention's matmuls, not CPU SDPA's
@@ -176,7 +161,7 @@ def test_text_bench_runs_the_cache_job_on_cpu(tmp_path):
 
     from longcat.basemodel.tiny import train_tiny_tokenizer
 
-    bench = _load_text_bench()
+    bench = load_bench("bench_text_gpu")  # measures estimate.text_captions_per_s
     encoder = bench.build_encoder(bench.UMT5_TINY, torch.device("cpu"))
     result = bench.measure(
         train_tiny_tokenizer(), encoder, bench.make_captions(3), 2, tmp_path, torch.device("cpu")

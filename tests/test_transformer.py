@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 from safetensors.torch import load_file
 
 from longcat import LongCatSingleStreamBlock, LongCatVideoTransformer3DModel
@@ -317,20 +318,12 @@ class MatmulAttention:
         return (scores.softmax(-1) @ value).transpose(1, 2)
 
 
-def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_dit.py"
-    spec = importlib.util.spec_from_file_location("bench_dit", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_flop_formula_matches_counted_flops():
     from torch.utils.flop_counter import FlopCounterMode
 
     from longcat.model.rope import rope_cos_sin
 
-    bench_dit = _load_bench()
+    bench_dit = load_bench("bench_dit")
 
     torch.manual_seed(0)
     block = LongCatSingleStreamBlock(hidden_size=64, num_heads=4, mlp_ratio=4, adaln_tembed_dim=32)
@@ -346,7 +339,7 @@ def test_bench_flop_formula_matches_counted_flops():
 
 
 def test_bench_block_path_runs_on_cpu_at_tiny_size():
-    bench_dit = _load_bench()
+    bench_dit = load_bench("bench_dit")
     result = bench_dit.bench_block(
         torch.device("cpu"),
         torch.bfloat16,
