@@ -152,16 +152,19 @@ def main() -> None:
     setup_s = time.perf_counter() - started
     flops = encoder_flops(config, MAX_TOKENS)
     card = CARDS[card_for(torch.cuda.get_device_name())] if args.gpu else None
+    run = {
+        "bench": "text_gpu" if args.gpu else "text_cpu_smoke",
+        "device": torch.cuda.get_device_name() if args.gpu else "cpu",
+        "torch": torch.__version__,
+        "attention": encoder.config._attn_implementation,
+        "encoder_params_b": round(sum(p.numel() for p in encoder.parameters()) / 1e9, 2),
+        "max_tokens": MAX_TOKENS,
+        "captions": len(captions),
+    }
     with tempfile.TemporaryDirectory() as scratch:
         for batch_size in [int(size) for size in args.batch_sizes.split(",")]:
             result = {
-                "bench": "text_gpu" if args.gpu else "text_cpu_smoke",
-                "device": torch.cuda.get_device_name() if args.gpu else "cpu",
-                "torch": torch.__version__,
-                "attention": encoder.config._attn_implementation,
-                "encoder_params_b": round(sum(p.numel() for p in encoder.parameters()) / 1e9, 2),
-                "max_tokens": MAX_TOKENS,
-                "captions": len(captions),
+                **run,
                 "batch_size": batch_size,
                 "reference_way": batch_size == 1,
                 "cache_job_default": batch_size == CACHE_BATCH,
