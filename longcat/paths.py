@@ -111,6 +111,10 @@ class RunLayout:
     def log(self, name: str) -> Path:
         return self.run_dir / "logs" / f"{name}.log"
 
+    def failed_log(self, name: str, attempt: str) -> Path:
+        """Where the log of a failed `attempt` is kept: Snakemake empties `log(name)` before each try."""
+        return self.run_dir / "logs" / f"{name}.{attempt}.log"
+
 
 @dataclass(frozen=True)
 class Layout:

@@ -28,6 +28,12 @@ rule train_config:
         atomic_write_text(output[0], yaml.safe_dump(params.config, sort_keys=False))
 
 
+# Where the shell keeps a failed attempt's log; not a param, which would make finished runs stale.
+FAILED_TRAIN_LOG = str(
+    RUN.failed_log("train", "$(date -u +%Y%m%dT%H%M%SZ).exit-$status")
+)
+
+
 rule train:
     input:
         config=str(RUN.train_config),
@@ -51,11 +57,14 @@ rule train:
         text_cache=str(PATHS.text_cache.root),
     # The shell ignores SIGTERM (Slurm's preemption and time limit send it to every process of the
     # job): it waits for the launcher, which passes the signal on and waits for the training
-    # processes to save a checkpoint and exit.
+    # processes to save a checkpoint and exit. A failed attempt's log is kept beside the log, which
+    # the next attempt starts anew.
     shell:
         "trap '' TERM; {params.launch} --config {input.config} --run-dir {params.run_dir}"
         " --base-model {input.base_model} --vae-cache {params.vae_cache} --text-cache {params.text_cache}"
-        " > {log} 2>&1"
+        " > {log} 2>&1 || {{ status=$?; cp {log} "
+        + FAILED_TRAIN_LOG
+        + "; exit $status; }}"
 
 
 rule export_checkpoint:

@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -92,6 +93,18 @@ def test_metadata_runs_every_job_on_slurm(demo_dir, slurm_snakemake, submitted_j
 
 @pytest.mark.skipif(not (REPO / "rules" / "train.smk").exists(), reason="rules/train.smk not written yet")
 def test_train_on_slurm_then_incremental_reruns(demo_dir, slurm_snakemake, submitted_jobs, trained_demo):
+    # The outputs of a local `snakemake train` from a clean directory (conftest's session fixture), copied
+    # with their times and Snakemake's records, less the training and one shard of each cache. The data
+    # stage ran on Slurm in the test above; here Slurm rebuilds the two shards and trains.
+    shutil.rmtree(demo_dir)
+    shutil.copytree(trained_demo, demo_dir, symlinks=True, ignore=shutil.ignore_patterns("runs"))
+    vae_shards, text_shards = (
+        sorted((demo_dir / "cache" / kind).glob("*/shard-*.safetensors")) for kind in ("vae", "text")
+    )
+    assert len(vae_shards) == len(text_shards) == 3  # 12 demo clips, 4 per shard
+    vae_shards[1].unlink()
+    text_shards[2].unlink()
+
     def run(target):
         result = slurm_snakemake("--directory", str(demo_dir), "--profile", "slurm", "--jobs", "3", target)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -99,18 +112,19 @@ def test_train_on_slurm_then_incremental_reruns(demo_dir, slurm_snakemake, submi
 
     first = run("train")
     jobs = submitted_jobs()
-    assert all(job["JobState"] == "COMPLETED" for job in jobs), jobs
+    states = [(job["Comment"], job["JobState"]) for job in jobs]
+    assert all(job["JobState"] == "COMPLETED" for job in jobs), (states, _failed_logs(demo_dir / "runs/demo"))
     on_slurm = Counter(_rule_of(job) for job in jobs)
     assert on_slurm == Counter(re.findall(r"^rule (\w+):$", first.stderr, flags=re.MULTILINE))
-    shards = sorted((demo_dir / "results" / "shards").glob("shard-*.parquet"))
-    assert len(shards) == 3  # 12 demo clips, 4 per shard
-    assert on_slurm["cache_vae_shard"] == on_slurm["cache_text_shard"] == len(shards)
-    assert on_slurm["train"] == 1
+    assert on_slurm == Counter(cache_vae_shard=1, cache_text_shard=1, train=1)
     train = next(job for job in jobs if _rule_of(job) == "train")
     assert (
         train["TresPerNode"] == "gres:gpu:8" and train["NumNodes"] == "1" and train["OverSubscribe"] == "NO"
     )
     assert (demo_dir / "runs" / "demo" / "train.done").exists()
+    # The shards the cluster rebuilt hold the bytes of the local run's.
+    for shard in (vae_shards[1], text_shards[2]):
+        assert shard.read_bytes() == (trained_demo / shard.relative_to(demo_dir)).read_bytes(), shard
 
     def submitted_since(ids):
         return [job for job in submitted_jobs() if job["JobId"] not in ids]
@@ -121,18 +135,18 @@ def test_train_on_slurm_then_incremental_reruns(demo_dir, slurm_snakemake, submi
     assert submitted_since(seen) == []
 
     # A missing cache shard is not rebuilt for a training that is up to date...
-    latents = sorted((demo_dir / "cache" / "vae").glob("*/shard-*.safetensors"))
-    latents[1].unlink()
+    vae_shards[0].unlink()
     run("train")
     assert submitted_since(seen) == []
     # ...but asking for the caches submits exactly one job, for that shard.
     run("cache")
     new = submitted_since(seen)
     assert [_rule_of(job) for job in new] == ["cache_vae_shard"]
-    assert new[0]["Comment"].endswith("_wildcards_" + latents[1].name[len("shard-") : -len(".safetensors")])
-    assert latents[1].exists()
+    shard_id = vae_shards[0].name.removeprefix("shard-").removesuffix(".safetensors")
+    assert new[0]["Comment"].endswith("_wildcards_" + shard_id)
+    assert vae_shards[0].exists()
 
-    # The same final model as a local `snakemake train` of the same config from a clean directory.
+    # The same final model as the local `snakemake train` of the same config.
     on_cluster, local = (
         load_file(directory / "runs" / "demo" / "final" / "dit" / "diffusion_pytorch_model.safetensors")
         for directory in (demo_dir, trained_demo)
@@ -164,6 +178,11 @@ def _wait_for(condition, what, timeout, process=None):
             )
         time.sleep(1)
     pytest.fail(f"no {what} after {timeout} s")
+
+
+def _failed_logs(run):
+    """The ends of the logs the train rule kept of failed attempts."""
+    return {path.name: path.read_text()[-3000:] for path in sorted(run.glob("logs/train.*.log"))}
 
 
 def _checkpoint_steps(run):
@@ -216,6 +235,12 @@ def test_training_stopped_by_slurm_resumes_from_the_step_it_stopped_at(
     assert [job["JobState"] for job in trains] == ["FAILED", "COMPLETED"], trains
     assert trains[1]["Restarts"] == "1", trains[1]
     assert (run / "train.done").is_file() and (run / "final" / "model_index.json").is_file()
+    # Each stop's log outlives the attempt after it, which writes the log anew.
+    kept = sorted(run.glob("logs/train.*.log"))
+    assert len(kept) == 2, kept
+    warned, preempted = (path.read_text() for path in kept)
+    assert "received SIGUSR1: saving a checkpoint" in warned, warned[-3000:]
+    assert "received SIGTERM: saving a checkpoint" in preempted, preempted[-3000:]
 
     # One TensorBoard event file per training process: each resume starts after the step its
     # predecessor logged last, which it saved on the way out.
