@@ -10,7 +10,8 @@ machine it measures mostly how many requests each way makes) and rclone's S3 ser
 - `loopback`: straight to the server; bandwidth is free, so per-request and CPU costs dominate.
 - `emulated`: through a byte-counting proxy on 127.0.0.1 that holds each response's first byte until
   `--latency-ms` after its request and caps each connection at `--bandwidth-mbps` megabytes per second
-  (defaults: S3 from an instance in the same region). No probe beats one first-byte latency, so the
+  (defaults: S3 from an instance in the same region). Its lines give how late first bytes left on
+  average (`first_byte_late_ms`: the link's own error). No probe beats one first-byte latency, so the
   ratio line also gives that ceiling. The proxy answers a range with 206, as S3 does (rclone's server
   sends 200 with a Content-Range, which obstore refuses).
 
@@ -30,7 +31,6 @@ Goal: <= 5% of the bytes and >= 5x faster.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os
@@ -191,61 +191,71 @@ def start_rclone(port: int, root: Path) -> subprocess.Popen:
 
 
 def serve_network(
-    port: int, upstream_port: int, latency_s: float, bytes_per_s: float, lifetime_s: float, stop, counted
+    port: int, server_port: int, latency_s: float, bytes_per_s: float, lifetime_s: float, stop, counted, late
 ) -> None:
     """A TCP proxy that behaves like a network link to S3: a first-byte delay per request, a bandwidth cap
-    per connection. It counts the bytes it returns into `counted` and stops on `stop` or after `lifetime_s`.
+    per connection. It counts the bytes it returns into `counted`, and how late first bytes leave into
+    `late` (seconds, answers), and stops on `stop` or after `lifetime_s`.
+
+    Each connection gets two threads with blocking sockets, and waits are `time.sleep`, which wakes
+    within a fraction of a millisecond: an event loop's timers wake on whole milliseconds, which made
+    every answer 1-2 ms slower than the link it stands for.
     """
 
-    async def pipe_requests(reader, writer, state) -> None:
-        while data := await reader.read(256 * 1024):
-            if state["requested_at"] is None:
-                state["requested_at"] = asyncio.get_running_loop().time()
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+    def pipe_requests(client: socket.socket, upstream: socket.socket, state: dict) -> None:
+        try:
+            while data := client.recv(256 * 1024):
+                if state["requested_at"] is None:
+                    state["requested_at"] = time.monotonic()
+                upstream.sendall(data)
+            upstream.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # either side hung up
 
-    async def pipe_responses(reader, writer, state) -> None:
-        loop = asyncio.get_running_loop()
+    def pipe_responses(upstream: socket.socket, client: socket.socket, state: dict) -> None:
         send_at = 0.0
-        while data := await reader.read(256 * 1024):
+        while data := upstream.recv(256 * 1024):
             if state["requested_at"] is not None:
                 head = data[: data.find(b"\r\n\r\n")].lower()
                 if head.startswith(b"http/1.1 200 ok\r\n") and b"\r\ncontent-range:" in head:
                     data = b"HTTP/1.1 206 Partial Content" + data[len(b"HTTP/1.1 200 OK") :]
-                first_byte_at = state["requested_at"] + latency_s
+                send_at = state["requested_at"] + latency_s
                 state["requested_at"] = None
-                await asyncio.sleep(max(0.0, first_byte_at - loop.time()))
-                send_at = loop.time()
+                time.sleep(max(0.0, send_at - time.monotonic()))
+                with late.get_lock():
+                    late[0] += time.monotonic() - send_at
+                    late[1] += 1
             # Pace the connection: each chunk leaves no earlier than the cap allows.
-            await asyncio.sleep(max(0.0, send_at - loop.time()))
-            send_at = max(send_at, loop.time()) + len(data) / bytes_per_s
-            writer.write(data)
-            await writer.drain()
+            time.sleep(max(0.0, send_at - time.monotonic()))
+            send_at = max(send_at, time.monotonic()) + len(data) / bytes_per_s
+            client.sendall(data)
             with counted.get_lock():
                 counted.value += len(data)
-        writer.close()
+        client.shutdown(socket.SHUT_WR)
 
-    async def connect(client_reader, client_writer) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+    def connect(client: socket.socket) -> None:
         state = {"requested_at": None}
-        try:
-            await asyncio.gather(
-                pipe_requests(client_reader, upstream_writer, state),
-                pipe_responses(upstream_reader, client_writer, state),
-            )
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            client_writer.close()
-            upstream_writer.close()
+        with client, socket.create_connection(("127.0.0.1", server_port)) as upstream:
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            requests = threading.Thread(target=pipe_requests, args=(client, upstream, state), daemon=True)
+            requests.start()
+            try:
+                pipe_responses(upstream, client, state)
+            except OSError:
+                pass  # either side hung up
+            requests.join()
 
-    async def run() -> None:
-        server = await asyncio.start_server(connect, "127.0.0.1", port)
-        deadline = asyncio.get_running_loop().time() + lifetime_s
-        async with server:
-            while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.1)
-
-    asyncio.run(run())
+    with socket.create_server(("127.0.0.1", port), backlog=128) as listener:
+        listener.settimeout(0.1)
+        deadline = time.monotonic() + lifetime_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            threading.Thread(target=connect, args=(client,), daemon=True).start()
 
 
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
@@ -277,22 +287,25 @@ def stop_process(process: multiprocessing.Process) -> None:
         process.join(timeout=5)
 
 
-def measure(client, source, keys, sizes, args, counted=None) -> dict:
+def measure(client, source, keys, sizes, args, link=None) -> dict:
     """The `--methods` in turn, `--repeats` rounds, at the same concurrency: the median wall time of each,
-    and the bytes of one round as the GETs returned them (and as the proxy saw them, when there is one).
-    Ours reads through `source`, the seed's way through the boto3 `client`."""
+    and the bytes of one round as the GETs returned them (and, through the emulated `link`, the bytes it
+    saw and how late its first bytes left). Ours reads through `source`, the seed's way through the boto3
+    `client`."""
     bucket = source.bucket
     runs = {method: [] for method in args.methods}
     for _ in range(args.repeats):
         for method, results in runs.items():
-            if counted is not None:
-                counted.value = 0
+            if link is not None:
+                counted, late = link
+                counted.value, late[0], late[1] = 0, 0.0, 0
             if method == "ranged_reads":
                 result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check)
             else:
                 result = probe_download_opencv(client, bucket, keys, args.workers)
-            if counted is not None:
+            if link is not None:
                 result["wire_bytes"] = counted.value
+                result["first_byte_late_ms"] = late[0] / max(late[1], 1) * 1000
             results.append(result)
     return {
         method: dict(results[-1], wall_s=statistics.median(result["wall_s"] for result in results))
@@ -307,7 +320,7 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
 
     s3_port, proxy_port = free_port(), free_port()
     stop = multiprocessing.Event()
-    counted = multiprocessing.Value("q", 0)
+    counted, late = multiprocessing.Value("q", 0), multiprocessing.Array("d", 2)
     processes, rclone = [], None
     if server == "moto":
         processes.append(start_process(serve_moto, s3_port, stop))
@@ -315,7 +328,7 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
         rclone = start_rclone(s3_port, scratch / "rclone")
     if "emulated" in args.modes:
         proxy_args = (proxy_port, s3_port, args.latency_ms / 1000, args.bandwidth_mbps * 1e6, 1800.0)
-        processes.append(start_process(serve_network, *proxy_args, stop, counted))
+        processes.append(start_process(serve_network, *proxy_args, stop, counted, late))
     results = {}
     try:
         wait_for_port(s3_port)
@@ -342,8 +355,8 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
                     source = obstore_source(bucket, endpoint)
                 else:
                     source = S3Source(bucket, client=plain)
-                on_wire = counted if mode == "emulated" else None
-                results[mode, name] = measure(plain, source, keys, sizes, args, on_wire)
+                link = (counted, late) if mode == "emulated" else None
+                results[mode, name] = measure(plain, source, keys, sizes, args, link)
     finally:
         stop.set()
         for process in processes:
@@ -431,6 +444,7 @@ def main() -> None:
                 }
                 if "wire_bytes" in result:
                     line["wire_bytes_per_video"] = round(result["wire_bytes"] / args.n)
+                    line["first_byte_late_ms"] = round(result["first_byte_late_ms"], 3)
                 if method == "ranged_reads":
                     line["decode_check"] = not args.no_decode_check
                 print(json.dumps(line))
