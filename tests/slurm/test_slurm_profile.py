@@ -284,7 +284,8 @@ def test_multi_node_training_is_one_job_of_n_nodes(
         f"trap '' TERM; {launch_command(cfg)} --config runs/two-nodes/train_config.yaml"
         " --run-dir runs/two-nodes --base-model results/base_model"
         f" --vae-cache {_cache_dir(demo_dir, 'vae')} --text-cache {_cache_dir(demo_dir, 'text')}"
-        " > runs/two-nodes/logs/train.log 2>&1"
+        " > runs/two-nodes/logs/train.log 2>&1 || { status=$?; cp runs/two-nodes/logs/train.log"
+        " runs/two-nodes/logs/train.$(date -u +%Y%m%dT%H%M%SZ).exit-$status.log; exit $status; }"
     )
 
     command, env = slurm_snakemake_command(*args, "--retries", "0", "--verbose")
