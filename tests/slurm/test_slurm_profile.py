@@ -113,7 +113,8 @@ def test_train_on_slurm_then_incremental_reruns(demo_dir, slurm_snakemake, submi
     first = run("train")
     jobs = submitted_jobs()
     states = [(job["Comment"], job["JobState"]) for job in jobs]
-    assert all(job["JobState"] == "COMPLETED" for job in jobs), (states, _failed_logs(demo_dir / "runs/demo"))
+    kept = {path.name: path.read_text()[-3000:] for path in _kept_logs(demo_dir / "runs" / "demo")}
+    assert all(job["JobState"] == "COMPLETED" for job in jobs), (states, kept)
     on_slurm = Counter(_rule_of(job) for job in jobs)
     assert on_slurm == Counter(re.findall(r"^rule (\w+):$", first.stderr, flags=re.MULTILINE))
     assert on_slurm == Counter(cache_vae_shard=1, cache_text_shard=1, train=1)
@@ -180,9 +181,9 @@ def _wait_for(condition, what, timeout, process=None):
     pytest.fail(f"no {what} after {timeout} s")
 
 
-def _failed_logs(run):
-    """The ends of the logs the train rule kept of failed attempts."""
-    return {path.name: path.read_text()[-3000:] for path in sorted(run.glob("logs/train.*.log"))}
+def _kept_logs(run):
+    """The logs the train rule kept of failed attempts (`RunLayout.failed_log`), oldest first."""
+    return sorted(run.glob("logs/train.*.log"))
 
 
 def _checkpoint_steps(run):
@@ -236,7 +237,7 @@ def test_training_stopped_by_slurm_resumes_from_the_step_it_stopped_at(
     assert trains[1]["Restarts"] == "1", trains[1]
     assert (run / "train.done").is_file() and (run / "final" / "model_index.json").is_file()
     # Each stop's log outlives the attempt after it, which writes the log anew.
-    kept = sorted(run.glob("logs/train.*.log"))
+    kept = _kept_logs(run)
     assert len(kept) == 2, kept
     warned, preempted = (path.read_text() for path in kept)
     assert "received SIGUSR1: saving a checkpoint" in warned, warned[-3000:]
