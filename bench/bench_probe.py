@@ -19,18 +19,25 @@ machine it measures mostly how many requests each way makes) and rclone's S3 ser
 (Rust `object_store`, a candidate measured here only; `pip install obstore`). obstore runs in the
 emulated mode only, or against moto.
 
+`--jobs N` runs N probe jobs at once, as `snakemake metadata -j N` runs `probe_chunk` jobs: processes of
+their own, each with its own client and `--workers` threads over its share of the keys. Their wall time
+runs from the first job's start to the last one's end, and the ceiling is one first-byte latency per
+`workers x jobs` clips: what a node's probe stage does, rather than one job.
+
 Prints one JSON line per method per server and mode, and one with the ratios for each.
 Goal: <= 5% of the bytes and >= 5x faster.
 
     python bench/bench_probe.py            # n=200, both servers, both modes
     python bench/bench_probe.py --n 20 --servers rclone --modes emulated
     python bench/bench_probe.py --clients boto3,obstore
+    python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads --jobs 2
     python bench/bench_probe.py --methods ranged_reads --clips DIR   # ours only, on clips made elsewhere
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -124,6 +131,15 @@ def obstore_source(bucket: str, endpoint: str):
             return [bytes(part) for part in parts]
 
     return ObstoreSource()
+
+
+def make_reader(name: str, bucket: str, endpoint: str, pool: int):
+    """The boto3 client of the seed's way, and the source of ours on client `name` (boto3 or obstore)."""
+    from longcat.data.s3 import S3Source, s3_client
+
+    client = s3_client("us-east-1", endpoint, max_pool=pool)
+    source = obstore_source(bucket, endpoint) if name == "obstore" else S3Source(bucket, client=client)
+    return client, source
 
 
 def probe_ranged(source, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
@@ -287,23 +303,77 @@ def stop_process(process: multiprocessing.Process) -> None:
         process.join(timeout=5)
 
 
-def measure(client, source, keys, sizes, args, link=None) -> dict:
+def run_method(method, client, source, keys, sizes, args) -> dict:
+    """One round of `method` over `keys` with `--workers` threads: ours through `source`, the seed's way
+    through the boto3 `client`; with the CPU time this process spent on it (`cpu_s`, all its threads)."""
+    cpu = time.process_time()
+    if method == "ranged_reads":
+        result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check)
+    else:
+        result = probe_download_opencv(client, source.bucket, keys, args.workers)
+    return result | {"cpu_s": time.process_time() - cpu}
+
+
+def reset(link) -> None:
+    """Zero the emulated link's counters (bytes returned, first-byte lateness) before a timed round."""
+    if link is not None:
+        counted, late = link
+        counted.value, late[0], late[1] = 0, 0.0, 0
+
+
+def probe_job(method, reader, keys, sizes, args, ready, go, results) -> None:
+    """One of `--jobs` probe jobs: a process with its own client and `--workers` threads over its share
+    of the keys, as a `probe_chunk` job of `snakemake metadata -j N` is. It first probes `--workers` of
+    its keys (imports made, connections open, as in a job well into its chunk), says it is ready, and
+    starts on `go`; it reports its bytes, start and end (`time.perf_counter`, one clock for all)."""
+    client, source = reader()
+    run_method(method, client, source, keys[: args.workers], sizes, args)
+    ready.put(os.getpid())
+    go.wait()
+    started = time.perf_counter()
+    result = run_method(method, client, source, keys, sizes, args)
+    results.put((result["bytes"], result["cpu_s"], started, time.perf_counter()))
+
+
+def probe_in_jobs(method, reader, keys, sizes, args, link) -> dict:
+    """One round of `method` over `keys` split between `--jobs` probe jobs that run at once: the bytes and
+    CPU time of all, and the wall time from the first job's start to the last one's end (start-up left
+    out)."""
+    ready, go, results = multiprocessing.Queue(), multiprocessing.Event(), multiprocessing.Queue()
+    jobs = [
+        start_process(probe_job, method, reader, keys[job :: args.jobs], sizes, args, ready, go, results)
+        for job in range(args.jobs)
+    ]
+    for _ in jobs:
+        ready.get(timeout=300)
+    reset(link)
+    go.set()
+    ends = [results.get(timeout=600) for _ in jobs]
+    for job in jobs:
+        stop_process(job)
+    return {
+        "bytes": sum(count for count, _, _, _ in ends),
+        "cpu_s": sum(cpu for _, cpu, _, _ in ends),
+        "wall_s": max(end for *_, end in ends) - min(started for _, _, started, _ in ends),
+    }
+
+
+def measure(reader, keys, sizes, args, link=None) -> dict:
     """The `--methods` in turn, `--repeats` rounds, at the same concurrency: the median wall time of each,
     and the bytes of one round as the GETs returned them (and, through the emulated `link`, the bytes it
-    saw and how late its first bytes left). Ours reads through `source`, the seed's way through the boto3
-    `client`."""
-    bucket = source.bucket
+    saw and how late its first bytes left). `reader()` gives the boto3 client of the seed's way and
+    the source of ours; with `--jobs` above 1 each job makes its own."""
+    client, source = reader() if args.jobs == 1 else (None, None)
     runs = {method: [] for method in args.methods}
     for _ in range(args.repeats):
         for method, results in runs.items():
+            if args.jobs > 1:
+                result = probe_in_jobs(method, reader, keys, sizes, args, link)
+            else:
+                reset(link)
+                result = run_method(method, client, source, keys, sizes, args)
             if link is not None:
                 counted, late = link
-                counted.value, late[0], late[1] = 0, 0.0, 0
-            if method == "ranged_reads":
-                result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check)
-            else:
-                result = probe_download_opencv(client, bucket, keys, args.workers)
-            if link is not None:
                 result["wire_bytes"] = counted.value
                 result["first_byte_late_ms"] = late[0] / max(late[1], 1) * 1000
             results.append(result)
@@ -316,7 +386,7 @@ def measure(client, source, keys, sizes, args, link=None) -> dict:
 def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dict:
     """Start `server` (and the network proxy in front of it), upload the objects, measure every mode with
     every client."""
-    from longcat.data.s3 import S3Source, s3_client
+    from longcat.data.s3 import s3_client
 
     s3_port, proxy_port = free_port(), free_port()
     stop = multiprocessing.Event()
@@ -347,16 +417,12 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
             port = s3_port if mode == "loopback" else proxy_port
             wait_for_port(port)
             endpoint = f"http://127.0.0.1:{port}"
-            plain = s3_client("us-east-1", endpoint, max_pool=pool)
             for name in args.clients:
                 if name == "obstore" and server == "rclone" and mode == "loopback":
                     continue  # obstore refuses rclone's 200 answers to a range; the proxy mends them
-                if name == "obstore":
-                    source = obstore_source(bucket, endpoint)
-                else:
-                    source = S3Source(bucket, client=plain)
                 link = (counted, late) if mode == "emulated" else None
-                results[mode, name] = measure(plain, source, keys, sizes, args, link)
+                reader = functools.partial(make_reader, name, bucket, endpoint, pool)
+                results[mode, name] = measure(reader, keys, sizes, args, link)
     finally:
         stop.set()
         for process in processes:
@@ -372,7 +438,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="objects to probe")
     parser.add_argument("--distinct", type=int, default=8, help="distinct clips behind the objects")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
-    parser.add_argument("--workers", type=int, default=8, help="concurrent probes, both methods")
+    parser.add_argument("--workers", type=int, default=8, help="concurrent probes per job, both methods")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="probe jobs at once, processes of their own (snakemake -j)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both methods; medians reported")
     parser.add_argument("--no-decode-check", action="store_true", help="skip decoding the first picture")
     parser.add_argument("--servers", default="moto,rclone", help="comma-separated: moto, rclone")
@@ -402,6 +471,8 @@ def main() -> None:
     args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not args.methods or set(args.methods) - set(METHODS):
         parser.error(f"--methods: expected {' and/or '.join(METHODS)}, found {args.methods!r}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected at least 1, found {args.jobs}")
     servers = [server.strip() for server in args.servers.split(",") if server.strip()]
     if not servers or set(servers) - {"moto", "rclone"}:
         parser.error(f"--servers: expected moto and/or rclone, found {args.servers!r}")
@@ -423,6 +494,7 @@ def main() -> None:
         "n": args.n,
         "distinct_clips": len(bodies),
         "workers": args.workers,
+        "jobs": args.jobs,
         "mean_object_bytes": round(total_size / args.n),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
     }
@@ -441,6 +513,7 @@ def main() -> None:
                     "bytes_fraction": round(result["bytes"] / total_size, 4),
                     "wall_s": round(result["wall_s"], 3),
                     "videos_per_s": round(args.n / result["wall_s"], 1),
+                    "cpu_ms_per_video": round(result["cpu_s"] / args.n * 1000, 3),
                 }
                 if "wire_bytes" in result:
                     line["wire_bytes_per_video"] = round(result["wire_bytes"] / args.n)
@@ -467,7 +540,7 @@ def main() -> None:
                 }
             if mode == "emulated":
                 # No probe is quicker than one first-byte latency: the best any way of probing can do.
-                ceiling_s = args.n / args.workers * args.latency_ms / 1000
+                ceiling_s = args.n / (args.workers * args.jobs) * args.latency_ms / 1000
                 if seed:
                     ratio["speedup_ceiling"] = round(seed["wall_s"] / ceiling_s, 2)
                 if ours:

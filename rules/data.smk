@@ -81,7 +81,9 @@ rule probe_chunk:
         str(PATHS.log("probe_chunk/{chunk}")),
     conda:
         "../envs/data.yaml"
-    threads: 2
+    # One Python process, bound by the GIL: about one core whatever probe.workers is (bench/RESULTS.md,
+    # "Probe jobs at once"), so a node runs as many probe jobs as it has cores.
+    threads: 1
     # Only what the records depend on: acceptance limits (probe.min_width, ...) never re-probe.
     params:
         source=settings_dict(SETTINGS.source),
