@@ -332,7 +332,7 @@ def probe_job(method, reader, keys, sizes, args, ready, go, results) -> None:
     go.wait()
     started = time.perf_counter()
     result = run_method(method, client, source, keys, sizes, args)
-    results.put((result["bytes"], result["cpu_s"], started, time.perf_counter()))
+    results.put(result | {"started": started, "ended": time.perf_counter()})
 
 
 def probe_in_jobs(method, reader, keys, sizes, args, link) -> dict:
@@ -348,13 +348,13 @@ def probe_in_jobs(method, reader, keys, sizes, args, link) -> dict:
         ready.get(timeout=300)
     reset(link)
     go.set()
-    ends = [results.get(timeout=600) for _ in jobs]
+    done = [results.get(timeout=600) for _ in jobs]
     for job in jobs:
         stop_process(job)
     return {
-        "bytes": sum(count for count, _, _, _ in ends),
-        "cpu_s": sum(cpu for _, cpu, _, _ in ends),
-        "wall_s": max(end for *_, end in ends) - min(started for _, _, started, _ in ends),
+        "bytes": sum(result["bytes"] for result in done),
+        "cpu_s": sum(result["cpu_s"] for result in done),
+        "wall_s": max(result["ended"] for result in done) - min(result["started"] for result in done),
     }
 
 
