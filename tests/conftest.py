@@ -93,9 +93,10 @@ class RcloneS3:
     """rclone's S3 server over a directory (its folders are the buckets), which checks signatures (SigV4
     only) and answers a ranged GET with 200 and a Content-Range header where S3 answers 206. It can be
     stopped and started again on the same port with its data kept: an outage a test switches on and off.
-    The fake credentials must be in the environment (fixture s3_endpoint)."""
+    It accepts the key pair `keys` (by default the fake credentials that fixture s3_endpoint puts in the
+    environment)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, keys: tuple[str, str] = (FAKE_ACCESS_KEY, FAKE_SECRET_KEY)):
         import shutil
 
         self.rclone = shutil.which(
@@ -105,10 +106,11 @@ class RcloneS3:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.endpoint = f"http://127.0.0.1:{free_port()}"
+        self.keys = keys
         self.process = None
 
     def start(self) -> None:
-        keys = f"{FAKE_ACCESS_KEY},{FAKE_SECRET_KEY}"
+        keys = ",".join(self.keys)
         address = self.endpoint.removeprefix("http://")
         self.process = subprocess.Popen(
             [self.rclone, "serve", "s3", str(self.root), "--addr", address, "--auth-key", keys, "-q"]
@@ -142,7 +144,7 @@ def rclone_s3(rclone_server):
 def _wait_for_s3(endpoint: str, timeout: float = 30.0) -> None:
     import time
 
-    from botocore.exceptions import EndpointConnectionError
+    from botocore.exceptions import ClientError, EndpointConnectionError
 
     from longcat.data.s3 import s3_client
 
@@ -152,6 +154,8 @@ def _wait_for_s3(endpoint: str, timeout: float = 30.0) -> None:
         try:
             client.list_buckets()
             return
+        except ClientError:
+            return  # it answers (refusing the environment's keys is an answer too)
         except EndpointConnectionError:
             if time.monotonic() > deadline:
                 raise

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, MAX_CAPTION_BYTES, REPO, free_port, make_clip
+from conftest import (
+    FAKE_ACCESS_KEY,
+    FAKE_SECRET_KEY,
+    MAX_CAPTION_BYTES,
+    REPO,
+    RcloneS3,
+    free_port,
+    make_clip,
+)
 
 import longcat.data.s3 as s3_module
 from longcat import settings
@@ -216,6 +226,91 @@ def test_a_stopped_server_is_transient_and_names_no_secret():
         S3Source("videos", endpoint_url=with_userinfo, max_attempts=1).read_range("a.mp4", 0, 10)
     assert not isinstance(raised.value, TransientSourceError)
     assert FAKE_SECRET_KEY not in str(raised.value) and FAKE_ACCESS_KEY not in str(raised.value)
+
+
+# A credential_process (what SSO, role and web-identity helpers are to boto3): each call hands out keys
+# that expire in 12 minutes, inside the window where boto3 refreshes them before the next request. Its
+# first answer is a key the server refuses, so a read passes only with keys fetched after the client
+# was made.
+CREDENTIAL_PROCESS = """
+import datetime, json, pathlib, sys
+calls = pathlib.Path(sys.argv[1])
+n = int(calls.read_text()) + 1 if calls.exists() else 1
+calls.write_text(str(n))
+key, secret = ("AKIASTALE00000000000", "stale") if n == 1 else (sys.argv[2], sys.argv[3])
+expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=12)).isoformat()
+print(json.dumps({"Version": 1, "AccessKeyId": key, "SecretAccessKey": secret, "Expiration": expires}))
+"""
+
+SOURCE_READS = """
+import io, json, sys
+from longcat.data.s3 import S3Source
+source = S3Source("videos", "v", region="us-east-1", endpoint_url=sys.argv[1])
+listed = {listed.key: listed.etag for listed in source.list_objects()}
+whole = io.BytesIO()
+source.download("clip.mp4", whole, etag=listed["clip.mp4"])
+print(json.dumps({
+    "listed": sorted(listed),
+    "range": source.read_range("clip.mp4", 2, 6).hex(),
+    "ranges": [part.hex() for part in source.read_ranges("clip.mp4", [(0, 2), (8, 10)])],
+    "whole": whole.getvalue().hex(),
+}))
+"""
+
+
+def test_reads_use_credentials_that_boto3_refreshes_as_they_near_expiry(s3_endpoint, tmp_path):
+    """A job's reads sign with the credentials boto3's chain refreshes (instance role, SSO, web identity
+    all expire within hours), not with a copy taken when the job started: a day-long cache job keeps
+    reading after its first credentials expire."""
+    import boto3
+
+    keys = ("AKIAFRESH00000000000", "freshSecret/0000000000000000000000000")
+    server = RcloneS3(tmp_path / "rclone-s3", keys=keys)
+    server.start()
+    try:
+        data = bytes(range(16))
+        setup = boto3.client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url=server.endpoint,
+            aws_access_key_id=keys[0],
+            aws_secret_access_key=keys[1],
+        )
+        setup.create_bucket(Bucket="videos")
+        setup.put_object(Bucket="videos", Key="v/clip.mp4", Body=data)
+
+        (tmp_path / "credentials.py").write_text(CREDENTIAL_PROCESS)
+        calls = tmp_path / "calls"
+        process = f"{sys.executable} {tmp_path / 'credentials.py'} {calls} {keys[0]} {keys[1]}"
+        (tmp_path / "aws-config").write_text(f"[profile job]\ncredential_process = {process}\n")
+        env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        env.update(
+            AWS_CONFIG_FILE=str(tmp_path / "aws-config"),
+            AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-credentials"),
+            AWS_PROFILE="job",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", SOURCE_READS, server.endpoint],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-3000:]
+    reads = json.loads(result.stdout)
+    assert reads == {
+        "listed": ["clip.mp4"],
+        "range": data[2:6].hex(),
+        "ranges": [data[0:2].hex(), data[8:10].hex()],
+        "whole": data.hex(),
+    }
+    # The keys made with the client, then fresh ones before each request that follows another (listing,
+    # download, one range, then two ranges at once, which may share theirs).
+    assert int(calls.read_text()) >= 1 + 4
 
 
 def test_credentials_in_the_endpoint_url_are_refused_at_config_load():
