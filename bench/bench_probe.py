@@ -15,9 +15,9 @@ machine it measures mostly how many requests each way makes) and rclone's S3 ser
   ratio line also gives that ceiling. The proxy answers a range with 206, as S3 does (rclone's server
   sends 200 with a Content-Range, which obstore refuses).
 
-`--clients` picks the client of our ranged reads: boto3 (what `longcat.data.s3` uses) and obstore
-(Rust `object_store`, a candidate measured here only; `pip install obstore`). obstore runs in the
-emulated mode only, or against moto.
+`--clients` picks the client of our ranged reads: boto3 (what `longcat.data.s3` uses); presigned (GETs
+of URLs boto3 presigns, sent by urllib3) and obstore (Rust `object_store`; `pip install obstore`),
+candidates measured here only. obstore runs in the emulated mode only, or against moto.
 
 `--jobs N` runs N probe jobs at once, as `snakemake metadata -j N` runs `probe_chunk` jobs: processes of
 their own, each with its own client and `--workers` threads over its share of the keys. Their wall time
@@ -29,7 +29,7 @@ Goal: <= 5% of the bytes and >= 5x faster.
 
     python bench/bench_probe.py            # n=200, both servers, both modes
     python bench/bench_probe.py --n 20 --servers rclone --modes emulated
-    python bench/bench_probe.py --clients boto3,obstore
+    python bench/bench_probe.py --clients boto3,presigned,obstore
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads --jobs 2
     python bench/bench_probe.py --methods ranged_reads --clips DIR   # ours only, on clips made elsewhere
 """
@@ -133,13 +133,40 @@ def obstore_source(bucket: str, endpoint: str):
     return ObstoreSource()
 
 
+def presigned_source(bucket: str, client, pool: int):
+    """An S3Source whose ranged reads are GETs of URLs that boto3 presigns (`generate_presigned_url`, public
+    API), sent on a urllib3 pool: boto3's signing and credentials without its per-request machinery
+    (event hooks, endpoint rules, modeled parsing). Errors are not classified here."""
+    import urllib3
+
+    from longcat.data.s3 import S3Source
+
+    class PresignedSource(S3Source):
+        def __init__(self):
+            super().__init__(bucket, client=client)
+            self.http = urllib3.PoolManager(maxsize=pool)
+
+        def _read(self, full_key, start, end):
+            params = {"Bucket": self.bucket, "Key": full_key}
+            url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=900)
+            response = self.http.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"})
+            assert response.status in (200, 206), (response.status, full_key)
+            return response.data
+
+    return PresignedSource()
+
+
 def make_reader(name: str, bucket: str, endpoint: str, pool: int):
-    """The boto3 client of the seed's way, and the source of ours on client `name` (boto3 or obstore)."""
+    """The boto3 client of the seed's way, and the source of ours on client `name` (boto3, presigned or
+    obstore)."""
     from longcat.data.s3 import S3Source, s3_client
 
     client = s3_client("us-east-1", endpoint, max_pool=pool)
-    source = obstore_source(bucket, endpoint) if name == "obstore" else S3Source(bucket, client=client)
-    return client, source
+    if name == "obstore":
+        return client, obstore_source(bucket, endpoint)
+    if name == "presigned":
+        return client, presigned_source(bucket, client, pool)
+    return client, S3Source(bucket, client=client)
 
 
 def probe_ranged(source, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
@@ -448,7 +475,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="loopback,emulated", help="comma-separated: loopback, emulated (the network proxy)"
     )
-    parser.add_argument("--clients", default="boto3", help="comma-separated: boto3, obstore")
+    parser.add_argument("--clients", default="boto3", help="comma-separated: boto3, presigned, obstore")
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -466,8 +493,8 @@ def main() -> None:
     if not args.modes or set(args.modes) - {"loopback", "emulated"}:
         parser.error(f"--modes: expected loopback and/or emulated, found {args.modes!r}")
     args.clients = [client.strip() for client in args.clients.split(",") if client.strip()]
-    if not args.clients or set(args.clients) - {"boto3", "obstore"}:
-        parser.error(f"--clients: expected boto3 and/or obstore, found {args.clients!r}")
+    if not args.clients or set(args.clients) - {"boto3", "presigned", "obstore"}:
+        parser.error(f"--clients: expected some of boto3, presigned, obstore, found {args.clients!r}")
     args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not args.methods or set(args.methods) - set(METHODS):
         parser.error(f"--methods: expected {' and/or '.join(METHODS)}, found {args.methods!r}")
