@@ -228,10 +228,10 @@ def test_a_stopped_server_is_transient_and_names_no_secret():
     assert FAKE_SECRET_KEY not in str(raised.value) and FAKE_ACCESS_KEY not in str(raised.value)
 
 
-# A credential_process (what SSO, role and web-identity helpers are to boto3): each call hands out keys
-# that expire in 12 minutes, inside the window where boto3 refreshes them before the next request. Its
-# first answer is a key the server refuses, so a read passes only with keys fetched after the client
-# was made.
+# A credential_process stands in for the providers whose keys expire (SSO, assumed roles, web identity,
+# instance roles): boto3 holds all of them as refreshable credentials. Each call hands out keys that
+# expire in 12 minutes, inside the window where boto3 renews them before the next request. Its first
+# answer is a key the server refuses, so a read passes only with keys fetched after the client was made.
 CREDENTIAL_PROCESS = """
 import datetime, json, pathlib, sys
 calls = pathlib.Path(sys.argv[1])
@@ -261,7 +261,8 @@ print(json.dumps({
 def test_reads_use_credentials_that_boto3_refreshes_as_they_near_expiry(s3_endpoint, tmp_path):
     """A job's reads sign with the credentials boto3's chain refreshes (instance role, SSO, web identity
     all expire within hours), not with a copy taken when the job started: a day-long cache job keeps
-    reading after its first credentials expire."""
+    reading after its first credentials expire. (s3_endpoint's keys in the environment are what the
+    server's start-up check signs with; the server refuses them, which tells it is up.)"""
     import boto3
 
     keys = ("AKIAFRESH00000000000", "freshSecret/0000000000000000000000000")
