@@ -242,7 +242,7 @@ print(json.dumps(found))
 
 
 def test_objects_stream_to_the_shards_scratch_dir_with_bounded_memory(rclone_server, tmp_path):
-    size = 160 * 1024 * 1024
+    size = 512 * 1024 * 1024
 
     def write_big(root):
         (root / "videos").mkdir()
