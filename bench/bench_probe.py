@@ -24,6 +24,10 @@ their own, each with its own client and `--workers` threads over its share of th
 runs from the first job's start to the last one's end, and the ceiling is one first-byte latency per
 `workers x jobs` clips: what a node's probe stage does, rather than one job.
 
+`--methods first_reads` makes only each clip's first reads, as our probe makes them (head and tail at
+once), with nothing parsed or decoded: the client's own cost, the most any prober on that client can
+reach (`first_reads_share_of_ceiling`), against which the whole probe (`share_of_ceiling`) is read.
+
 Prints one JSON line per method per server and mode, and one with the ratios for each.
 Goal: <= 5% of the bytes and >= 5x faster.
 
@@ -32,6 +36,7 @@ Goal: <= 5% of the bytes and >= 5x faster.
     python bench/bench_probe.py --clients boto3,presigned,obstore
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads --jobs 2
     python bench/bench_probe.py --methods ranged_reads --clips DIR   # ours only, on clips made elsewhere
+    python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads,first_reads
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ CLIP_SHAPES = [
     (960, 540, 30, "3M", False),
     (1080, 1920, 30, "8M", False),
 ]
-METHODS = ("ranged_reads", "download_opencv")
+METHODS = ("ranged_reads", "first_reads", "download_opencv")
 PATTERNS = ["testsrc2", "mandelbrot", "smptebars", "life", "testsrc", "rgbtestsrc", "cellauto", "testsrc2"]
 
 
@@ -178,6 +183,23 @@ def probe_ranged(source, keys: list[str], sizes: dict, workers: int, decode_chec
     wall = time.perf_counter() - started
     assert all(columns["num_frames"] > 0 and columns["width"] > 0 for columns, _ in results)
     return {"bytes": sum(bytes_read for _, bytes_read in results), "wall_s": wall}
+
+
+def first_reads_only(source, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
+    """Each clip's first reads as our probe makes them (head and tail at once), and nothing else: no
+    parsing, no decode, no later read. What the client alone costs: the most any prober on it can do."""
+    from longcat.data.fetched import FetchedBytes
+    from longcat.data.probe import read_first
+
+    def read(key: str) -> int:
+        fetched = FetchedBytes(source, key, sizes[key])
+        read_first(fetched, decode_check)
+        return fetched.bytes_read
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(read, keys))
+    return {"bytes": sum(results), "wall_s": time.perf_counter() - started}
 
 
 def probe_download_opencv(client, bucket: str, keys: list[str], workers: int) -> dict:
@@ -336,6 +358,8 @@ def run_method(method, client, source, keys, sizes, args) -> dict:
     cpu = time.process_time()
     if method == "ranged_reads":
         result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check)
+    elif method == "first_reads":
+        result = first_reads_only(source, keys, sizes, args.workers, not args.no_decode_check)
     else:
         result = probe_download_opencv(client, source.bucket, keys, args.workers)
     return result | {"cpu_s": time.process_time() - cpu}
@@ -479,7 +503,8 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help="comma-separated: ranged_reads (ours), download_opencv (the seed's way, needs opencv)",
+        help="comma-separated: ranged_reads (ours), first_reads (ours, its first reads only), "
+        "download_opencv (the seed's way, needs opencv)",
     )
     parser.add_argument(
         "--clips", type=Path, default=None, help="probe the .mp4 files of this folder instead of making clips"
@@ -545,7 +570,7 @@ def main() -> None:
                 if "wire_bytes" in result:
                     line["wire_bytes_per_video"] = round(result["wire_bytes"] / args.n)
                     line["first_byte_late_ms"] = round(result["first_byte_late_ms"], 3)
-                if method == "ranged_reads":
+                if method != "download_opencv":
                     line["decode_check"] = not args.no_decode_check
                 print(json.dumps(line))
             ours, seed = by_method.get("ranged_reads"), by_method.get("download_opencv")
@@ -572,6 +597,8 @@ def main() -> None:
                     ratio["speedup_ceiling"] = round(seed["wall_s"] / ceiling_s, 2)
                 if ours:
                     ratio["share_of_ceiling"] = round(ceiling_s / ours["wall_s"], 3)
+                if first := by_method.get("first_reads"):
+                    ratio["first_reads_share_of_ceiling"] = round(ceiling_s / first["wall_s"], 3)
             print(json.dumps(ratio))
 
 

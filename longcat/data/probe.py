@@ -116,6 +116,14 @@ def _caption_fits(record: Mapping, row: Mapping, limit: int) -> bool:
     return (cuts[0] if cuts else None) == caption_cut(row.get("caption_size"), limit)
 
 
+def read_first(fetched: FetchedBytes, decode_check: bool) -> None:
+    """A probe's first reads of an object: its head and tail at once, the head long enough for the
+    start of the first picture when `decode_check` asks for it."""
+    # In the usual layouts the head holds the first picture's start too: after a short `ftyp` when the
+    # index is at the end, after the index when it is at the start.
+    fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
+
+
 def probe_video(source: Source, key: str, size: int, decode_check: bool) -> tuple[dict, int]:
     """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
 
@@ -127,9 +135,7 @@ def probe_video(source: Source, key: str, size: int, decode_check: bool) -> tupl
         raise Reject("zero_bytes", "the object is empty")
     fetched = FetchedBytes(source, key, size)
     try:
-        # In the usual layouts the head holds the first picture's start too: after a short `ftyp` when
-        # the index is at the end, after the index when it is at the start.
-        fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
+        read_first(fetched, decode_check)
         if not is_iso_bmff(fetched.read(0, min(size, 8))):
             return probe_container(fetched, decode_check), fetched.bytes_read
         moov_offset, moov_length = fetch_index(fetched)
