@@ -16,8 +16,10 @@ machine it measures mostly how many requests each way makes) and rclone's S3 ser
   sends 200 with a Content-Range, which obstore refuses).
 
 `--clients` picks the client of our ranged reads: boto3 (what `longcat.data.s3` uses); presigned (GETs
-of URLs boto3 presigns, sent by urllib3) and obstore (Rust `object_store`; `pip install obstore`),
-candidates measured here only. obstore runs in the emulated mode only, or against moto.
+of URLs boto3 presigns, sent by urllib3), obstore (Rust `object_store`; `pip install obstore`) and crt
+(the AWS Common Runtime's S3 client, which `boto3[crt]` installs; `pip install awscrt`), candidates
+measured here only: they read with the bench's static keys and leave their errors unclassified. obstore
+runs in the emulated mode only, or against moto; crt takes rclone's answers as they are.
 
 `--jobs N` runs N probe jobs at once, as `snakemake metadata -j N` runs `probe_chunk` jobs: processes of
 their own, each with its own client and `--workers` threads over its share of the keys. Their wall time
@@ -33,7 +35,7 @@ Goal: <= 5% of the bytes and >= 5x faster.
 
     python bench/bench_probe.py            # n=200, both servers, both modes
     python bench/bench_probe.py --n 20 --servers rclone --modes emulated
-    python bench/bench_probe.py --clients boto3,presigned,obstore
+    python bench/bench_probe.py --clients boto3,presigned,obstore,crt
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads --jobs 2
     python bench/bench_probe.py --methods ranged_reads --clips DIR   # ours only, on clips made elsewhere
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads,first_reads
@@ -161,14 +163,73 @@ def presigned_source(bucket: str, client, pool: int):
     return PresignedSource()
 
 
+def crt_source(bucket: str, endpoint: str):
+    """An S3Source whose ranged reads go through the AWS Common Runtime's S3 client (awscrt): all ranges of
+    one call in flight at once, signed and sent in native threads, without the GIL; path-style URLs."""
+    from urllib.parse import urlsplit
+
+    try:
+        import awscrt  # noqa: F401
+    except ImportError:
+        raise SystemExit("awscrt is missing: pip install awscrt (measured here only)") from None
+    from awscrt.auth import AwsCredentialsProvider
+    from awscrt.http import HttpHeaders, HttpRequest
+    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+    from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
+
+    from longcat.data.s3 import S3Source
+
+    host = urlsplit(endpoint).netloc
+
+    class CrtSource(S3Source):
+        def __init__(self):
+            super().__init__(bucket, region="us-east-1", endpoint_url=endpoint)
+            loops = EventLoopGroup()
+            credentials = AwsCredentialsProvider.new_static(
+                os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+            )
+            self.crt = S3Client(
+                bootstrap=ClientBootstrap(loops, DefaultHostResolver(loops)),
+                region="us-east-1",
+                tls_mode=S3RequestTlsMode.DISABLED,
+                credential_provider=credentials,
+            )
+
+        def _get(self, full_key, start, end):
+            chunks = []
+            headers = HttpHeaders([("Host", host), ("Range", f"bytes={start}-{end - 1}")])
+            request = HttpRequest("GET", f"/{self.bucket}/{full_key}", headers)
+
+            def on_body(chunk, **_):
+                chunks.append(bytes(chunk))
+
+            meta = self.crt.make_request(
+                type=S3RequestType.DEFAULT, operation_name="GetObject", request=request, on_body=on_body
+            )
+            return meta.finished_future, chunks
+
+        def read_range(self, key, start, end):
+            return self.read_ranges(key, [(start, end)])[0]
+
+        def read_ranges(self, key, ranges):
+            pending = [self._get(self.prefix + key, start, end) for start, end in ranges]
+            for future, _ in pending:
+                future.result()
+            return [b"".join(chunks) for _, chunks in pending]
+
+    return CrtSource()
+
+
 def make_reader(name: str, bucket: str, endpoint: str, pool: int):
-    """The boto3 client of the seed's way, and the source of ours on client `name` (boto3, presigned or
-    obstore)."""
+    """The boto3 client of the seed's way, and the source of ours on client `name` (boto3, presigned,
+    obstore or crt)."""
     from longcat.data.s3 import S3Source, s3_client
 
     client = s3_client("us-east-1", endpoint, max_pool=pool)
     if name == "obstore":
         return client, obstore_source(bucket, endpoint)
+    if name == "crt":
+        return client, crt_source(bucket, endpoint)
     if name == "presigned":
         return client, presigned_source(bucket, client, pool)
     return client, S3Source(bucket, client=client)
@@ -499,7 +560,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="loopback,emulated", help="comma-separated: loopback, emulated (the network proxy)"
     )
-    parser.add_argument("--clients", default="boto3", help="comma-separated: boto3, presigned, obstore")
+    parser.add_argument("--clients", default="boto3", help="comma-separated: boto3, presigned, obstore, crt")
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -518,8 +579,8 @@ def main() -> None:
     if not args.modes or set(args.modes) - {"loopback", "emulated"}:
         parser.error(f"--modes: expected loopback and/or emulated, found {args.modes!r}")
     args.clients = [client.strip() for client in args.clients.split(",") if client.strip()]
-    if not args.clients or set(args.clients) - {"boto3", "presigned", "obstore"}:
-        parser.error(f"--clients: expected some of boto3, presigned, obstore, found {args.clients!r}")
+    if not args.clients or set(args.clients) - {"boto3", "presigned", "obstore", "crt"}:
+        parser.error(f"--clients: expected some of boto3, presigned, obstore, crt, found {args.clients!r}")
     args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not args.methods or set(args.methods) - set(METHODS):
         parser.error(f"--methods: expected {' and/or '.join(METHODS)}, found {args.methods!r}")
