@@ -26,6 +26,9 @@ their own, each with its own client and `--workers` threads over its share of th
 runs from the first job's start to the last one's end, and the ceiling is one first-byte latency per
 `workers x jobs` clips: what a node's probe stage does, rather than one job.
 
+`--pin` (Linux) keeps the server and the link's proxy on the last CPU and the probe on the others, so
+that on a small machine the probe does not share its cores with what stands for S3 and the network.
+
 `--methods first_reads` makes only each clip's first reads, as our probe makes them (head and tail at
 once), with nothing parsed or decoded: the client's own cost, the most any prober on that client can
 reach (`first_reads_share_of_ceiling`), against which the whole probe (`share_of_ceiling`) is read.
@@ -511,7 +514,12 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
     if "emulated" in args.modes:
         proxy_args = (proxy_port, s3_port, args.latency_ms / 1000, args.bandwidth_mbps * 1e6, 1800.0)
         processes.append(start_process(serve_network, *proxy_args, stop, counted, late))
-    results = {}
+    results, cpus = {}, sorted(os.sched_getaffinity(0)) if args.pin else []
+    if args.pin:
+        # The server and the link's proxy on the last CPU, the probe on the others: as if S3 ran elsewhere.
+        for pid in [process.pid for process in processes] + ([rclone.pid] if rclone else []):
+            os.sched_setaffinity(pid, cpus[-1:])
+        os.sched_setaffinity(0, cpus[:-1])
     try:
         wait_for_port(s3_port)
         pool = max(10, args.workers * 2)
@@ -536,6 +544,8 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
                 reader = functools.partial(make_reader, name, bucket, endpoint, pool)
                 results[mode, name] = measure(reader, keys, sizes, args, link)
     finally:
+        if args.pin:
+            os.sched_setaffinity(0, cpus)
         stop.set()
         for process in processes:
             stop_process(process)
@@ -570,6 +580,11 @@ def main() -> None:
     parser.add_argument(
         "--clips", type=Path, default=None, help="probe the .mp4 files of this folder instead of making clips"
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="Linux: the server and the link's proxy on the last CPU, the probe on the others",
+    )
     parser.add_argument("--latency-ms", type=float, default=20.0, help="emulated first-byte latency")
     parser.add_argument(
         "--bandwidth-mbps", type=float, default=100.0, help="emulated cap per connection, in MB/s"
@@ -584,6 +599,8 @@ def main() -> None:
     args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not args.methods or set(args.methods) - set(METHODS):
         parser.error(f"--methods: expected {' and/or '.join(METHODS)}, found {args.methods!r}")
+    if args.pin and len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2:
+        parser.error("--pin: needs Linux and at least 2 CPUs")
     if args.jobs < 1:
         parser.error(f"--jobs: expected at least 1, found {args.jobs}")
     servers = [server.strip() for server in args.servers.split(",") if server.strip()]
@@ -608,6 +625,7 @@ def main() -> None:
         "distinct_clips": len(bodies),
         "workers": args.workers,
         "jobs": args.jobs,
+        "pinned": args.pin,
         "mean_object_bytes": round(total_size / args.n),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
     }
@@ -640,6 +658,7 @@ def main() -> None:
                 **network,
                 "n": args.n,
                 "repeats": args.repeats,
+                "pinned": args.pin,
                 "decode_check": not args.no_decode_check,
             }
             if ours and seed:
