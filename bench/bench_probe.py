@@ -75,6 +75,7 @@ CLIP_SHAPES = [
     (1080, 1920, 30, "8M", False),
 ]
 METHODS = ("ranged_reads", "first_reads", "download_opencv")
+CLIENTS = ("boto3", "presigned", "obstore", "crt")
 PATTERNS = ["testsrc2", "mandelbrot", "smptebars", "life", "testsrc", "rgbtestsrc", "cellauto", "testsrc2"]
 
 
@@ -172,13 +173,12 @@ def crt_source(bucket: str, endpoint: str):
     from urllib.parse import urlsplit
 
     try:
-        import awscrt  # noqa: F401
+        from awscrt.auth import AwsCredentialsProvider
+        from awscrt.http import HttpHeaders, HttpRequest
+        from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+        from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
     except ImportError:
         raise SystemExit("awscrt is missing: pip install awscrt (measured here only)") from None
-    from awscrt.auth import AwsCredentialsProvider
-    from awscrt.http import HttpHeaders, HttpRequest
-    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
-    from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
 
     from longcat.data.s3 import S3Source
 
@@ -514,7 +514,8 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
     if "emulated" in args.modes:
         proxy_args = (proxy_port, s3_port, args.latency_ms / 1000, args.bandwidth_mbps * 1e6, 1800.0)
         processes.append(start_process(serve_network, *proxy_args, stop, counted, late))
-    results, cpus = {}, sorted(os.sched_getaffinity(0)) if args.pin else []
+    results = {}
+    cpus = sorted(os.sched_getaffinity(0)) if args.pin else []
     if args.pin:
         # The server and the link's proxy on the last CPU, the probe on the others: as if S3 ran elsewhere.
         for pid in [process.pid for process in processes] + ([rclone.pid] if rclone else []):
@@ -570,7 +571,7 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="loopback,emulated", help="comma-separated: loopback, emulated (the network proxy)"
     )
-    parser.add_argument("--clients", default="boto3", help="comma-separated: boto3, presigned, obstore, crt")
+    parser.add_argument("--clients", default="boto3", help=f"comma-separated: {', '.join(CLIENTS)}")
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -594,12 +595,12 @@ def main() -> None:
     if not args.modes or set(args.modes) - {"loopback", "emulated"}:
         parser.error(f"--modes: expected loopback and/or emulated, found {args.modes!r}")
     args.clients = [client.strip() for client in args.clients.split(",") if client.strip()]
-    if not args.clients or set(args.clients) - {"boto3", "presigned", "obstore", "crt"}:
-        parser.error(f"--clients: expected some of boto3, presigned, obstore, crt, found {args.clients!r}")
+    if not args.clients or set(args.clients) - set(CLIENTS):
+        parser.error(f"--clients: expected some of {', '.join(CLIENTS)}, found {args.clients!r}")
     args.methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     if not args.methods or set(args.methods) - set(METHODS):
         parser.error(f"--methods: expected {' and/or '.join(METHODS)}, found {args.methods!r}")
-    if args.pin and len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2:
+    if args.pin and (not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2):
         parser.error("--pin: needs Linux and at least 2 CPUs")
     if args.jobs < 1:
         parser.error(f"--jobs: expected at least 1, found {args.jobs}")
