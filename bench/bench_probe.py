@@ -33,6 +33,10 @@ that on a small machine the probe does not share its cores with what stands for 
 once), with nothing parsed or decoded: the client's own cost, the most any prober on that client can
 reach (`first_reads_share_of_ceiling`), against which the whole probe (`share_of_ceiling`) is read.
 
+`--decode-thread` hands each clip's decode check (`check_first_picture`) to one thread of its own, so
+that a reading worker goes on to its next clip once the reads and the index are done: a layout measured
+here only (a probe job checks each clip on the thread that read it).
+
 Prints one JSON line per method per server and mode, and one with the ratios for each.
 Goal: <= 5% of the bytes and >= 5x faster.
 
@@ -42,6 +46,7 @@ Goal: <= 5% of the bytes and >= 5x faster.
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads --jobs 2
     python bench/bench_probe.py --methods ranged_reads --clips DIR   # ours only, on clips made elsewhere
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads,first_reads
+    python bench/bench_probe.py --n 1000 --servers rclone --clients crt --pin --decode-thread
 """
 
 from __future__ import annotations
@@ -238,12 +243,23 @@ def make_reader(name: str, bucket: str, endpoint: str, pool: int):
     return client, S3Source(bucket, client=client)
 
 
-def probe_ranged(source, keys: list[str], sizes: dict, workers: int, decode_check: bool) -> dict:
-    from longcat.data.probe import probe_video
+def probe_ranged(
+    source, keys: list[str], sizes: dict, workers: int, decode_check: bool, decode_thread: bool
+) -> dict:
+    """Our probe of every key on `workers` threads; with `decode_thread`, each clip's decode check runs on
+    one thread of its own and the reading threads go on to their next clip."""
+    from longcat.data.probe import check_first_picture, read_video
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda key: probe_video(source, key, sizes[key], decode_check), keys))
+    with ThreadPoolExecutor(1) as decoder, ThreadPoolExecutor(workers) as pool:
+
+        def probe(key: str):
+            read = read_video(source, key, sizes[key], decode_check)
+            return decoder.submit(check_first_picture, *read) if decode_thread else check_first_picture(*read)
+
+        results = list(pool.map(probe, keys))
+        if decode_thread:
+            results = [checked.result() for checked in results]
     wall = time.perf_counter() - started
     assert all(columns["num_frames"] > 0 and columns["width"] > 0 for columns, _ in results)
     return {"bytes": sum(bytes_read for _, bytes_read in results), "wall_s": wall}
@@ -421,7 +437,7 @@ def run_method(method, client, source, keys, sizes, args) -> dict:
     through the boto3 `client`; with the CPU time this process spent on it (`cpu_s`, all its threads)."""
     cpu = time.process_time()
     if method == "ranged_reads":
-        result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check)
+        result = probe_ranged(source, keys, sizes, args.workers, not args.no_decode_check, args.decode_thread)
     elif method == "first_reads":
         result = first_reads_only(source, keys, sizes, args.workers, not args.no_decode_check)
     else:
@@ -567,6 +583,11 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of both methods; medians reported")
     parser.add_argument("--no-decode-check", action="store_true", help="skip decoding the first picture")
+    parser.add_argument(
+        "--decode-thread",
+        action="store_true",
+        help="ours: each clip's decode check on one thread of its own, the readers going on (measured only)",
+    )
     parser.add_argument("--servers", default="moto,rclone", help="comma-separated: moto, rclone")
     parser.add_argument(
         "--modes", default="loopback,emulated", help="comma-separated: loopback, emulated (the network proxy)"
@@ -652,6 +673,8 @@ def main() -> None:
                     line["first_byte_late_ms"] = round(result["first_byte_late_ms"], 3)
                 if method != "download_opencv":
                     line["decode_check"] = not args.no_decode_check
+                if method == "ranged_reads" and args.decode_thread:
+                    line["decode_thread"] = True
                 print(json.dumps(line))
             ours, seed = by_method.get("ranged_reads"), by_method.get("download_opencv")
             ratio = {
@@ -661,6 +684,7 @@ def main() -> None:
                 "repeats": args.repeats,
                 "pinned": args.pin,
                 "decode_check": not args.no_decode_check,
+                "decode_thread": args.decode_thread,
             }
             if ours and seed:
                 bytes_ratio = ours["bytes"] / seed["bytes"]

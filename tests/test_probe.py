@@ -3,6 +3,7 @@
 import json
 import struct
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from fractions import Fraction
 
@@ -13,7 +14,15 @@ from longcat.data.decode_check import DECODE_CHECK_BYTES
 from longcat.data.local import LocalSource
 from longcat.data.manifest import build_manifest
 from longcat.data.mp4 import BOX_READ_BYTES, MAX_WALK_BYTES
-from longcat.data.probe import HEAD_BYTES, TAIL_BYTES, probe_object, probe_rows, probe_video
+from longcat.data.probe import (
+    HEAD_BYTES,
+    TAIL_BYTES,
+    check_first_picture,
+    probe_object,
+    probe_rows,
+    probe_video,
+    read_video,
+)
 from longcat.data.rejects import Reject
 from longcat.data.s3 import S3Source
 
@@ -168,6 +177,31 @@ def test_probe_without_decode_check_reads_less(tmp_path):
     without, header_bytes = probe_video(LocalSource(tmp_path), "clip.mp4", size, decode_check=False)
     assert header_bytes < checked_bytes
     assert (without["num_frames"], without["width"]) == (with_check["num_frames"], with_check["width"])
+
+
+def test_the_decode_check_runs_apart_from_the_reads(tmp_path):
+    """`read_video` makes the reads (all of them, in the usual layouts); `check_first_picture`, on another
+    thread, decodes: the same columns as `probe_video`, or a reject with the bytes the clip cost."""
+    make_clip(tmp_path / "clip.mp4", width=96, height=64)
+    corrupt_first_frame(make_clip(tmp_path / "broken.mp4", width=96, height=64))
+    source = CountingSource(tmp_path)
+    size = (tmp_path / "clip.mp4").stat().st_size
+
+    columns, fetched, track = read_video(source, "clip.mp4", size, decode_check=True)
+    reads = len(source.ranges)
+    assert track is not None and columns["pix_fmt"] is None
+    with ThreadPoolExecutor(1) as decoder:
+        checked = decoder.submit(check_first_picture, columns, fetched, track).result()
+    assert len(source.ranges) == reads
+    assert checked == probe_video(LocalSource(tmp_path), "clip.mp4", size, decode_check=True)
+    assert checked[0]["pix_fmt"] == "yuv420p"
+    assert read_video(source, "clip.mp4", size, decode_check=False)[2] is None
+
+    broken = read_video(source, "broken.mp4", (tmp_path / "broken.mp4").stat().st_size, decode_check=True)
+    with pytest.raises(Reject) as rejected:
+        check_first_picture(*broken)
+    assert rejected.value.reason == "undecodable"
+    assert rejected.value.bytes_read == broken[1].bytes_read > 0
 
 
 def test_records_are_reused_by_etag_and_reprobed_when_it_changes(tmp_path):

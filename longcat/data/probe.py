@@ -27,7 +27,7 @@ from longcat.data.captions import Caption, decode_caption
 from longcat.data.container import probe_container
 from longcat.data.decode_check import DECODE_CHECK_BYTES, decoded_pixel_format
 from longcat.data.fetched import FetchedBytes
-from longcat.data.mp4 import fetch_index, is_iso_bmff, parse_video_track, track_columns
+from longcat.data.mp4 import VideoTrack, fetch_index, is_iso_bmff, parse_video_track, track_columns
 from longcat.data.rejects import TRANSIENT_REASONS, Reject
 from longcat.data.sources import Source, SourceError, TransientSourceError, sanitize
 
@@ -124,12 +124,15 @@ def read_first(fetched: FetchedBytes, decode_check: bool) -> None:
     fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
 
 
-def probe_video(source: Source, key: str, size: int, decode_check: bool) -> tuple[dict, int]:
-    """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
+def read_video(
+    source: Source, key: str, size: int, decode_check: bool
+) -> tuple[dict, FetchedBytes, VideoTrack | None]:
+    """A probe's reads of one object and the facts of its index, or a Reject.
 
-    Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the start of the first
-    frame, which rejects undecodable streams and fills in the pixel format. Objects that are not
-    ISO-BMFF go to the fallback probe (`probe_container`), which reads at most FALLBACK_PROBE_BYTES.
+    Returns (columns, the fetched pieces, the track whose first picture the decode check still has to
+    decode, or None when nothing is left to do): `check_first_picture` finishes it, on this thread or on
+    another one. Objects that are not ISO-BMFF go to the fallback probe (`probe_container`), which reads
+    at most FALLBACK_PROBE_BYTES and makes its decode check itself.
     """
     if size == 0:
         raise Reject("zero_bytes", "the object is empty")
@@ -137,21 +140,43 @@ def probe_video(source: Source, key: str, size: int, decode_check: bool) -> tupl
     try:
         read_first(fetched, decode_check)
         if not is_iso_bmff(fetched.read(0, min(size, 8))):
-            return probe_container(fetched, decode_check), fetched.bytes_read
+            return probe_container(fetched, decode_check), fetched, None
         moov_offset, moov_length = fetch_index(fetched)
         track = parse_video_track(fetched.read(moov_offset, moov_offset + moov_length))
         columns = track_columns(track)
-        if decode_check:
-            if track.first_sample is None:
-                raise Reject("undecodable", "the video track has no chunk offsets")
-            start, length = track.first_sample
-            if start + length > size:
-                raise Reject("truncated", f"the first video sample ends at {start + length}, past {size}")
-            columns["pix_fmt"], columns["codec"] = decoded_pixel_format(fetched, track)
+        if not decode_check:
+            return columns, fetched, None
+        if track.first_sample is None:
+            raise Reject("undecodable", "the video track has no chunk offsets")
+        start, length = track.first_sample
+        if start + length > size:
+            raise Reject("truncated", f"the first video sample ends at {start + length}, past {size}")
     except Reject as reject:
         reject.bytes_read = fetched.bytes_read
         raise
+    return columns, fetched, track
+
+
+def check_first_picture(columns: dict, fetched: FetchedBytes, track: VideoTrack | None) -> tuple[dict, int]:
+    """The decode check of a `read_video` result, which fills in the pixel format (FFmpeg decodes the
+    start of the first frame, read beforehand except in unusual layouts); returns (columns, bytes read)
+    or raises Reject."""
+    if track is not None:
+        try:
+            columns["pix_fmt"], columns["codec"] = decoded_pixel_format(fetched, track)
+        except Reject as reject:
+            reject.bytes_read = fetched.bytes_read
+            raise
     return columns, fetched.bytes_read
+
+
+def probe_video(source: Source, key: str, size: int, decode_check: bool) -> tuple[dict, int]:
+    """Probe one object from its index (and first picture); returns (columns, bytes read) or raises Reject.
+
+    Facts come from the sample tables; with `decode_check`, FFmpeg also decodes the start of the first
+    frame, which rejects undecodable streams and fills in the pixel format.
+    """
+    return check_first_picture(*read_video(source, key, size, decode_check))
 
 
 def _empty_record(row: Mapping) -> dict:
