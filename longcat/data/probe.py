@@ -18,6 +18,7 @@ import os
 import struct
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 
 import pyarrow as pa
@@ -124,6 +125,16 @@ def read_first(fetched: FetchedBytes, decode_check: bool) -> None:
     fetched.read_ends(HEAD_BYTES + (DECODE_CHECK_BYTES if decode_check else 0), TAIL_BYTES)
 
 
+@contextmanager
+def _charged(fetched: FetchedBytes):
+    """A Reject raised inside carries the bytes its object has cost so far (`bytes_read`)."""
+    try:
+        yield
+    except Reject as reject:
+        reject.bytes_read = fetched.bytes_read
+        raise
+
+
 def read_video(
     source: Source, key: str, size: int, decode_check: bool
 ) -> tuple[dict, FetchedBytes, VideoTrack | None]:
@@ -137,7 +148,7 @@ def read_video(
     if size == 0:
         raise Reject("zero_bytes", "the object is empty")
     fetched = FetchedBytes(source, key, size)
-    try:
+    with _charged(fetched):
         read_first(fetched, decode_check)
         if not is_iso_bmff(fetched.read(0, min(size, 8))):
             return probe_container(fetched, decode_check), fetched, None
@@ -151,9 +162,6 @@ def read_video(
         start, length = track.first_sample
         if start + length > size:
             raise Reject("truncated", f"the first video sample ends at {start + length}, past {size}")
-    except Reject as reject:
-        reject.bytes_read = fetched.bytes_read
-        raise
     return columns, fetched, track
 
 
@@ -162,11 +170,8 @@ def check_first_picture(columns: dict, fetched: FetchedBytes, track: VideoTrack 
     start of the first frame, read beforehand except in unusual layouts); returns (columns, bytes read)
     or raises Reject."""
     if track is not None:
-        try:
+        with _charged(fetched):
             columns["pix_fmt"], columns["codec"] = decoded_pixel_format(fetched, track)
-        except Reject as reject:
-            reject.bytes_read = fetched.bytes_read
-            raise
     return columns, fetched.bytes_read
 
 
