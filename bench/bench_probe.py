@@ -13,13 +13,16 @@ machine it measures mostly how many requests each way makes) and rclone's S3 ser
   (defaults: S3 from an instance in the same region). Its lines give how late first bytes left on
   average (`first_byte_late_ms`: the link's own error). No probe beats one first-byte latency, so the
   ratio line also gives that ceiling. The proxy answers a range with 206, as S3 does (rclone's server
-  sends 200 with a Content-Range, which obstore refuses).
+  sends 200 with a Content-Range, which obstore refuses). `--latency-ms 0 --bandwidth-mbps 100000`
+  makes it a loopback that answers as S3 does.
 
-`--clients` picks the client of our ranged reads: boto3 (what `longcat.data.s3` uses); presigned (GETs
-of URLs boto3 presigns, sent by urllib3), obstore (Rust `object_store`; `pip install obstore`) and crt
-(the AWS Common Runtime's S3 client, which `boto3[crt]` installs; `pip install awscrt`), candidates
-measured here only: they read with the bench's static keys and leave their errors unclassified. obstore
-runs in the emulated mode only, or against moto; crt takes rclone's answers as they are.
+`--clients` picks the client of our ranged reads: obstore (`longcat.data.s3` as the probe job has it:
+ranges on obstore, Rust `object_store`, and on boto3 where obstore fails); boto3 (the same source on boto3
+`get_object` alone); and two candidates measured here only, which read with the bench's static keys and
+leave their errors unclassified: presigned (GETs of URLs boto3 presigns, sent by urllib3) and crt (the
+AWS Common Runtime's S3 client, which `boto3[crt]` installs; `pip install awscrt`). obstore refuses
+rclone's 200 answers to a range, after which the source reads on boto3: it runs in the emulated mode
+only, or against moto; crt takes rclone's answers as they are.
 
 `--jobs N` runs N probe jobs at once, as `snakemake metadata -j N` runs `probe_chunk` jobs: processes of
 their own, each with its own client and `--workers` threads over its share of the keys. Their wall time
@@ -33,20 +36,20 @@ that on a small machine the probe does not share its cores with what stands for 
 once), with nothing parsed or decoded: the client's own cost, the most any prober on that client can
 reach (`first_reads_share_of_ceiling`), against which the whole probe (`share_of_ceiling`) is read.
 
-`--decode-thread` hands each clip's decode check (`check_first_picture`) to one thread of its own, so
-that a reading worker goes on to its next clip once the reads and the index are done: a layout measured
-here only (a probe job checks each clip on the thread that read it).
+Each clip's decode check (`check_first_picture`) runs on one thread of its own, so that a reading worker
+goes on to its next clip once the reads and the index are done, as in the probe job (`probe_rows`);
+`--no-decode-thread` checks each clip on the thread that read it instead.
 
 Prints one JSON line per method per server and mode, and one with the ratios for each.
 Goal: <= 5% of the bytes and >= 5x faster.
 
     python bench/bench_probe.py            # n=200, both servers, both modes
     python bench/bench_probe.py --n 20 --servers rclone --modes emulated
-    python bench/bench_probe.py --clients boto3,presigned,obstore,crt
+    python bench/bench_probe.py --clients obstore,boto3,presigned,crt
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads --jobs 2
     python bench/bench_probe.py --methods ranged_reads --clips DIR   # ours only, on clips made elsewhere
     python bench/bench_probe.py --servers rclone --modes emulated --methods ranged_reads,first_reads
-    python bench/bench_probe.py --n 1000 --servers rclone --clients crt --pin --decode-thread
+    python bench/bench_probe.py --n 1000 --servers rclone --clients obstore,boto3 --pin
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ CLIP_SHAPES = [
     (1080, 1920, 30, "8M", False),
 ]
 METHODS = ("ranged_reads", "first_reads", "download_opencv")
-CLIENTS = ("boto3", "presigned", "obstore", "crt")
+CLIENTS = ("obstore", "boto3", "presigned", "crt")
 PATTERNS = ["testsrc2", "mandelbrot", "smptebars", "life", "testsrc", "rgbtestsrc", "cellauto", "testsrc2"]
 
 
@@ -113,40 +116,6 @@ class ByteCounter:
     def add(self, count: int) -> None:
         with self.lock:
             self.total += count
-
-
-def obstore_source(bucket: str, endpoint: str):
-    """An S3Source whose ranged reads go through obstore: all ranges of one call in flight at once, in
-    Rust threads, without the GIL."""
-    try:
-        import obstore
-        from obstore.store import S3Store
-    except ImportError:
-        raise SystemExit("obstore is missing: pip install obstore (measured here only)") from None
-
-    from longcat.data.s3 import S3Source
-
-    class ObstoreSource(S3Source):
-        def __init__(self):
-            super().__init__(bucket, region="us-east-1", endpoint_url=endpoint)
-            self.store = S3Store(
-                bucket,
-                endpoint=endpoint,
-                region="us-east-1",
-                access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-                secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                client_options={"allow_http": True},
-            )
-
-        def read_range(self, key, start, end):
-            return self.read_ranges(key, [(start, end)])[0]
-
-        def read_ranges(self, key, ranges):
-            starts, ends = [start for start, _ in ranges], [end for _, end in ranges]
-            parts = obstore.get_ranges(self.store, self.prefix + key, starts=starts, ends=ends, coalesce=0)
-            return [bytes(part) for part in parts]
-
-    return ObstoreSource()
 
 
 def presigned_source(bucket: str, client, pool: int):
@@ -229,18 +198,18 @@ def crt_source(bucket: str, endpoint: str):
 
 
 def make_reader(name: str, bucket: str, endpoint: str, pool: int):
-    """The boto3 client of the seed's way, and the source of ours on client `name` (boto3, presigned,
-    obstore or crt)."""
+    """The boto3 client of the seed's way, and the source of ours on client `name` (obstore, boto3,
+    presigned or crt)."""
     from longcat.data.s3 import S3Source, s3_client
 
     client = s3_client("us-east-1", endpoint, max_pool=pool)
     if name == "obstore":
-        return client, obstore_source(bucket, endpoint)
+        return client, S3Source(bucket, client=client)
     if name == "crt":
         return client, crt_source(bucket, endpoint)
     if name == "presigned":
         return client, presigned_source(bucket, client, pool)
-    return client, S3Source(bucket, client=client)
+    return client, S3Source(bucket, client=client, use_obstore=False)
 
 
 def probe_ranged(
@@ -556,7 +525,8 @@ def measure_server(server: str, bodies: list[bytes], args, scratch: Path) -> dic
             endpoint = f"http://127.0.0.1:{port}"
             for name in args.clients:
                 if name == "obstore" and server == "rclone" and mode == "loopback":
-                    continue  # obstore refuses rclone's 200 answers to a range; the proxy mends them
+                    # obstore refuses rclone's 200 answers to a range (boto3 reads on); the proxy mends them.
+                    continue
                 link = (counted, late) if mode == "emulated" else None
                 reader = functools.partial(make_reader, name, bucket, endpoint, pool)
                 results[mode, name] = measure(reader, keys, sizes, args, link)
@@ -585,14 +555,16 @@ def main() -> None:
     parser.add_argument("--no-decode-check", action="store_true", help="skip decoding the first picture")
     parser.add_argument(
         "--decode-thread",
-        action="store_true",
-        help="ours: each clip's decode check on one thread of its own, the readers going on (measured only)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ours: each clip's decode check on one thread of its own, the readers going on (the probe job's "
+        "layout); --no-decode-thread: on the thread that read it",
     )
     parser.add_argument("--servers", default="moto,rclone", help="comma-separated: moto, rclone")
     parser.add_argument(
         "--modes", default="loopback,emulated", help="comma-separated: loopback, emulated (the network proxy)"
     )
-    parser.add_argument("--clients", default="boto3", help=f"comma-separated: {', '.join(CLIENTS)}")
+    parser.add_argument("--clients", default="obstore", help=f"comma-separated: {', '.join(CLIENTS)}")
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
@@ -673,8 +645,8 @@ def main() -> None:
                     line["first_byte_late_ms"] = round(result["first_byte_late_ms"], 3)
                 if method != "download_opencv":
                     line["decode_check"] = not args.no_decode_check
-                if method == "ranged_reads" and args.decode_thread:
-                    line["decode_thread"] = True
+                if method == "ranged_reads":
+                    line["decode_thread"] = args.decode_thread
                 print(json.dumps(line))
             ours, seed = by_method.get("ranged_reads"), by_method.get("download_opencv")
             ratio = {
@@ -695,7 +667,7 @@ def main() -> None:
                     "goal_bytes_le_5pct": bytes_ratio <= 0.05,
                     "goal_speedup_ge_5x": speedup >= 5,
                 }
-            if mode == "emulated":
+            if mode == "emulated" and args.latency_ms > 0:
                 # No probe is quicker than one first-byte latency: the best any way of probing can do.
                 ceiling_s = args.n / (args.workers * args.jobs) * args.latency_ms / 1000
                 if seed:

@@ -204,6 +204,40 @@ def test_the_decode_check_runs_apart_from_the_reads(tmp_path):
     assert rejected.value.bytes_read == broken[1].bytes_read > 0
 
 
+def test_the_probe_job_checks_each_clip_on_a_thread_of_its_own(tmp_path, monkeypatch):
+    """probe_rows hands each clip's decode check to one thread of its own while its workers read on: the
+    records are the ones probe_object makes, a broken first frame a reject with the bytes it cost."""
+    import threading
+
+    import longcat.data.probe as probe_module
+
+    for name in ("a", "b", "c"):
+        write_pair(tmp_path, name)
+    corrupt_first_frame(tmp_path / "b.mp4")
+    rows = build_manifest(LocalSource(tmp_path)).to_pylist()
+    checked_on = []
+
+    def decoded_pixel_format(fetched, track):
+        checked_on.append(threading.current_thread().name)
+        return real(fetched, track)
+
+    real = probe_module.decoded_pixel_format
+    expected = [
+        probe_object(LocalSource(tmp_path), row, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES)
+        for row in rows
+    ]
+    monkeypatch.setattr(probe_module, "decoded_pixel_format", decoded_pixel_format)
+    records, probed, unanswered = probe_rows(
+        LocalSource(tmp_path), rows, workers=2, decode_check=True, max_caption_bytes=MAX_CAPTION_BYTES
+    )
+
+    assert (probed, unanswered) == (3, [])
+    assert len(checked_on) == 3 and all(name.startswith("probe-check") for name in checked_on)
+    assert records == expected
+    assert [record["reason"] for record in records] == [None, "undecodable", None]
+    assert records[1]["probe_bytes"] > 0
+
+
 def test_records_are_reused_by_etag_and_reprobed_when_it_changes(tmp_path):
     for name in ("a", "b"):
         make_clip(tmp_path / f"{name}.mp4")

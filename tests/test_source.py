@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
@@ -29,6 +30,7 @@ from conftest import (
 import longcat.data.s3 as s3_module
 from longcat import settings
 from longcat.config import ConfigError, load_yaml, merge
+from longcat.data import obstore_reads
 from longcat.data.captions import decode_caption
 from longcat.data.local import LocalSource
 from longcat.data.manifest import build_manifest, chunk_of
@@ -79,6 +81,8 @@ def test_s3_listing_by_prefix_pages_and_ranges(s3_bucket):
     client, bucket = s3_bucket
     keys = [f"videos/{folder}/clip-{index:04d}.mp4" for folder in ("a", "b [2]") for index in range(520)]
     keys += ["videos/top level.mp4", "videos/top level.txt", "videos/a/clip-0000.txt", "elsewhere/x.mp4"]
+    # obstore's paths would read "videos/lead.mp4" for this key: S3Source reads it on boto3.
+    keys += ["videos//lead.mp4", "videos/lead.mp4"]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda key: client.put_object(Bucket=bucket, Key=key, Body=key.encode()), keys))
 
@@ -97,8 +101,8 @@ def test_s3_listing_by_prefix_pages_and_ranges(s3_bucket):
     )
     objects = {obj.key: obj for obj in source.list_objects()}
 
-    # 1043 objects under the prefix: more than one ListObjectsV2 page, across two sub-prefixes.
-    assert len(objects) == 1043
+    # 1045 objects under the prefix: more than one ListObjectsV2 page, across three sub-prefixes.
+    assert len(objects) == 1045
     assert "x.mp4" not in objects and "a/clip-0519.mp4" in objects and "b [2]/clip-0000.mp4" in objects
     assert objects["top level.mp4"].size == len(b"videos/top level.mp4")
     assert len(objects["top level.mp4"].etag) == 32
@@ -106,6 +110,8 @@ def test_s3_listing_by_prefix_pages_and_ranges(s3_bucket):
     captioned = {row["key"] for row in manifest if row["caption_key"]}
     assert captioned == {"top level.mp4", "a/clip-0000.mp4"}
     assert source.read_range("top level.mp4", 7, 12) == b"top l"
+    assert source.read_ranges("/lead.mp4", [(0, 8), (8, 16)]) == [b"videos//", b"lead.mp4"]
+    assert source.obstore is not None  # moto answers ranges as S3 does: obstore read them all
 
 
 def test_s3_read_errors_name_the_object_but_no_secret(s3_bucket):
@@ -136,6 +142,7 @@ def test_ranged_reads_and_probes_from_a_server_that_answers_ranges_with_200(rclo
     assert probe_video(source, "clip.mp4", len(data), decode_check=True) == probe_video(
         LocalSource(tmp_path), "clip.mp4", len(data), decode_check=True
     )
+    assert source.obstore is None  # obstore refuses such answers; boto3 read them and reads on
 
 
 def test_reads_of_awkward_keys_pass_a_signature_check(rclone_s3):
@@ -467,9 +474,9 @@ def test_follow_symlinks_reads_outside_links_and_stops_at_loops(tmp_path):
 
 class FlakyS3:
     """An HTTP/1.1 server on loopback that answers GETs of one object from a script of behaviours:
-    "ok" (206 with the range, connection kept), "ok+close" (206, then the connection is closed without
-    notice, as an idle keep-alive connection ends), "drop" (closed without an answer), or an HTTP status
-    (with an S3 error body that echoes the request, as S3's can)."""
+    "ok" (206 with the range and its Content-Range, connection kept), "ok+close" (206, then the
+    connection is closed without notice, as an idle keep-alive connection ends), "drop" (closed without
+    an answer), or an HTTP status (with an S3 error body that echoes the request, as S3's can)."""
 
     BODY = bytes(range(256)) * 4
 
@@ -499,6 +506,8 @@ class FlakyS3:
                     body = f"<Error><Code>{code}</Code><Request>{request}</Request></Error>".encode()
                     status = int(behaviour)
                 self.send_response(status)
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(flaky.BODY)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -508,8 +517,14 @@ class FlakyS3:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def source(self, max_attempts=4) -> S3Source:
-        return S3Source("flaky", endpoint_url=self.endpoint, region="us-east-1", max_attempts=max_attempts)
+    def source(self, max_attempts=4, use_obstore=False) -> S3Source:
+        return S3Source(
+            "flaky",
+            endpoint_url=self.endpoint,
+            region="us-east-1",
+            max_attempts=max_attempts,
+            use_obstore=use_obstore,
+        )
 
 
 @pytest.fixture
@@ -559,6 +574,86 @@ def test_object_reads_give_up_naming_the_object_and_no_secret(flaky_s3):
         denied.source().read_range("b.mp4", 0, 10)
     assert not isinstance(refused.value, TransientSourceError)
     assert len(denied.requests) == 1  # refusals are not retried
+
+
+def test_obstore_reads_first_and_boto3_has_the_last_word(flaky_s3, caplog):
+    """Ranges are read on obstore (signed, both in flight at once); what obstore cannot read is read on
+    boto3, whose answer or error stands: so a 5xx that outlasts obstore's own retries is still retried
+    and then transient, a 403 stays permanent, and once boto3 read what obstore could not, the source
+    reads on boto3 alone."""
+    body = FlakyS3.BODY
+    served = flaky_s3([])
+    source = served.source(use_obstore=True)
+    assert source.read_ranges("clip.mp4", [(0, 4), (1000, 1024)]) == [body[:4], body[1000:]]
+    assert sorted(requested for _, requested in served.requests) == ["bytes=0-3", "bytes=1000-1023"]
+    assert all(auth.startswith("AWS4-HMAC-SHA256 Credential=") for auth, _ in served.requests)
+    assert source.obstore is not None
+
+    denied = flaky_s3(["403", "403"])
+    source = denied.source(use_obstore=True)
+    with pytest.raises(SourceError) as refused:
+        source.read_range("b.mp4", 0, 10)
+    assert str(refused.value) == "reading s3://flaky/b.mp4 failed: HTTP 403 AccessDenied"
+    assert not isinstance(refused.value, TransientSourceError)
+    assert len(denied.requests) == 2 and source.obstore is not None  # one each; refusals are not retried
+
+    failing = flaky_s3(["500"] * (1 + obstore_reads.RETRIES + 2))
+    with pytest.raises(TransientSourceError) as raised:
+        failing.source(max_attempts=2, use_obstore=True).read_range("a/clip.mp4", 0, 10)
+    assert str(raised.value) == (
+        "reading s3://flaky/a/clip.mp4 failed after 2 attempts: HTTP 500 InternalError"
+    )
+    assert len(failing.requests) == 1 + obstore_reads.RETRIES + 2
+
+    recovering = flaky_s3(["500"] * (1 + obstore_reads.RETRIES))
+    source = recovering.source(use_obstore=True)
+    with caplog.at_level(logging.WARNING, logger="longcat.data.s3"):
+        assert source.read_range("clip.mp4", 10, 20) == body[10:20]
+    assert source.obstore is None
+    assert "obstore could not read s3://flaky/clip.mp4 (GenericError) where boto3 could" in caplog.text
+    assert FAKE_ACCESS_KEY not in caplog.text and FAKE_SECRET_KEY not in caplog.text
+    assert source.read_range("clip.mp4", 0, 2) == body[:2]
+    assert len(recovering.requests) == 1 + obstore_reads.RETRIES + 2
+
+
+# Each call hands out a new key that expires in 12 minutes, inside boto3's renewal window.
+NUMBERED_KEYS = """
+import datetime, json, pathlib, sys
+calls = pathlib.Path(sys.argv[1])
+n = int(calls.read_text()) + 1 if calls.exists() else 1
+calls.write_text(str(n))
+expires = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=12)).isoformat()
+key = {"Version": 1, "AccessKeyId": f"AKIAKEY{n:013d}", "SecretAccessKey": "s", "Expiration": expires}
+print(json.dumps(key))
+"""
+
+
+def test_obstore_signs_with_the_keys_boto3_renews(flaky_s3, tmp_path, monkeypatch):
+    """obstore asks boto3's chain for keys again once its copy is CREDENTIALS_TTL old (here 1 s, 5 minutes
+    in a job), and boto3 renews keys that near their expiry: a day-long job's ranged reads never sign
+    with keys that have lapsed."""
+    import boto3
+
+    (tmp_path / "keys.py").write_text(NUMBERED_KEYS)
+    process = f"{sys.executable} {tmp_path / 'keys.py'} {tmp_path / 'calls'}"
+    (tmp_path / "aws-config").write_text(f"[profile job]\ncredential_process = {process}\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_PROFILE", "job")
+    monkeypatch.setattr(obstore_reads, "CREDENTIALS_TTL", timedelta(seconds=1))
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # one made earlier holds the earlier profiles
+    served = flaky_s3([])
+    source = served.source(use_obstore=True)
+
+    assert source.read_range("clip.mp4", 0, 4) == FlakyS3.BODY[:4]
+    time.sleep(2)
+    assert source.read_range("clip.mp4", 4, 8) == FlakyS3.BODY[4:8]
+
+    first, second = (auth.split("Credential=")[1].split("/")[0] for auth, _ in served.requests)
+    assert first.startswith("AKIAKEY") and second.startswith("AKIAKEY") and first != second
+    assert source.obstore is not None  # both reads were obstore's
 
 
 def test_sanitize_blanks_presigned_signatures_and_key_ids():

@@ -9,15 +9,19 @@ no ISO-BMFF box (WebM/Matroska, AVI, MPEG-TS, ... whatever its name) is read by 
 over a bounded read instead (`longcat.data.container`).
 
 Each object ends as one record: probed facts, or a reject with one of REJECT_REASONS and a detail.
+`probe_rows` makes each object's decode check on a thread of its own, so that its workers go on to the
+next object's reads.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 16 * 1024
 TAIL_BYTES = 16 * 1024
 CAPTION_READ_THREADS = 64
+# Objects read and waiting for their decode check, per probe worker.
+CHECK_BACKLOG_PER_WORKER = 4
 
 PROBE_SCHEMA = pa.schema(
     [
@@ -192,15 +198,37 @@ def _empty_record(row: Mapping) -> dict:
     return record
 
 
-def probe_object(source: Source, row: Mapping, *, decode_check: bool, max_caption_bytes: int) -> dict:
-    """The probe record of one manifest row: facts and caption, or a reason it is rejected.
+@contextmanager
+def _recorded(record: dict):
+    """A failure inside becomes the record's reason and detail; TransientSourceError goes on up."""
+    try:
+        yield
+    except Reject as reject:
+        record.update(
+            reason=reject.reason, detail=reject.detail, probe_bytes=getattr(reject, "bytes_read", 0)
+        )
+    except TransientSourceError:
+        raise  # the source did not answer: no fact about the object, so no record the run would keep
+    except (SourceError, OSError) as error:
+        record.update(reason="read_error", detail=sanitize(error))
+    except (struct.error, ValueError, IndexError) as error:
+        # Malformed boxes the walk did not foresee: a reject of this object, not a failed chunk.
+        log.warning("%s: malformed container (%s: %s)", record["key"], type(error).__name__, error)
+        record.update(reason="undecodable", detail=f"malformed container: {type(error).__name__}: {error}")
+
+
+def read_object(
+    source: Source, row: Mapping, *, decode_check: bool, max_caption_bytes: int
+) -> Callable[[], dict]:
+    """The reads of one manifest row's probe (`read_video` and the caption); returns the step that
+    finishes its record, the decode check (`check_first_picture`), to run on this thread or another.
 
     The caption is read up to `max_caption_bytes` (`read_caption`), so a huge caption costs no more
     memory here, in the metadata or in the text cache than a long one.
     """
     record = _empty_record(row)
     key = row["key"]
-    try:
+    with _recorded(record):
         if row["size"] == 0:
             raise Reject("zero_bytes", "the object is empty")
         if not row.get("caption_key"):
@@ -212,7 +240,7 @@ def probe_object(source: Source, row: Mapping, *, decode_check: bool, max_captio
             read_caption, source, row["caption_key"], caption_size, max_caption_bytes
         )
         try:
-            video, video_reject = probe_video(source, key, int(row["size"]), decode_check), None
+            video, video_reject = read_video(source, key, int(row["size"]), decode_check), None
         except Reject as reject:
             video, video_reject = None, reject
         caption = caption_read.result()
@@ -223,22 +251,22 @@ def probe_object(source: Source, row: Mapping, *, decode_check: bool, max_captio
         )
         if video_reject is not None:
             raise video_reject
-        columns, bytes_read = video
+        return functools.partial(_finish_record, record, video)
+    return lambda: record
+
+
+def _finish_record(record: dict, video: tuple) -> dict:
+    """The record of a `read_video` result once its decode check is done."""
+    with _recorded(record):
+        columns, bytes_read = check_first_picture(*video)
         record.update(columns)
         record["probe_bytes"] = bytes_read
-    except Reject as reject:
-        record.update(
-            reason=reject.reason, detail=reject.detail, probe_bytes=getattr(reject, "bytes_read", 0)
-        )
-    except TransientSourceError:
-        raise  # the source did not answer: no fact about the object, so no record the run would keep
-    except (SourceError, OSError) as error:
-        record.update(reason="read_error", detail=sanitize(error))
-    except (struct.error, ValueError, IndexError) as error:
-        # Malformed boxes the walk did not foresee: a reject of this object, not a failed chunk.
-        log.warning("%s: malformed container (%s: %s)", key, type(error).__name__, error)
-        record.update(reason="undecodable", detail=f"malformed container: {type(error).__name__}: {error}")
     return record
+
+
+def probe_object(source: Source, row: Mapping, *, decode_check: bool, max_caption_bytes: int) -> dict:
+    """The probe record of one manifest row: facts and caption, or a reason it is rejected."""
+    return read_object(source, row, decode_check=decode_check, max_caption_bytes=max_caption_bytes)()
 
 
 def reuse_key(row: Mapping) -> tuple:
@@ -280,16 +308,26 @@ def probe_rows(
         mininterval=10,
         bar_format=PROGRESS_FORMAT,
     )
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [
-            pool.submit(
-                probe_object, source, row, decode_check=decode_check, max_caption_bytes=max_caption_bytes
-            )
-            for row in todo
-        ]
+    # The decode checks run on a thread of their own, so that each worker goes on to its next object's
+    # reads: `workers` objects' reads stay in flight. Objects read but not yet checked are held to a few
+    # per worker.
+    backlog = threading.BoundedSemaphore(CHECK_BACKLOG_PER_WORKER * max(1, workers))
+
+    def probe(row: Mapping) -> Future:
+        finish = read_object(source, row, decode_check=decode_check, max_caption_bytes=max_caption_bytes)
+        backlog.acquire()
+        checked = checks.submit(finish)
+        checked.add_done_callback(lambda _: backlog.release())
+        return checked
+
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe-check") as checks,
+    ):
+        futures = [pool.submit(probe, row) for row in todo]
         for row, future in zip(todo, futures, strict=True):
             try:
-                fresh[reuse_key(row)] = future.result()
+                fresh[reuse_key(row)] = future.result().result()
             except TransientSourceError as error:
                 unanswered.append(error)
             progress.update()

@@ -1,5 +1,6 @@
-"""An S3 bucket as a clip source: listed with ListObjectsV2 (or read from an S3 Inventory), read with
-ranged `get_object` calls on one shared boto3 client.
+"""An S3 bucket as a clip source: listed with ListObjectsV2 (or read from an S3 Inventory) and streamed
+into files on one shared boto3 client; byte ranges are read on obstore (`longcat.data.obstore_reads`),
+and on boto3 `get_object` calls wherever obstore fails.
 
 The client's connection pool is sized for the threads that read at once (probe workers, each with its
 head and tail reads in flight together), and botocore retries dropped connections, timeouts, throttling
@@ -9,11 +10,13 @@ the object; 404 and 403 are `SourceError`; a version other than the probed one i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import BinaryIO
 
+from longcat.data import obstore_reads
 from longcat.data.inventory import list_inventory, strip_etag
 from longcat.data.sources import (
     Source,
@@ -23,6 +26,8 @@ from longcat.data.sources import (
     changed_since_probe,
     sanitize,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 CONNECT_TIMEOUT_SECONDS = 10
@@ -79,7 +84,10 @@ class S3Source(Source):
     """Objects under `prefix` in `bucket`, listed with ListObjectsV2 or read from an S3 Inventory.
 
     `readers` is how many threads read at once; the connection pool holds two connections for each
-    (head and tail of a probe in flight together), or `list_workers` when that is more.
+    (head and tail of a probe in flight together), or `list_workers` when that is more. Byte ranges are
+    read on obstore unless `use_obstore` is false; once obstore fails where boto3 then reads, the
+    source reads on boto3 alone (a server that answers ranges in a way obstore refuses, a proxy or a
+    certificate that boto3 is configured for).
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class S3Source(Source):
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         read_timeout: float = READ_TIMEOUT_SECONDS,
         client=None,
+        use_obstore: bool = True,
     ):
         self.bucket = bucket
         # The prefix is a folder: "videos" and "videos/" both mean the keys under "videos/".
@@ -106,6 +115,11 @@ class S3Source(Source):
             region, endpoint_url, pool, max_attempts, connect_timeout, read_timeout
         )
         self.max_attempts = _max_attempts(self.client)
+        self.obstore = (
+            obstore_reads.obstore_store(self.client, bucket, connect_timeout, read_timeout)
+            if use_obstore
+            else None
+        )
         # The second and later ranges of one `read_ranges` call go out from here, so that all are in flight.
         self._range_pool = ThreadPoolExecutor(max(1, pool), thread_name_prefix="s3-range")
         self.description = f"s3://{bucket}/{self.prefix}"
@@ -186,13 +200,39 @@ class S3Source(Source):
         return list_inventory(read, self.inventory, self.bucket, self.prefix)
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        return self._read(self.prefix + key, start, end) if end > start else b""
+        return self.read_ranges(key, [(start, end)])[0]
 
     def read_ranges(self, key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """All ranges in flight at once: the first read in this thread, the others on the range pool, so a
-        probe's head and tail take one round trip."""
-        later = [self._range_pool.submit(self.read_range, key, start, end) for start, end in ranges[1:]]
-        first = [self.read_range(key, *ranges[0])] if ranges else []
+        """All ranges in flight at once, so a probe's head and tail take one round trip: on obstore, or on
+        boto3 when obstore fails (boto3's answer or error stands)."""
+        full_key, wanted = self.prefix + key, [(start, end) for start, end in ranges if end > start]
+        store = self.obstore
+        if store is None or not wanted or not obstore_reads.keeps_key(full_key):
+            return self._boto3_ranges(full_key, ranges)
+        try:
+            parts = iter(obstore_reads.read_ranges(store, full_key, wanted))
+            return [next(parts) if end > start else b"" for start, end in ranges]
+        except Exception as error:  # whatever obstore raises, boto3 reads the ranges again and decides
+            failure = type(error).__name__
+        data = self._boto3_ranges(full_key, ranges)
+        if self.obstore is not None:
+            self.obstore = None
+            log.warning(
+                "obstore could not read s3://%s/%s (%s) where boto3 could: this source reads on boto3 alone",
+                self.bucket,
+                full_key,
+                failure,
+            )
+        return data
+
+    def _boto3_ranges(self, full_key: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """`read_ranges` on boto3: the first read in this thread, the others on the range pool."""
+
+        def read(start: int, end: int) -> bytes:
+            return self._read(full_key, start, end) if end > start else b""
+
+        later = [self._range_pool.submit(read, start, end) for start, end in ranges[1:]]
+        first = [read(*ranges[0])] if ranges else []
         return first + [future.result() for future in later]
 
     def read_all(self, key: str) -> bytes:
