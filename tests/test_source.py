@@ -518,6 +518,7 @@ class FlakyS3:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def source(self, max_attempts=4, use_obstore=False) -> S3Source:
+        """An S3Source on this server, reading on boto3 alone unless `use_obstore`."""
         return S3Source(
             "flaky",
             endpoint_url=self.endpoint,
