@@ -112,7 +112,7 @@ def write_data_stage(work: Path, rows: int, shard_size: int) -> dict:
         lists.append(path)
     stages.append(lists)
 
-    base_model = results / "base_model"
+    base_model = work / bench_layout(work).base_model
     base_model.mkdir(parents=True, exist_ok=True)
     (base_model / "model_index.json").write_text("{}")
     stages.append([base_model])
@@ -153,14 +153,19 @@ def planned_jobs(output: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def write_cache_outputs(work: Path) -> None:
-    """Every file `snakemake cache` would write, newer than its inputs."""
+def bench_layout(work: Path):
+    """The paths of the bench's config (`bench_config`)."""
     sys.path.insert(0, str(REPO))
     from longcat.config import load_config
     from longcat.paths import Layout
     from longcat.settings import load_settings
 
-    layout = Layout.from_settings(load_settings(load_config(work / "bench.yaml")))
+    return Layout.from_settings(load_settings(load_config(work / "bench.yaml")))
+
+
+def write_cache_outputs(work: Path) -> None:
+    """Every file `snakemake cache` would write, newer than its inputs."""
+    layout = bench_layout(work)
     shards = sorted(
         p.name[len("shard-") : -len(".parquet")] for p in (work / "results" / "shards").glob("shard-*")
     )
@@ -190,10 +195,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as scratch:
         work = (args.workdir or Path(scratch)).resolve()
         work.mkdir(parents=True, exist_ok=True)
+        configfile = bench_config(work, args.shard_size)
         start = time.perf_counter()
         data = write_data_stage(work, args.rows, args.shard_size)
         setup_s = time.perf_counter() - start
-        configfile = bench_config(work, args.shard_size)
 
         plan_s, plan_output = dry_run(work, configfile)
         jobs = planned_jobs(plan_output)

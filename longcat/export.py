@@ -65,8 +65,12 @@ def export_model(
     dtype: torch.dtype = torch.bfloat16,
     max_shard_size: str = "5GB",
     flow_shift: float | None = None,
+    record: Mapping | None = None,
 ) -> Path:
     """Write `out_dir` in the published layout with `dit` (a model or a full state dict) as the transformer.
+
+    `record`, the run's record of the steps that made the weights (`longcat.train.record`), is written
+    beside them as `training.yaml`.
 
     A state dict must match the base model's `dit/config.json` exactly; a model brings its own config.
     `flow_shift`, when given, is the shift the model was trained with: the exported scheduler samples with
@@ -88,6 +92,10 @@ def export_model(
         if flow_shift is not None:
             write_scheduler_shift(tmp / "scheduler", flow_shift)
         write_pipeline_files(tmp, tokenizer_class=tokenizer_class_name(base_dir))
+        if record is not None:
+            from longcat.train.record import EXPORTED_RECORD_FILE, write_record
+
+            write_record(tmp, record, EXPORTED_RECORD_FILE)
 
     logger.info("exporting the model to %s (dit in %s, other parts from %s)", out_dir, dtype, base_dir)
     return write_dir_atomically(Path(out_dir), fill)

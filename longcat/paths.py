@@ -5,7 +5,7 @@ both ask here, so a path has one definition.
     {results}/metadata/part-CCC.parquet               {results}/metadata.parquet, rejected.parquet
     {results}/shards/assignments.parquet              {results}/shards/shard-NNNNN.parquet
     {results}/store/...                               history a relist reuses (not a rule output)
-    {results}/base_model/                             {results}/logs/...
+    {results}/base_model/<key>/                       {results}/logs/...
     {results}/estimate.{json,txt}
     {results}/report/data/, report/caches/            figures and tables of `snakemake --report`
     {results}/benchmarks/...                          Snakemake's per-job benchmark tables
@@ -19,11 +19,13 @@ Methods that take a shard, chunk or step accept a Snakemake wildcard pattern too
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from longcat.cache.spec import CacheSettings, cache_key, text_cache_spec, vae_cache_spec
 
+STEP_DIR = re.compile(r"^step-(\d+)$")
 SHARD_ID_WIDTH = 5
 EMPTY_TEXT_FILE = "empty.safetensors"
 
@@ -34,6 +36,20 @@ def shard_id(index: int) -> str:
 
 def chunk_id(index: int) -> str:
     return f"{index:03d}"
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    """Complete checkpoints (`step-N`) under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = checkpoint_dirs(root)
+    return found[-1] if found else None
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class RunLayout:
     base_model: Path
     vae_cache: Path
     text_cache: Path
+    init_from: Path | None = None  # the model step 0 starts from when not the base model
 
     @property
     def train_config(self) -> Path:
@@ -124,8 +141,10 @@ class Layout:
     cache_dir: Path
     runs_dir: Path
     run: str
+    base_model_key: str
     vae_key: str
     text_key: str
+    init_from: str | None = None
 
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> Layout:
@@ -135,8 +154,10 @@ class Layout:
             cache_dir=Path(settings.cache_dir),
             runs_dir=Path(settings.runs_dir),
             run=settings.train.run,
+            base_model_key=cache_key(settings.base_model.identity()),
             vae_key=cache_key(vae_cache_spec(settings)),
             text_key=cache_key(text_cache_spec(settings)),
+            init_from=settings.train.init_from,
         )
 
     # ---- data stage
@@ -177,7 +198,9 @@ class Layout:
 
     @property
     def base_model(self) -> Path:
-        return self.results / "base_model"
+        """The base model in the published layout, in a directory keyed by what makes it
+        (`BaseModel.identity`): two configs in one checkout each read their own."""
+        return self.results / "base_model" / self.base_model_key
 
     @property
     def estimate(self) -> Path:
@@ -228,4 +251,26 @@ class Layout:
             base_model=self.base_model,
             vae_cache=self.vae_cache.root,
             text_cache=self.text_cache.root,
+            init_from=self.init_from_model,
         )
+
+    @property
+    def init_from_run(self) -> str | None:
+        """The run `train.init_from` names, when it names a run rather than a directory."""
+        if self.init_from is None or "/" in self.init_from:
+            return None
+        return self.init_from
+
+    @property
+    def init_from_model(self) -> Path | None:
+        """The model `train.init_from` names: a run's final model (a run name), or a directory in the
+        published layout (a path, which holds a `/`)."""
+        if self.init_from is None:
+            return None
+        if self.init_from_run is not None:
+            return self.other_run(self.init_from_run).final
+        return Path(self.init_from)
+
+    def other_run(self, run: str) -> RunLayout:
+        """Where run `run` keeps its files (its inputs may be another config's)."""
+        return RunLayout(self.runs_dir / run, self.base_model, self.vae_cache.root, self.text_cache.root)

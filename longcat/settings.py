@@ -152,6 +152,7 @@ class Train:
     logit_mean: float
     logit_std: float
     flow_shift: float | None
+    init_from: str | None
     conditioned_fraction: float
     num_cond_latents: int
     activation_checkpointing: str

@@ -70,7 +70,7 @@ def shard_assignments(wildcards):
 
 def latest_export(wildcards):
     """`exports/step-N` for the run's latest checkpoint step-N (what the `export` target builds)."""
-    from longcat.train.checkpoint import latest_checkpoint
+    from longcat.paths import latest_checkpoint
 
     latest = latest_checkpoint(RUN.checkpoints)
     if latest is None:

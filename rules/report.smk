@@ -46,6 +46,7 @@ REPORT_FILES = [
     str(PATHS.data_report("estimate.html")),
     str(PATHS.cache_report("shards.html")),
     str(RUN.report("videos.html")),
+    str(RUN.report("record.html")),
 ]
 
 
@@ -130,6 +131,9 @@ rule report_training:
         videos=report_item(
             RUN.report("videos.html"), "Training", "Videos", "training/videos"
         ),
+        record=report_item(
+            RUN.report("record.html"), "Training", "Run", "training/record"
+        ),
         validation=report(
             directory(str(RUN.report("validation"))),
             patterns=["step-{step}/{video}.mp4"],
@@ -147,5 +151,6 @@ rule report_training:
     params:
         tensorboard=str(RUN.tensorboard),
         validation=str(RUN.validation),
+        final=str(RUN.final),
     script:
         "../scripts/report_training.py"

@@ -50,7 +50,7 @@ def test_demo_cache_end_to_end_and_incremental(trained_demo, tmp_path):
     metadata = {row["key"]: row for row in pq.read_table(results / "metadata.parquet").to_pylist()}
     settings = load_settings(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
     config_frames = settings.frames
-    components = load_components(results / "base_model", components=("vae",))
+    components = load_components(only_dir(results / "base_model"), components=("vae",))
     vae = components["vae"]
     mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)

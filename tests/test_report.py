@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 DATA_FILES = {"summary.html", "rejects.csv", "estimate.html", "duration.svg", "fps.svg", "aspect.svg"}
 DATA_FILES |= {"buckets.svg", "caption_words.svg"}
 CACHE_FILES = {"shards.html", "throughput.svg", "caption_tokens.svg"}
-TRAINING_FILES = {f"{name}.svg" for name in TRAINING_FIGURES} | {"videos.html"}
+TRAINING_FILES = {f"{name}.svg" for name in TRAINING_FIGURES} | {"videos.html", "record.html"}
 VIDEOS = {"step-80/video-00.mp4", "step-160/video-00.mp4", "sample-00.mp4"}
 
 
@@ -72,6 +72,14 @@ def test_report_holds_the_data_the_caches_and_the_training(report_zip):
     embedded = [base64.b64decode(data) for data in re.findall(r'src="data:video/mp4;base64,([^"]+)"', videos)]
     assert one("sample-00.mp4") in embedded and len(embedded) == 3
     assert "a red square moving across a blue background" in videos
+
+    # What was trained: one start of 160 steps on the demo's 12 samples, from the base model.
+    trained = one("record.html").decode()
+    assert "160 steps, from the base model's weights" in trained
+    assert re.search(
+        r"<td>1-160</td><td>[^<]+</td><td class=\"number\">2</td><td class=\"number\">12</td>", trained
+    )
+    assert "<td>train.learning_rate</td><td>0.003</td>" in trained
 
     page = one("report.html").decode()
     results = json.loads(
@@ -267,6 +275,7 @@ def test_report_opens_in_a_browser_without_errors(report_zip, tmp_path):
         "Data/Clips",
         "Data/Figures",
         "Training/Figures",
+        "Training/Run",
         "Training/Samples",
         "Training/Validation videos",
         "Training/Videos",

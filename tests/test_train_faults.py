@@ -36,7 +36,8 @@ def _async_worker(rank: int, world_size: int, port: int, root: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from longcat.train.checkpoint import Checkpointer, checkpoint_dirs, load_model_weights_offline
+    from longcat.paths import checkpoint_dirs
+    from longcat.train.checkpoint import Checkpointer, load_model_weights_offline
 
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     torch.manual_seed(0)
@@ -166,7 +167,7 @@ def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subp
 
 
 def test_a_dead_rank_fails_the_launcher_fast_and_the_rerun_resumes(tmp_path, train_base_model):
-    from longcat.train.checkpoint import latest_checkpoint
+    from longcat.paths import latest_checkpoint
 
     vae, text = write_cache(tmp_path / "cache")
     checkpoints = tmp_path / "run" / "checkpoints"

@@ -51,6 +51,7 @@ class MemoryCache:
             self.samples.append(Sample(sample_id, f"{index // 4:05d}", shape, length))
             self._latents[sample_id] = patterns[shape] + 0.1 * torch.randn(shape, generator=generator)
             self._texts[sample_id] = torch.randn(length, TEXT_DIM, generator=generator)
+        self.shards = sorted({sample.shard for sample in self.samples})
 
     def latent(self, sample_id):
         return self._latents[sample_id]
@@ -109,8 +110,8 @@ def _worker(rank: int, world_size: int, port: int, work: str, train: Train, resu
     from longcat.train.loop import Trainer
 
     work = Path(work)
-    trainer = Trainer(train, run_layout(work), MemoryCache())
-    code = trainer.run(Path(resume) if resume else None)
+    trainer = Trainer(train, run_layout(work), MemoryCache(), resume=Path(resume) if resume else None)
+    code = trainer.run()
     if rank == 0:
         resumed_at = trainer.progress.step - len(trainer.progress.history)
         (work / "result.json").write_text(
@@ -251,14 +252,14 @@ def _preempted_worker(rank: int, world_size: int, port: int, work: str, train: T
 
     if rank == 0:
         threading.Thread(target=signal_when_ready, daemon=True).start()
-    code = trainer.run(None, stop)
+    code = trainer.run(stop)
     if rank == 0:
         (work / "result.json").write_text(json.dumps({"code": code, "step": trainer.progress.step}))
     torch.distributed.destroy_process_group()
 
 
 def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_the_rerun_resumes(tmp_path, train_base_model):
-    from longcat.train.checkpoint import latest_checkpoint
+    from longcat.paths import latest_checkpoint
     from longcat.train.loop import EXIT_PREEMPTED
 
     work = workdir(tmp_path, train_base_model)

@@ -249,8 +249,9 @@ def test_a_checkpoint_deletion_killed_part_way_leaves_only_complete_step_dirs(tm
     `rmtree` is made to delete one file and then fail, as a process killed mid-deletion would; every
     `step-N` left must still hold its `.metadata`, and the next prune clears what the kill left.
     """
+    from longcat.paths import checkpoint_dirs, latest_checkpoint
     from longcat.train import checkpoint
-    from longcat.train.checkpoint import Checkpointer, checkpoint_dirs, latest_checkpoint
+    from longcat.train.checkpoint import Checkpointer
 
     root = tmp_path / "checkpoints"
     checkpointer = Checkpointer.__new__(Checkpointer)

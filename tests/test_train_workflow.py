@@ -138,8 +138,8 @@ def test_usr1_to_the_launcher_saves_a_checkpoint_and_stops_every_process(demo, t
 
     import yaml
 
+    from longcat.paths import latest_checkpoint
     from longcat.settings import load_run_settings
-    from longcat.train.checkpoint import latest_checkpoint
     from longcat.train.launch import launch_command
 
     config = yaml.safe_load((demo / "runs" / "demo" / "train_config.yaml").read_text())

@@ -70,8 +70,8 @@ def test_nothing_reaches_s3_at_parse_time(tmp_path):
 def test_cache_plan_follows_the_shard_checkpoint_and_reruns_nothing(tmp_path):
     # Tables of a finished data stage (50 clips, 10 per shard) without any video: `cache` plans one
     # VAE and one text job per shard; with every cache file present, nothing is left to do.
-    data = write_data_stage(tmp_path, rows=50, shard_size=10)
     configfile = bench_config(tmp_path, shard_size=10)
+    data = write_data_stage(tmp_path, rows=50, shard_size=10)
     args = ("cache", "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile")
     plan = snakemake(*args, str(configfile), cwd=tmp_path)
     assert plan.returncode == 0, plan.stdout[-3000:]

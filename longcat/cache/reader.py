@@ -139,6 +139,8 @@ class CacheReader:
                 ),
             )
         )
+        # Every shard the VAE cache indexes, whatever its samples' status: the data a run has seen.
+        self.shards: list[str] = sorted(set(vae["shard"].to_pylist()))
         failed = vae.filter(pc.not_equal(vae["status"], STATUS_OK))
         self.failed = dict(zip(failed["sample_id"].to_pylist(), failed["shard"].to_pylist(), strict=True))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from longcat.files import write_dir_atomically
-from longcat.report.figures import new_figure, no_data, save_svg, write_page
+from longcat.report.figures import html_table, new_figure, no_data, save_svg, write_page
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ TRAINING_FIGURES = {
     ),
     "mfu": ("perf/mfu", "Model FLOPs utilisation", "MFU", True, False),
 }
-# The outputs of the rule report_training, by name: the figures, the video page and the videos' folder.
-TRAINING_OUTPUTS = (*TRAINING_FIGURES, "videos", "validation")
+# The outputs of the rule report_training, by name: the figures, the video page, the videos' folder and
+# the page of what was trained.
+TRAINING_OUTPUTS = (*TRAINING_FIGURES, "videos", "validation", "record")
 # Points per line: a run of 100,000 steps draws the range of each group of 100 steps.
 MAX_POINTS = 1000
 # Validation steps whose videos the page plays (the first and the last); the report lists them all.
@@ -189,10 +190,52 @@ def link_validation_videos(validation_dir: str | Path, out_dir: str | Path) -> N
     write_dir_atomically(out_dir, fill)
 
 
+def write_record_page(record: Mapping, path: str | Path) -> None:
+    """What the final model was trained with (`longcat.train.record`): each start's steps and what
+    changed at it, where step 0 started from, the settings that shape the weights, the last settings."""
+    from longcat.train.record import flatten, show
+
+    segments = [
+        (
+            f"{segment['from_step'] + 1:,}-{segment['to_step']:,}",
+            segment["started"],
+            segment["world_size"],
+            segment["samples"],
+            "; ".join(f"{key}: {show(old)} -> {show(new)}" for key, (old, new) in segment["changed"].items()),
+        )
+        for segment in record["segments"]
+    ]
+    start = record.get("init_from") or {}
+    parts = [
+        f"<p>Run {html.escape(str(record['run']))}: {record['step']:,} steps, from "
+        + (html.escape(show(start)) if start else "the base model's weights")
+        + ".</p>",
+        "<h2>Starts</h2>",
+        html_table(
+            ("steps", "started (UTC)", "processes", "samples", "settings changed at the start"), segments
+        ),
+        "<h2>What shapes the weights (the same for every step)</h2>",
+        html_table(
+            ("setting", "value"), [(key, show(value)) for key, value in flatten(record["identity"]).items()]
+        ),
+        "<h2>Training settings of the last start</h2>",
+        html_table(
+            ("setting", "value"), [(f"train.{key}", show(value)) for key, value in record["train"].items()]
+        ),
+    ]
+    write_page(path, "What was trained", "\n".join(parts))
+
+
 def write_training_report(
-    tb_dir: str | Path, validation_dir: str | Path, samples_dir: str | Path, outputs: Mapping[str, str | Path]
+    tb_dir: str | Path,
+    validation_dir: str | Path,
+    samples_dir: str | Path,
+    record: Mapping,
+    outputs: Mapping[str, str | Path],
 ) -> None:
-    """Every file of TRAINING_OUTPUTS for one run (rule report_training)."""
+    """Every file of TRAINING_OUTPUTS for one run (rule report_training); `record` is the run's record
+    of the final model's steps."""
+    write_record_page(record, outputs["record"])
     scalars, prompts = read_tensorboard(tb_dir)
     for name in TRAINING_FIGURES:
         scalar_figure(scalars, name, outputs[name])

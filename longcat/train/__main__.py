@@ -54,6 +54,7 @@ def run_layout(args: argparse.Namespace, default: RunLayout) -> RunLayout:
         base_model=args.base_model or default.base_model,
         vae_cache=args.vae_cache or default.vae_cache,
         text_cache=args.text_cache or default.text_cache,
+        init_from=default.init_from,
     )
 
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from longcat.cache.reader import CacheReader
     from longcat.cache.spec import CacheError
     from longcat.train.loop import StopRequest, Trainer
+    from longcat.train.record import RunRefused, run_identity
 
     stop = StopRequest()
     try:
@@ -91,9 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     except CacheError as error:
         log.error("training data: %s", error)
         return 2
-    trainer = Trainer(cfg, paths, source, sample_prompts)
     try:
-        return trainer.run(args.resume, stop)
+        trainer = Trainer(cfg, paths, source, sample_prompts, run_identity(settings), args.resume)
+    except RunRefused as error:
+        # Every rank finds the same; one message is enough.
+        if rank == 0:
+            log.error("%s", error)
+        return 2
+    try:
+        return trainer.run(stop)
     finally:
         import torch.distributed as dist
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import logging
 import random
-import re
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -34,19 +33,12 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from longcat.paths import checkpoint_dirs
+from longcat.train.record import write_record
+
 log = logging.getLogger(__name__)
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
 DELETING = ".deleting-"
-
-
-def checkpoint_dirs(root: str | Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return [path for _, path in sorted(found)]
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -73,11 +65,6 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
     remove_deletion_leftovers(root)
     for old in checkpoint_dirs(root)[:-keep_last]:
         remove_checkpoint(old)
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    found = checkpoint_dirs(root)
-    return found[-1] if found else None
 
 
 def rng_state() -> dict[str, Any]:
@@ -119,8 +106,10 @@ class Checkpointer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         trainer_state: dict[str, Any],
+        record: dict[str, Any] | None = None,
     ) -> Path:
-        """Save model, optimiser and trainer state (step, scheduler, loader) as `step-N`."""
+        """Save model, optimiser and trainer state (step, scheduler, loader) as `step-N`, with the run's
+        `record` of the steps it holds (`longcat.train.record`)."""
         self.wait()
         final = self.root / f"step-{step}"
         partial = self.root / f"step-{step}.partial"
@@ -131,6 +120,8 @@ class Checkpointer:
                 shutil.rmtree(stale)
             remove_deletion_leftovers(self.root)
             partial.mkdir(parents=True)
+            if record is not None:
+                write_record(partial, record)
         dist.barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state, "trainer": trainer_state}

@@ -43,6 +43,7 @@ class CacheSource(Protocol):
     """What the loader needs from the cache reader (`longcat.cache.reader.CacheReader`)."""
 
     samples: Sequence[CacheSample]
+    shards: Sequence[str]  # the shard ids the caches hold, usable samples or not
     max_tokens: int  # the text cache's token limit: captions are padded to it, as sampling pads them
 
     def latent(self, sample_id: str) -> torch.Tensor: ...
@@ -76,16 +77,20 @@ class BucketedSampler:
         self.rank = rank
         self.seed = seed
         self.caption_dropout = caption_dropout
-        self.batches_per_rank = len(self._epoch_batches(0)) // world_size
+        self.batches_per_rank = self.batches_in(None)
 
     def bucket_sizes(self) -> dict[tuple[int, ...], int]:
         return dict(sorted(Counter(self.shapes).items()))
 
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+    def batches_in(self, members: Sequence[int] | None) -> int:
+        """Batches per rank in an epoch over `members` (sample indices; None: every sample)."""
+        return len(self._epoch_batches(0, members)) // self.world_size
+
+    def _epoch_batches(self, epoch: int, members: Sequence[int] | None = None) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{epoch}")
         buckets: dict[tuple[int, ...], list[int]] = {}
-        for index, shape in enumerate(self.shapes):
-            buckets.setdefault(shape, []).append(index)
+        for index in range(len(self.shapes)) if members is None else members:
+            buckets.setdefault(self.shapes[index], []).append(index)
         batches = []
         for shape in sorted(buckets):
             members = buckets[shape]
@@ -96,9 +101,11 @@ class BucketedSampler:
         # Every rank must run the same number of steps, or a collective waits forever.
         return batches[: len(batches) - len(batches) % self.world_size]
 
-    def epoch(self, epoch: int, start: int = 0) -> list[list[BatchItem]]:
-        """This rank's batches of `epoch`, from its `start`-th batch on."""
-        mine = self._epoch_batches(epoch)[self.rank :: self.world_size]
+    def epoch(
+        self, epoch: int, start: int = 0, members: Sequence[int] | None = None
+    ) -> list[list[BatchItem]]:
+        """This rank's batches of `epoch` over `members` (None: every sample), from its `start`-th on."""
+        mine = self._epoch_batches(epoch, members)[self.rank :: self.world_size]
         rng = random.Random(f"{self.seed}:{epoch}:captions:{self.rank}")
         flagged = [[BatchItem(i, rng.random() < self.caption_dropout) for i in batch] for batch in mine]
         return flagged[start:]
@@ -138,7 +145,11 @@ class CacheBatches(Dataset):
 
 
 class TrainLoader:
-    """Endless iteration over epochs with worker prefetch and an exact, checkpointable position."""
+    """Endless iteration over epochs with worker prefetch and an exact, checkpointable position.
+
+    An epoch draws from the samples there were when it began: samples added to the caches while a run
+    is stopped join at the next epoch (`resume_epoch`).
+    """
 
     def __init__(
         self,
@@ -152,6 +163,7 @@ class TrainLoader:
         prefetch_batches: int = 4,
     ):
         self.dataset = CacheBatches(source)
+        self.shards = list(source.shards)
         self.sampler = BucketedSampler(
             [sample.latent_shape for sample in self.dataset.samples],
             batch_size,
@@ -170,27 +182,71 @@ class TrainLoader:
         self.prefetch_batches = prefetch_batches
         self.epoch = 0
         self.position = 0
+        self.members: list[int] | None = None  # the samples the current epoch draws from; None: all
+        self.epoch_batches = self.sampler.batches_per_rank
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, "num_samples": len(self.dataset)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if state.get("num_samples") != len(self.dataset):
-            log.warning(
-                "training data changed since the checkpoint (%s samples then, %d now): "
-                "the epoch order differs from the interrupted run",
-                state.get("num_samples"),
-                len(self.dataset),
-            )
+    def load_state_dict(self, state: dict[str, int], world_size_then: int | None = None) -> None:
+        """The position of a checkpoint, written by `world_size_then` ranks (None: this many).
+
+        Ranks take an epoch's batches in turn, so after P batches on each of W ranks the first P x W of
+        the epoch are done, whatever the world size that goes on from there.
+        """
         self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+        done = int(state["position"]) * (world_size_then or self.sampler.world_size)
+        self.position = done // self.sampler.world_size
+
+    def data_state(self) -> dict[str, Any]:
+        """What the run trains on, for its record: every shard the caches hold, the usable samples, and
+        the current epoch's samples per shard (what a resumed run needs to go on with the same epoch)."""
+        members = range(len(self.dataset.samples)) if self.members is None else self.members
+        return {
+            "samples": len(self.dataset),
+            "shards": self.shards,
+            "epoch": self.epoch,
+            "epoch_samples": dict(sorted(Counter(self.dataset.samples[i].shard for i in members).items())),
+        }
+
+    def resume_epoch(self, epoch_samples: dict[str, int]) -> str | None:
+        """Go on with the checkpoint's epoch over the samples it began with (`epoch_samples`, per shard).
+
+        Samples added since (new shards) join at the next epoch. When samples the epoch began with are
+        gone or changed, it cannot go on in its order: the next epoch starts now, over every sample.
+        Returns what was done, for the log, or None when the data is as it was.
+        """
+        samples = self.dataset.samples
+        now = Counter(sample.shard for sample in samples)
+        if now == Counter(epoch_samples):
+            return None
+        changed = sorted(shard for shard, count in epoch_samples.items() if now.get(shard) != count)
+        if not changed:
+            self.members = [index for index, sample in enumerate(samples) if sample.shard in epoch_samples]
+            self.epoch_batches = self.sampler.batches_in(self.members)
+            new = sorted(set(now) - set(epoch_samples))
+            return (
+                f"the caches hold {len(samples) - len(self.members)} samples more than when epoch "
+                f"{self.epoch} began (new shards: {', '.join(new)}): epoch {self.epoch} goes on over its "
+                f"{len(self.members)} samples, all {len(samples)} train from epoch {self.epoch + 1} on"
+            )
+        counts = ", ".join(f"{shard}: {epoch_samples[shard]} -> {now.get(shard, 0)}" for shard in changed)
+        epoch = self.epoch
+        self.epoch, self.position = epoch + 1, 0
+        return (
+            f"the samples of {len(changed)} shards changed since epoch {epoch} began ({counts}): it cannot "
+            f"go on in its order, so epoch {self.epoch} starts now over all {len(samples)} samples"
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.position >= self.epoch_batches:  # fewer batches per rank than when the position was taken
+            self.epoch, self.position, self.members = self.epoch + 1, 0, None
+            self.epoch_batches = self.sampler.batches_per_rank
         # One loader for the whole run: worker processes start once, not at every epoch.
         loader = DataLoader(
             self.dataset,
             batch_size=None,
-            sampler=_EpochsFrom(self.sampler, self.epoch, self.position),
+            sampler=_EpochsFrom(self.sampler, self.epoch, self.position, self.members),
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_batches if self.num_workers else None,
             pin_memory=torch.cuda.is_available(),
@@ -199,9 +255,9 @@ class TrainLoader:
         # The position counts batches handed to the step, not those taken in ahead of it.
         for batch in _in_background(iter(loader), self.prefetch_batches):
             self.position += 1
-            if self.position == self.sampler.batches_per_rank:
-                self.epoch += 1
-                self.position = 0
+            if self.position == self.epoch_batches:
+                self.epoch, self.position, self.members = self.epoch + 1, 0, None
+                self.epoch_batches = self.sampler.batches_per_rank
             yield batch
 
 
@@ -228,18 +284,19 @@ def _exit_on_parents_sigterm(parent: int) -> None:
 
 
 class _EpochsFrom:
-    """Batches of every epoch from (epoch, position) on, without end."""
+    """Batches of every epoch from (epoch, position) on, without end; the first epoch over `members`."""
 
-    def __init__(self, sampler: BucketedSampler, epoch: int, position: int):
+    def __init__(self, sampler: BucketedSampler, epoch: int, position: int, members: list[int] | None):
         self.sampler = sampler
         self.epoch = epoch
         self.position = position
+        self.members = members
 
     def __iter__(self) -> Iterator[list[BatchItem]]:
-        epoch, start = self.epoch, self.position
+        epoch, start, members = self.epoch, self.position, self.members
         while True:
-            yield from self.sampler.epoch(epoch, start)
-            epoch, start = epoch + 1, 0
+            yield from self.sampler.epoch(epoch, start, members)
+            epoch, start, members = epoch + 1, 0, None
 
 
 class _Failed:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from longcat.train.checkpoint import load_model_weights_offline
+from longcat.train.record import read_record
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ def export_checkpoint(
         model = LongCatVideoTransformer3DModel.from_config(config)
     model.to_empty(device="cpu")
     load_model_weights_offline(checkpoint, model)
-    return export_model(model.state_dict(), base_model, out_dir, flow_shift=flow_shift)
+    return export_model(
+        model.state_dict(), base_model, out_dir, flow_shift=flow_shift, record=read_record(checkpoint)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

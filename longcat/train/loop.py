@@ -7,7 +7,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,33 @@ import torch.distributed as dist
 
 from longcat.files import atomic_write_text
 from longcat.flow import noise_latents, scheduler_shift, training_sigmas
-from longcat.paths import RunLayout
+from longcat.paths import RunLayout, latest_checkpoint
 from longcat.settings import Train, settings_dict
-from longcat.train.build import build_model, init_distributed, make_optimizer, micro_batch_generator
+from longcat.train.build import (
+    apply_optimizer_settings,
+    build_model,
+    init_distributed,
+    make_optimizer,
+    micro_batch_generator,
+)
 from longcat.train.checkpoint import (
     Checkpointer,
     full_model_state_dict,
-    latest_checkpoint,
     load_checkpoint,
 )
 from longcat.train.data import CacheSource, TrainLoader
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
 from longcat.train.metrics import Metrics, peak_memory_gib
 from longcat.train.objective import per_sample_loss, sigma_bucket
+from longcat.train.record import (
+    Start,
+    change_lines,
+    check_init_from,
+    check_start,
+    init_from_record,
+    new_segment,
+    read_record,
+)
 from longcat.train.schedule import make_scheduler
 from longcat.train.validation import Validator, most_common_shape, validation_prompts
 
@@ -73,9 +87,18 @@ class Trainer:
         paths: RunLayout,
         source: CacheSource,
         sample_prompts: Sequence[str] = (),
+        identity: Mapping[str, Any] | None = None,
+        resume: Path | None = None,
     ):
+        """`identity` is what shapes the weights besides `cfg` (`record.run_identity`: the base model
+        and the caches; a test without them passes none); `resume` a checkpoint (default: the run's
+        latest). A start the run cannot take raises RunRefused before anything is built."""
         self.cfg = cfg
         self.paths = paths
+        self.identity = dict(identity or {})
+        self.checkpoint = resume or latest_checkpoint(paths.checkpoints)
+        self.record = read_record(self.checkpoint) if self.checkpoint is not None else None
+        self.start = self.check_start(source)
         self.rank, self.world_size, self.device = init_distributed(cfg)
         torch.manual_seed(cfg.seed)
         self.loader = TrainLoader(
@@ -87,7 +110,9 @@ class Trainer:
             cfg.caption_dropout,
             cfg.dataloader_num_workers,
         )
-        self.model = build_model(paths.base_model, cfg, self.device)
+        # A resumed run's weights come from its checkpoint; a new one starts from init_from or the base.
+        weights = paths.init_from if self.checkpoint is None else None
+        self.model = build_model(paths.base_model, cfg, self.device, weights)
         self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = make_scheduler(
             self.optimizer, cfg.lr_warmup_steps, cfg.max_train_steps, cfg.lr_scheduler
@@ -126,6 +151,27 @@ class Trainer:
             rank=self.rank,
         )
 
+    def check_start(self, source: CacheSource) -> Start | None:
+        """The run's rule for a changed config (`longcat.train.record`) against the checkpoint's record;
+        for a new run, that `init_from` is a model of this run's base model."""
+        if self.checkpoint is None:
+            if self.paths.init_from is not None:
+                check_init_from(self.paths.init_from, self.paths.base_model, self.identity)
+            return None
+        if self.record is None:
+            log.warning(
+                "checkpoint %s holds no run record: its settings cannot be checked against the config",
+                self.checkpoint,
+            )
+            return None
+        return check_start(
+            self.record,
+            self.identity or self.record["identity"],
+            self.cfg,
+            str(self.checkpoint),
+            lambda: source.shards,
+        )
+
     def trainer_state(self) -> dict[str, Any]:
         return {
             "step": self.progress.step,
@@ -135,21 +181,57 @@ class Trainer:
             "loader": self.loader.state_dict(),
         }
 
-    def resume(self, path: Path | None) -> None:
-        path = path or latest_checkpoint(self.paths.checkpoints)
-        if path is None:
-            return
-        state = load_checkpoint(path, self.model, self.optimizer, self.trainer_state())
-        self.progress.step = int(state["step"])
-        self.progress.nonfinite_in_row = int(state["nonfinite_in_row"])
-        self.progress.nonfinite_total = int(state["nonfinite_total"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.loader.load_state_dict(state["loader"])
-        if self.rank == 0:
-            log.info("resumed from %s at step %d", path, self.progress.step)
+    def resume(self) -> None:
+        """Load the checkpoint, apply the config's optimizer settings, and open the record's new segment."""
+        if self.checkpoint is not None:
+            state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.trainer_state())
+            self.progress.step = int(state["step"])
+            self.progress.nonfinite_in_row = int(state["nonfinite_in_row"])
+            self.progress.nonfinite_total = int(state["nonfinite_total"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            apply_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
+            recorded = self.record or {}
+            segments = recorded.get("segments") or [{}]
+            self.loader.load_state_dict(state["loader"], segments[-1].get("world_size"))
+            moved = self.loader.resume_epoch(recorded["data"]["epoch_samples"]) if recorded else None
+            if self.rank == 0:
+                log.info("resumed from %s at step %d", self.checkpoint, self.progress.step)
+                for key, (old, new) in (self.start.changed if self.start else {}).items():
+                    log.warning("applied from step %d on: %s %s -> %s", self.progress.step + 1, key, old, new)
+                if moved:
+                    log.warning("%s", moved)
+        self.record = self.opened_record()
+
+    def opened_record(self) -> dict[str, Any]:
+        """The run's record with a segment for this start (a new record for a new run)."""
+        step, samples = self.progress.step, len(self.loader.dataset)
+        segment = new_segment(step, self.world_size, samples, self.start)
+        if self.record is None:
+            return {
+                "run": self.cfg.run,
+                "step": step,
+                "identity": self.identity,
+                "train": settings_dict(self.cfg),
+                "init_from": init_from_record(self.paths.init_from) if step == 0 else None,
+                "data": self.loader.data_state(),
+                "segments": [segment],
+            }
+        return {
+            **self.record,
+            "train": settings_dict(self.cfg),
+            "segments": [*self.record["segments"], segment],
+        }
+
+    def current_record(self) -> dict[str, Any]:
+        """The record of the steps trained so far."""
+        step = self.progress.step
+        segments = [*self.record["segments"][:-1], {**self.record["segments"][-1], "to_step": step}]
+        return {**self.record, "step": step, "data": self.loader.data_state(), "segments": segments}
 
     def save(self) -> Path:
-        return self.checkpointer.save(self.progress.step, self.model, self.optimizer, self.trainer_state())
+        return self.checkpointer.save(
+            self.progress.step, self.model, self.optimizer, self.trainer_state(), self.current_record()
+        )
 
     def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         cfg = self.cfg
@@ -181,11 +263,13 @@ class Trainer:
         tokens = video_tokens(tuple(latents.shape[1:]), self.patch) * latents.shape[0]
         return losses.detach(), sigmas.detach(), tokens
 
-    def run(self, resume: Path | None = None, stop: StopRequest | None = None) -> int:
+    def run(self, stop: StopRequest | None = None) -> int:
         cfg = self.cfg
-        self.resume(resume)
+        self.resume()
         metrics = Metrics(self.paths.tensorboard, self.rank == 0, self.progress.step, cfg.max_train_steps)
-        metrics.hparams(settings_dict(cfg) | {"flow_shift": self.flow_shift})
+        metrics.hparams(settings_dict(cfg) | {"flow_shift": self.flow_shift}, self.progress.step)
+        if self.start is not None and self.start.changed:
+            metrics.text(self.progress.step, "config/changed", "\n".join(change_lines(self.start.changed)))
         card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
         batches = iter(self.loader)
         try:
@@ -304,7 +388,13 @@ class Trainer:
         if self.rank == 0:
             from longcat.export import export_model
 
-            export_model(state, self.paths.base_model, self.paths.final, flow_shift=self.flow_shift)
+            export_model(
+                state,
+                self.paths.base_model,
+                self.paths.final,
+                flow_shift=self.flow_shift,
+                record=self.current_record(),
+            )
             atomic_write_text(self.paths.done, f"step {self.progress.step}\n")
             log.info("exported the model to %s", self.paths.final)
         dist.barrier()

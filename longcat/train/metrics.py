@@ -33,7 +33,9 @@ class Metrics:
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # A resumed run logs again the steps after its checkpoint that an earlier attempt logged before
+        # it stopped: the purge step makes TensorBoard drop those, so each step shows once.
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_step + 1 if start_step else None)
         self.progress = tqdm(
             total=total_steps,
             initial=start_step,
@@ -66,10 +68,11 @@ class Metrics:
         if self.enabled:
             self.writer.add_text(tag, value, step)
 
-    def hparams(self, values: dict[str, Any]) -> None:
+    def hparams(self, values: dict[str, Any], step: int = 0) -> None:
+        """The settings a start trains with, at its first step (a resumed run's may have changed)."""
         if self.enabled:
             lines = "\n".join(f"| {key} | {value} |" for key, value in sorted(values.items()))
-            self.writer.add_text("config/train", "| key | value |\n|---|---|\n" + lines, 0)
+            self.writer.add_text("config/train", "| key | value |\n|---|---|\n" + lines, step)
 
     def close(self) -> None:
         if self.enabled:

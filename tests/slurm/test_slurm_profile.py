@@ -283,7 +283,7 @@ def test_multi_node_training_is_one_job_of_n_nodes(
     shell = line.strip().removeprefix("Shell command: ")
     assert shell == (
         f"trap '' TERM; {launch_command(cfg)} --config runs/two-nodes/train_config.yaml"
-        " --run-dir runs/two-nodes --base-model results/base_model"
+        f" --run-dir runs/two-nodes --base-model {only_base_model(demo_dir)}"
         f" --vae-cache {_cache_dir(demo_dir, 'vae')} --text-cache {_cache_dir(demo_dir, 'text')}"
         " > runs/two-nodes/logs/train.log 2>&1 || { status=$?; cp runs/two-nodes/logs/train.log"
         " runs/two-nodes/logs/train.$(date -u +%Y%m%dT%H%M%SZ).exit-$status.log; exit $status; }"
@@ -323,6 +323,11 @@ def test_multi_node_training_is_one_job_of_n_nodes(
         str(demo_dir),
         "--gres=gpu:8",
     ]
+
+
+def only_base_model(demo_dir):
+    (model,) = (demo_dir / "results" / "base_model").iterdir()
+    return f"results/base_model/{model.name}"
 
 
 def _cache_dir(demo_dir, kind):
