@@ -160,6 +160,8 @@ class Train:
     compile: bool
     reshard_after_forward: bool
     cpu_offload: bool
+    memory_gb: int
+    time_limit_minutes: int
     dataloader_num_workers: int
     max_nonfinite_steps: int
     collective_timeout_s: int

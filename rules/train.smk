@@ -8,7 +8,12 @@ import yaml
 
 from longcat.files import atomic_write_text
 from longcat.settings import run_config
-from longcat.train.launch import ignore_usr1, launch_command
+from longcat.train.launch import (
+    ignore_usr1,
+    launch_command,
+    slurm_resources,
+    train_threads,
+)
 
 TRAIN = SETTINGS.train
 
@@ -35,7 +40,8 @@ def checked_run(wildcards):
 
 def init_from_model(wildcards):
     """The model train.init_from names, for a run that has not started: a finished run's train.done, or
-    a model directory. Ancient: a run started from it does not train again when that one changes."""
+    a model directory. Ancient: a run started from it does not train again when that one changes.
+    """
     from longcat.paths import latest_checkpoint
 
     if PATHS.init_from_model is None or latest_checkpoint(RUN.checkpoints) is not None:
@@ -84,8 +90,9 @@ rule train:
         str(RUN.log("train")),
     conda:
         "../envs/gpu.yaml"
-    threads: TRAIN.num_processes * (1 + TRAIN.dataloader_num_workers)
+    threads: train_threads(TRAIN)
     resources:
+        **slurm_resources(TRAIN),
         gpu=TRAIN.gpus * TRAIN.nodes,
         nodes=TRAIN.nodes,
     params:

@@ -159,3 +159,13 @@ def test_a_resume_on_another_world_size_goes_on_from_the_same_batch_of_the_epoch
     loader = TrainLoader(Shapes(16), 1, 4, 0, seed=3, num_workers=0)
     loader.load_state_dict({"epoch": 0, "position": 3, "num_samples": 16}, world_size_then=2)
     assert loader.position == 1  # 3 batches on each of 2 ranks: the epoch's first 6, so 1 on each of 4
+
+
+def test_the_config_readme_states_the_rule_of_every_train_key():
+    from conftest import REPO
+
+    text = (REPO / "config" / "README.md").read_text()
+    applied = text.split("**Applied from the resumed step on")[1].split("- **Refused**")[0]
+    refused = text.split("- **Refused**")[1].split("- **A finished run**")[0]
+    assert [key for key in sorted(OPTIMIZER_KEYS | RUN_KEYS) if f"`{key}`" not in applied] == []
+    assert [key for key in sorted(FIXED_KEYS) if f"`{key}`" not in refused] == []

@@ -76,6 +76,30 @@ def srun_per_node(cfg: Train) -> list[str]:
     return command
 
 
+def train_threads(cfg: Train) -> int:
+    """CPUs of the training job on each node: a training process and its loader workers per process."""
+    return cfg.num_processes * (1 + cfg.dataloader_num_workers)
+
+
+def slurm_resources(cfg: Train) -> dict[str, int | str]:
+    """What the training job asks Slurm for, from the config, so that the demo's job is as small as the
+    demo (CPU processes) and the real one takes whole GPU nodes. The profile adds the partition.
+
+    `gres` is per node, so one entry serves one node or several; the CPUs are the rule's threads. Ten
+    minutes before the time limit Slurm sends USR1 to every process of the job's steps (no `B:`, which
+    would signal only the batch shell): training saves a checkpoint and exits, and Snakemake's retry
+    resumes the run.
+    """
+    resources: dict[str, int | str] = {
+        "mem_mb": cfg.memory_gb * 1000,
+        "runtime": cfg.time_limit_minutes,
+        "slurm_extra": "--signal=USR1@600",
+    }
+    if cfg.gpus:
+        resources.update(gres=f"gpu:{cfg.gpus}", slurm_extra="--exclusive --signal=USR1@600")
+    return resources
+
+
 def ignore_usr1() -> None:
     """Let SIGUSR1 pass by this process and the commands it starts, unless they handle it themselves.
 

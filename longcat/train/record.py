@@ -102,6 +102,8 @@ RUN_KEYS = frozenset(
         "reshard_after_forward",
         "cpu_offload",
         "dataloader_num_workers",
+        "memory_gb",
+        "time_limit_minutes",
         "max_nonfinite_steps",
         "collective_timeout_s",
     }
