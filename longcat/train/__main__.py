@@ -83,13 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     from longcat.cache.reader import CacheReader
     from longcat.cache.spec import CacheError
     from longcat.train.loop import StopRequest, Trainer
+    from longcat.train.preflight import training_set_problem
 
     stop = StopRequest()
+    # Before any process group: every rank finds the same caches, so each stops on its own, and only
+    # rank 0 says why.
     try:
         source = CacheReader(paths.vae_cache, paths.text_cache)
         source.check()
+        problem = training_set_problem(source, cfg)
     except CacheError as error:
-        log.error("training data: %s", error)
+        problem = str(error)
+    if problem:
+        if rank == 0:
+            log.error("training data: %s", problem)
         return 2
     trainer = Trainer(cfg, paths, source, sample_prompts)
     try:
