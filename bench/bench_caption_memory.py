@@ -100,7 +100,15 @@ def run_stage(stage: str, work: Path, source: Path, base_model: Path, limit: int
         from longcat.data.tables import write_table
 
         rejected = results / "rejected.parquet"
-        merge_metadata(manifest, [part], settings.probe, settings.frames, metadata, rejected)
+        merge_metadata(
+            manifest,
+            [part],
+            settings.probe,
+            settings.frames,
+            metadata,
+            rejected,
+            failed_rejected_path=results / "metadata.rejected.parquet",
+        )
         table = pq.read_table(metadata)
         assert table.num_rows == 1, f"expected the clip accepted, found {table.num_rows} rows"
         write_table(table, shard_list)

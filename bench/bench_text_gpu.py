@@ -30,7 +30,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from longcat.basemodel.tiny import train_tiny_tokenizer
 from longcat.cache.format import TEXT_INDEX_SCHEMA
-from longcat.cache.writer import ShardWriter
+from longcat.cache.writer import FailureLimit, ShardWriter
 from longcat.config import REPO_ROOT, load_config
 from longcat.data.demo import DEMO_CAPTIONS
 from longcat.encoders.dtypes import compute_dtype
@@ -117,7 +117,9 @@ def measure(tokenizer, encoder, captions: list[str], batch_size: int, scratch: P
     out = Path(tempfile.mkdtemp(prefix="shard-", dir=scratch))
     writer = ShardWriter(CacheLayout(out), "00000", TEXT_INDEX_SCHEMA, {})
     start = time.perf_counter()
-    cache_text_shard(rows, tokenizer, encoder, MAX_TOKENS, writer, torch.bfloat16, batch_size=batch_size)
+    cache_text_shard(
+        rows, tokenizer, encoder, MAX_TOKENS, writer, torch.bfloat16, FailureLimit(0.0), batch_size=batch_size
+    )
     synchronize(device)
     seconds = time.perf_counter() - start
     return {

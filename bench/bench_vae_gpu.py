@@ -26,7 +26,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from longcat.cache.format import VAE_INDEX_SCHEMA
-from longcat.cache.writer import ShardWriter
+from longcat.cache.writer import FailureLimit, ShardWriter
 from longcat.config import load_config
 from longcat.data.frames import decode_clip, frame_plan
 from longcat.data.local import LocalSource
@@ -134,6 +134,7 @@ def measure(vae, options: Cache, frames, rows, scratch: Path, setup, device, wor
         store_dtype=torch.bfloat16,
         device=device,
         cache=dataclasses.replace(options, decode_workers=workers),
+        limit=FailureLimit(max_fraction=0.0),
         ffmpeg_threads=max(1, (os.cpu_count() or 1) // workers),
     )
     synchronize(device)

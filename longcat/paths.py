@@ -186,6 +186,12 @@ class Layout:
         return self.results / "rejected.parquet"
 
     @property
+    def failed_rejected(self) -> Path:
+        """The rejects of a metadata job that accepted no clip, beside its log: Snakemake deletes the
+        outputs of a failed job, `rejected` among them."""
+        return self.results / "logs" / "metadata.rejected.parquet"
+
+    @property
     def assignments(self) -> Path:
         return self.results / "shards" / "assignments.parquet"
 

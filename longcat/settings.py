@@ -117,6 +117,7 @@ class Cache:
     cudnn_benchmark: bool
     channels_last: bool
     fused_rms_norm: bool
+    max_failed_fraction: float
 
 
 @dataclass(frozen=True)

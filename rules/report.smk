@@ -97,6 +97,9 @@ rule report_caches:
     input:
         shard_lists=all_shard_lists,
         indexes=report_cache_indexes,
+        # Beside the caches' failures: the probe's rejects, and which failures a later shard supersedes.
+        rejected=str(PATHS.rejected),
+        assignments=shard_assignments,
     output:
         shards=report_item(
             PATHS.cache_report("shards.html"), "Caches", "Shards", "caches/shards"

@@ -3,7 +3,8 @@
 import logging
 
 from longcat.data.metadata import merge_metadata
-from longcat.settings import Frames, Probe, build
+from longcat.paths import Layout
+from longcat.settings import Frames, Probe, build, load_settings
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -15,4 +16,5 @@ merge_metadata(
     smk.output.metadata,
     smk.output.rejected,
     unpaired_path=smk.input.unpaired,
+    failed_rejected_path=Layout.from_settings(load_settings(smk.config)).failed_rejected,
 )

@@ -344,7 +344,9 @@ def build_caches(root, settings, base_model, shard_rows, shard="00000"):
     from longcat.encoders.vae import run_vae_shard
     from longcat.paths import Layout
 
-    paths = Layout.from_settings(dataclasses.replace(settings, cache_dir=str(root)))
+    # The results too: the shard jobs look for the assignment table there (a hand-made list has none).
+    settings = dataclasses.replace(settings, cache_dir=str(root), results=str(root / "results"))
+    paths = Layout.from_settings(settings)
     write_spec(paths.vae_cache.spec, vae_cache_spec(settings))
     write_spec(paths.text_cache.spec, text_cache_spec(settings))
     shard_list = write_shard_list(root / "shards" / f"shard-{shard}.parquet", shard_rows)

@@ -22,7 +22,7 @@ from longcat.basemodel.tiny import write_tiny_base_model
 from longcat.cache.format import VAE_INDEX_SCHEMA, read_safetensors_header
 from longcat.cache.reader import CacheReader
 from longcat.cache.spec import CacheError, cache_key, text_cache_spec, vae_cache_spec, write_spec
-from longcat.cache.writer import ShardWriter
+from longcat.cache.writer import FailureLimit, ShardWriter
 from longcat.config import ConfigError
 from longcat.data.frames import decode_clip, frame_plan
 from longcat.encoders.text import encode_prompts
@@ -54,6 +54,7 @@ def demo_config(clips_dir, **frames):
     config = embedded_config()
     config["source"] = {"kind": "local", "path": str(clips_dir)}
     config["frames"].update(frames)
+    config["cache"]["max_failed_fraction"] = 1.0  # the broken and the uncaptioned clip fail on purpose
     return config
 
 
@@ -130,6 +131,7 @@ def test_cache_key_follows_what_changes_the_bytes():
     training["cache"]["decode_workers"] = 7
     training["cache"] |= {"vae_batch_size": 4, "cudnn_benchmark": True, "channels_last": True}
     training["cache"]["fused_rms_norm"] = True
+    training["cache"]["max_failed_fraction"] = 0.5
     assert keys(training)[0] == vae_key
     assert keys(training)[1] == text_key
 
@@ -166,7 +168,8 @@ def test_index_records_every_sample_with_status_and_reason(built):
     vae_index = pq.read_table(vae_dir / "shard-00000.index.parquet").to_pylist()
     assert [row["sample_id"] for row in vae_index] == [row["key"] for row in rows]
     by_id = {row["sample_id"]: row for row in vae_index}
-    assert by_id["broken.mp4"]["status"] == "failed" and "ffmpeg" in by_id["broken.mp4"]["reason"]
+    assert by_id["broken.mp4"]["status"] == "failed"
+    assert by_id["broken.mp4"]["reason"].startswith("undecodable: ffmpeg failed: ")
     assert by_id["land.mp4"] | {"reason": None, "checksum": None} == {
         "sample_id": "land.mp4",
         "status": "ok",
@@ -188,7 +191,7 @@ def test_index_records_every_sample_with_status_and_reason(built):
         row["sample_id"]: row for row in pq.read_table(text_dir / "shard-00000.index.parquet").to_pylist()
     }
     assert text_index["nocaption.mp4"]["status"] == "failed"
-    assert text_index["nocaption.mp4"]["reason"] == "no caption text"
+    assert text_index["nocaption.mp4"]["reason"].startswith("missing_caption: ")
     assert text_index["land.mp4"]["status"] == "ok" and text_index["land.mp4"]["text_len"] > 1
     assert not list(vae_dir.glob(".partial*")) and not list(text_dir.glob(".partial*"))
 
@@ -388,6 +391,7 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
         torch.float32,
         CPU,
         settings.cache,
+        FailureLimit(max_fraction=1.0),  # gone.mp4 fails, and its row is what this test reads
     )
 
     index = {
@@ -434,6 +438,7 @@ def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model,
             torch.float32,
             CPU,
             cache=cache,
+            limit=FailureLimit(max_fraction=1.0),  # the broken clip fails in both
         )
         return out
 

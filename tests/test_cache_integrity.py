@@ -106,7 +106,7 @@ def test_a_nan_sample_never_reaches_training_and_verify_names_it(tmp_path):
     )
     writer.finish(["nan.mp4"])
     (row,) = pq.read_table(vae.index("00001")).to_pylist()
-    assert row["status"] == "failed" and row["reason"].startswith("2 of 768 values")
+    assert row["status"] == "failed" and row["reason"].startswith("nonfinite: 2 of 768 values")
     assert read_safetensors_header(vae.tensors("00001"))[0] == {"__metadata__": {"cache_key": vae.root.name}}
 
     # A NaN that its checksum vouches for (not written by this writer) is named by verify_cache.

@@ -315,7 +315,9 @@ def test_too_short_clip_is_a_recorded_reject_and_stretch_is_a_metadata_column(tm
 
     def merge(frames):
         outputs = (tmp_path / "metadata.parquet", tmp_path / "rejected.parquet")
-        tables = merge_metadata(manifest, [part], probe, frames, *outputs)
+        tables = merge_metadata(
+            manifest, [part], probe, frames, *outputs, failed_rejected_path=tmp_path / "failed.parquet"
+        )
         return [{row["key"]: row for row in table.to_pylist()} for table in tables]
 
     accepted, rejected = merge(real_frames)

@@ -15,7 +15,7 @@ from conftest import MAX_CAPTION_BYTES, make_clip, run_snakemake, write_pair
 
 from longcat.basemodel.loader import load_components
 from longcat.cache.format import VAE_INDEX_SCHEMA, read_safetensors_header
-from longcat.cache.writer import ShardWriter
+from longcat.cache.writer import FailureLimit, ShardWriter
 from longcat.config import load_config
 from longcat.data.local import LocalSource
 from longcat.data.metadata import probe_chunk
@@ -167,7 +167,8 @@ def test_outage_while_caching_keeps_the_done_samples_and_a_rerun_finishes(
 
     def run(source):
         writer = ShardWriter(layout, "00000", VAE_INDEX_SCHEMA, {})
-        cache_vae_shard(rows, vae, settings.frames, source, writer, torch.float32, CPU, settings.cache)
+        limit = FailureLimit(settings.cache.max_failed_fraction)
+        cache_vae_shard(rows, vae, settings.frames, source, writer, torch.float32, CPU, settings.cache, limit)
         return writer
 
     with pytest.raises(TransientSourceError, match=r"source did not answer.*plain rerun"):
@@ -209,7 +210,9 @@ def test_a_clip_replaced_after_probing_is_not_cached(s3_bucket, tiny_base_model,
             (local_dir / "replaced.mp4").write_bytes(other)
         layout = CacheLayout(tmp_path / name)
         writer = ShardWriter(layout, "00000", VAE_INDEX_SCHEMA, {})
-        cache_vae_shard(rows, vae, settings.frames, source, writer, torch.float32, CPU, settings.cache)
+        # Any share of failures: the failed row in the index is what this test reads.
+        limit = FailureLimit(max_fraction=1.0)
+        cache_vae_shard(rows, vae, settings.frames, source, writer, torch.float32, CPU, settings.cache, limit)
 
         index = index_of(layout.root)
         assert index["kept.mp4"]["status"] == "ok", name

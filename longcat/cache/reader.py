@@ -28,6 +28,7 @@ from longcat.cache.format import (
     read_safetensors_header,
 )
 from longcat.cache.spec import CacheError, cache_key, read_spec
+from longcat.data.rejects import count_reasons, reasons_text, split_cache_failure
 from longcat.paths import CacheLayout
 
 
@@ -73,6 +74,48 @@ def damaged(path: Path, problem: str) -> CacheError:
     return CacheError(f"{path}: {problem}. {repair_hint(path)}")
 
 
+def read_indexes(directory: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
+    """`columns` of all index files of a cache directory as one table, with a `shard` column."""
+
+    def read(index_path: Path) -> pa.Table:
+        try:
+            table = read_index(index_path, schema, columns)
+        except CacheError as error:
+            raise CacheError(f"{error}. {repair_hint(index_path)}") from None
+        return table.append_column("shard", pa.array([_shard_of(index_path)] * table.num_rows, pa.string()))
+
+    paths = sorted(Path(directory).glob("shard-*.index.parquet"))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tables = list(pool.map(read, paths))
+    empty = pa.table(
+        {name: pa.array([], schema.field(name).type) for name in columns}
+        | {"shard": pa.array([], pa.string())}
+    )
+    return pa.concat_tables(tables) if tables else empty
+
+
+def describe_contents(vae_dir: str | Path, text_dir: str | Path) -> str:
+    """What the two caches hold, from their shards' index files: per cache, its samples by status, then
+    its failed samples by reason, with an example and the fix of each."""
+    lines = []
+    for name, directory, schema in (
+        ("VAE", vae_dir, VAE_INDEX_SCHEMA),
+        ("text", text_dir, TEXT_INDEX_SCHEMA),
+    ):
+        table = read_indexes(Path(directory), schema, ["sample_id", "status", "reason"])
+        failed = table.filter(pc.not_equal(table["status"], STATUS_OK)).to_pylist()
+        shards = len(pc.unique(table["shard"]))
+        ok = table.num_rows - len(failed)
+        lines.append(
+            f"{name} cache {directory}: {table.num_rows:,} samples in {shards:,} shards, {ok:,} ok, "
+            f"{len(failed):,} failed" + (" by reason:" if failed else "")
+        )
+        if failed:
+            rows = ((row["sample_id"], *split_cache_failure(row["reason"])) for row in failed)
+            lines.append(reasons_text(count_reasons(rows)))
+    return "\n".join(lines)
+
+
 def _newest_versions(sample_ids: list[str], shards: list[str]) -> list[int]:
     """Row numbers, in order, that keep each sample id once: the row of its highest shard."""
     newest: dict[str, int] = {}
@@ -102,8 +145,10 @@ class CacheReader:
             if not directory.is_dir():
                 raise CacheError(f"{directory}: cache directory missing; build it with `snakemake cache`")
 
-        vae = self._read_indexes(self.vae_dir, ["sample_id", "status", "latent_shape", "fps", "checksum"])
-        text = self._read_indexes(self.text_dir, ["sample_id", "status", "text_len", "checksum"])
+        vae = read_indexes(
+            self.vae_dir, VAE_INDEX_SCHEMA, ["sample_id", "status", "latent_shape", "fps", "checksum"]
+        )
+        text = read_indexes(self.text_dir, TEXT_INDEX_SCHEMA, ["sample_id", "status", "text_len", "checksum"])
         ok_vae = vae.filter(pc.equal(vae["status"], STATUS_OK)).drop_columns(["status"])
         ok_vae = ok_vae.append_column("order", pa.array(range(ok_vae.num_rows), pa.int64()))
         ok_text = text.filter(pc.equal(text["status"], STATUS_OK)).drop_columns(["status"])
@@ -143,30 +188,6 @@ class CacheReader:
         self.shards: list[str] = sorted(set(vae["shard"].to_pylist()))
         failed = vae.filter(pc.not_equal(vae["status"], STATUS_OK))
         self.failed = dict(zip(failed["sample_id"].to_pylist(), failed["shard"].to_pylist(), strict=True))
-
-    @staticmethod
-    def _read_indexes(directory: Path, columns: list[str]) -> pa.Table:
-        """All index files of a cache directory as one table, with a `shard` column."""
-
-        schema = VAE_INDEX_SCHEMA if "latent_shape" in columns else TEXT_INDEX_SCHEMA
-
-        def read(index_path: Path) -> pa.Table:
-            try:
-                table = read_index(index_path, schema, columns)
-            except CacheError as error:
-                raise CacheError(f"{error}. {repair_hint(index_path)}") from None
-            return table.append_column(
-                "shard", pa.array([_shard_of(index_path)] * table.num_rows, pa.string())
-            )
-
-        paths = sorted(directory.glob("shard-*.index.parquet"))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            tables = list(pool.map(read, paths))
-        empty = pa.table(
-            {name: pa.array([], schema.field(name).type) for name in columns}
-            | {"shard": pa.array([], pa.string())}
-        )
-        return pa.concat_tables(tables) if tables else empty
 
     def __getstate__(self):
         # Open file handles do not cross process boundaries (DataLoader workers reopen their own).

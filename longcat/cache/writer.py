@@ -2,7 +2,7 @@
 
 Each finished sample goes to its own part file under `.partial-shard-NNNNN/` first; `finish` assembles
 the shard from the parts in shard-list order, with no timestamps, so the result is byte-identical to an
-uninterrupted run's.
+uninterrupted run's. A shard with more failed samples than its FailureLimit allows is not assembled.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +22,7 @@ from longcat.cache.format import (
     CHECKSUM_KEY,
     EMPTY_TEXT_TENSOR,
     STATUS_FAILED,
+    STATUS_OK,
     nonfinite_count,
     read_safetensors_header,
     safetensors_header,
@@ -28,10 +30,29 @@ from longcat.cache.format import (
     write_safetensors,
 )
 from longcat.cache.spec import CacheError, canonical_json
+from longcat.data.rejects import cache_failure, count_reasons, reasons_text, split_cache_failure
+from longcat.data.shards import superseded_keys
 from longcat.files import atomic_write
-from longcat.paths import CacheLayout
+from longcat.paths import CacheLayout, Layout
+from longcat.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """A shard is not written when more than `max_fraction` of its samples failed; the failures of the
+    `superseded` keys (a newer version of them is in a later shard) do not count."""
+
+    max_fraction: float
+    superseded: frozenset[str] = frozenset()
+
+
+def failure_limit(settings: Settings, shard: str) -> FailureLimit:
+    """A shard job's limit: `cache.max_failed_fraction`, not counting the keys the assignment table
+    holds a newer version of in a later shard."""
+    superseded = superseded_keys(Layout.from_settings(settings).assignments).get(shard, frozenset())
+    return FailureLimit(settings.cache.max_failed_fraction, superseded)
 
 
 def write_index(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
@@ -104,7 +125,9 @@ class ShardWriter:
         if tensor is not None:
             bad = nonfinite_count(tensor)
             if bad:
-                reason = f"{bad} of {tensor.numel()} values of the encoded tensor are NaN or infinite"
+                reason = cache_failure(
+                    "nonfinite", f"{bad} of {tensor.numel()} values of the encoded tensor are NaN or infinite"
+                )
                 log.warning("%s: %s: %s", self.tensors_path.name, row["sample_id"], reason)
                 row = {**row, "status": STATUS_FAILED, "reason": reason}
             else:
@@ -114,14 +137,19 @@ class ShardWriter:
         write_safetensors(self._part_path(row["sample_id"]), tensors, {"row": canonical_json(row)})
         self.done[row["sample_id"]] = row
 
-    def finish(self, sample_ids: Iterable[str]) -> None:
-        """Assemble the shard from the parts, in `sample_ids` order, then drop the parts."""
+    def finish(self, sample_ids: Iterable[str], limit: FailureLimit | None = None) -> None:
+        """Assemble the shard from the parts, in `sample_ids` order, then drop the parts.
+
+        With a `limit` that the failed samples exceed, CacheError instead (see `check_failures`).
+        """
         sample_ids = list(sample_ids)
         missing = [sample_id for sample_id in sample_ids if sample_id not in self.done]
         if missing:
             raise CacheError(
                 f"{self.tensors_path}: {len(missing)} samples not encoded yet, e.g. {missing[0]!r}"
             )
+        if limit is not None:
+            self.check_failures(sample_ids, limit)
         rows, entries, sources = [], [], []
         for sample_id in sample_ids:
             part = self._part_path(sample_id)
@@ -144,6 +172,46 @@ class ShardWriter:
         atomic_write(self.tensors_path, write)
         write_index(self.index_path, rows, self.schema)
         shutil.rmtree(self.partial_dir)
+
+    def check_failures(self, sample_ids: list[str], limit: FailureLimit) -> None:
+        """Raise CacheError, counting the failures by reason with an example and the fix of each, when
+        more of the shard's samples failed than `limit` allows. The failed samples' parts are removed
+        then, so that a rerun tries them again; the others stay for it."""
+        failed = [
+            self.done[sample_id] for sample_id in sample_ids if self.done[sample_id]["status"] != STATUS_OK
+        ]
+        counted = [row for row in failed if row["sample_id"] not in limit.superseded]
+        superseded = len(failed) - len(counted)
+        if superseded:
+            log.info(
+                "%s: %d failed samples are superseded (a newer version is in a later shard), not counted: %s",
+                self.tensors_path.name,
+                superseded,
+                ", ".join(row["sample_id"] for row in failed if row["sample_id"] in limit.superseded),
+            )
+        if len(counted) <= limit.max_fraction * len(sample_ids):
+            return
+        for row in failed:
+            self._part_path(row["sample_id"]).unlink()
+            del self.done[row["sample_id"]]
+        reasons = count_reasons((row["sample_id"], *split_cache_failure(row["reason"])) for row in counted)
+        ignored = (
+            f" ({superseded:,} more are superseded by a later shard and do not count)" if superseded else ""
+        )
+        succeeded = len(sample_ids) - len(failed)
+        resume = (
+            f"The {succeeded:,} samples that succeeded are kept in {self.partial_dir}: a rerun encodes only "
+            "the failed ones again."
+            if succeeded
+            else "A rerun encodes them all again."
+        )
+        raise CacheError(
+            f"{self.tensors_path}: {len(counted):,} of {len(sample_ids):,} samples failed "
+            f"({len(counted) / len(sample_ids):.1%}), more than cache.max_failed_fraction "
+            f"({limit.max_fraction:g}){ignored}; the shard is not written:\n{reasons_text(reasons)}\n"
+            f"{resume} A higher cache.max_failed_fraction writes the shard with these failures (training "
+            "leaves them out)."
+        )
 
 
 class _Limited:

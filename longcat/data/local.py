@@ -57,6 +57,7 @@ class LocalSource(Source):
         self.root = Path(root)
         self.follow_symlinks = follow_symlinks
         self.description = f"local directory {self.root}"
+        self.location_keys = "source.path"
         # (key, why) of every entry the last listing found to be no readable file inside the root.
         self.refused: list[tuple[str, str]] = []
 

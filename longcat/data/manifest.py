@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from longcat.data.sources import Source, SourceObject
+from longcat.data.sources import Source, SourceError, SourceObject
 from longcat.data.tables import write_table
 
 log = logging.getLogger(__name__)
@@ -81,19 +81,43 @@ def build_manifest(source: Source) -> pa.Table:
 
 
 def list_source(source: Source) -> tuple[pa.Table, pa.Table]:
-    """The manifest and the captions without a video, from one listing."""
+    """The manifest and the captions without a video, from one listing.
+
+    A listing without a single video is an error (SourceError naming the source, what it found and the
+    settings to check): a wrong prefix or path would otherwise pass as an empty dataset.
+    """
     objects = list(source.list_objects())
     table, unpaired = pair_captions(objects), unpaired_captions(objects)
     captioned = table.num_rows - table.column("caption_key").null_count
+    others = len(objects) - table.num_rows - captioned - unpaired.num_rows
     log.info(
         "listed %s: %d videos, %d without caption, %d captions without video, %d other files (not listed)",
         source.description,
         table.num_rows,
         table.num_rows - captioned,
         unpaired.num_rows,
-        len(objects) - table.num_rows - captioned - unpaired.num_rows,
+        others,
     )
+    if not table.num_rows:
+        message = f"{source.description}: expected videos ({', '.join(VIDEO_SUFFIXES)}), found none: " + (
+            f"the listing found {len(objects):,} objects, {unpaired.num_rows:,} of them captions "
+            f"({CAPTION_SUFFIX}) and {others:,} other files{_first_other(objects)}"
+            if objects
+            else "the listing found no object at all"
+        )
+        message += f". Check {source.location_keys}."
+        log.error("%s", message)
+        raise SourceError(message)
     return table, unpaired
+
+
+def _first_other(objects: list[SourceObject]) -> str:
+    """`, e.g. KEY` for the first listed object that is neither a video nor a caption."""
+    for obj in objects:
+        suffix = os.path.splitext(obj.key)[1].lower()
+        if suffix not in (*VIDEO_SUFFIXES, CAPTION_SUFFIX):
+            return f", e.g. {obj.key!r}"
+    return ""
 
 
 def write_manifest(source: Source, path: str | Path, unpaired_path: str | Path) -> pa.Table:

@@ -19,6 +19,7 @@ from longcat.data.buckets import display_size
 from longcat.data.frames import ClipRejected, frame_plan
 from longcat.data.manifest import VIDEO_SUFFIXES, chunk_of, manifest_chunk
 from longcat.data.probe import PROBE_SCHEMA, probe_rows
+from longcat.data.rejects import count_reasons, reasons_text
 from longcat.data.sources import Source, TransientSourceError, sanitize
 from longcat.data.tables import write_table
 from longcat.settings import Frames, Probe
@@ -171,10 +172,13 @@ def merge_metadata(
     rejected_path: str | Path,
     *,
     unpaired_path: str | Path | None = None,
+    failed_rejected_path: str | Path,
 ) -> tuple[pa.Table, pa.Table]:
     """Split the probe records into accepted rows (with the frame plan) and rejects, both sorted by key.
 
-    The captions the listing found without a video (`unpaired_path`) are rejects too.
+    The captions the listing found without a video (`unpaired_path`) are rejects too. When no clip is
+    accepted, nothing is written but the rejects, to `failed_rejected_path` (Snakemake deletes a failed
+    job's outputs), and ValueError counts them by reason, with an example and the fix of each.
     """
     manifest_keys = pq.read_table(manifest_path, columns=["key"]).column("key").to_pylist()
     records = {}
@@ -206,10 +210,22 @@ def merge_metadata(
         rejected.sort(key=lambda record: record["key"])
     metadata = pa.Table.from_pylist(accepted, schema=METADATA_SCHEMA)
     rejects = pa.Table.from_pylist(rejected, schema=REJECTED_SCHEMA)
+    reasons = count_reasons((row["key"], row["reason"], row["detail"]) for row in rejected)
+    if not accepted:
+        write_table(rejects, failed_rejected_path)
+        message = (
+            f"metadata: expected at least one accepted clip, found none: all {len(rejected):,} objects "
+            f"listed were rejected (every reject is in {failed_rejected_path}):\n{reasons_text(reasons)}"
+        )
+        log.error("%s", message)
+        raise ValueError(message)
+    Path(failed_rejected_path).unlink(missing_ok=True)
     write_table(metadata, metadata_path)
     write_table(rejects, rejected_path)
-    reasons = {}
-    for record in rejected:
-        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
-    log.info("metadata: %d accepted, %d rejected %s", metadata.num_rows, rejects.num_rows, reasons or "")
+    log.info(
+        "metadata: %d accepted, %d rejected %s",
+        metadata.num_rows,
+        rejects.num_rows,
+        {count.reason: count.count for count in reasons} or "",
+    )
     return metadata, rejects

@@ -123,6 +123,10 @@ class S3Source(Source):
         # The second and later ranges of one `read_ranges` call go out from here, so that all are in flight.
         self._range_pool = ThreadPoolExecutor(max(1, pool), thread_name_prefix="s3-range")
         self.description = f"s3://{bucket}/{self.prefix}"
+        self.location_keys = "source.bucket and source.prefix"
+        if inventory:
+            self.description += f" (inventory {inventory})"
+            self.location_keys += " (and source.inventory)"
 
     def _error(self, what: str, full_key: str, error: Exception) -> SourceError:
         """The SourceError (transient, changed or permanent) for a botocore failure; sanitized text."""

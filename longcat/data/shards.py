@@ -143,6 +143,23 @@ def shard_keys(assignments_path: str | Path, shard: str) -> list[tuple[str, str 
     return _shard_keys(path, Path(path).stat().st_mtime_ns).get(shard, [])
 
 
+def superseded_keys(assignments_path: str | Path) -> dict[str, frozenset[str]]:
+    """Per shard, its keys that have a version in a later shard (an object replaced, then relisted):
+    training takes that newer version, so a failure of the old one in this shard does not count against
+    it. No key is superseded without an assignment table (shard lists made outside the workflow)."""
+    path = Path(assignments_path)
+    if not path.exists():
+        return {}
+    keys_by_shard = _shard_keys(str(path), path.stat().st_mtime_ns)
+    latest: dict[str, str] = {}
+    for shard in sorted(keys_by_shard, key=int):
+        latest |= dict.fromkeys((key for key, _ in keys_by_shard[shard]), shard)
+    return {
+        shard: frozenset(key for key, _ in keys if latest[key] != shard)
+        for shard, keys in keys_by_shard.items()
+    }
+
+
 def excluded_in_shard(assignments_path: str | Path, exclude_path: str | Path | None, shard: str) -> list[str]:
     """The excluded keys assigned to one shard: a rule parameter, so only that shard's list is rebuilt."""
     if not exclude_path or not Path(assignments_path).exists():

@@ -86,6 +86,8 @@ class Source:
     """Lists objects, reads byte ranges of one of them, streams one into a file."""
 
     description = "source"
+    # The config keys that say where the objects are, for a listing that finds none.
+    location_keys = "the source settings"
 
     def list_objects(self) -> Iterator[SourceObject]:
         raise NotImplementedError

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from longcat.cache.spec import CacheError
 from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_plan
+from longcat.data.rejects import cache_failure
 from longcat.data.sources import ChangedSinceProbe, Source, SourceError, TransientSourceError, sanitize
 from longcat.settings import Frames
 
@@ -55,7 +56,8 @@ class DecodedClip:
 
 
 def decode_row(row: Mapping, frames: Frames, source: Source, threads: int, scratch_dir: Path) -> DecodedClip:
-    """Plan and decode one metadata row; a clip that cannot be used comes back with its reason.
+    """Plan and decode one metadata row; a clip that cannot be used comes back with its reason (one of
+    CACHE_FAILURE_REASONS, with the detail).
 
     The bytes are those the probe saw (the row's etag): a changed object fails with reason
     `changed_since_probe`. A source that does not answer raises TransientSourceError: an outage is the
@@ -64,17 +66,21 @@ def decode_row(row: Mapping, frames: Frames, source: Source, threads: int, scrat
     sample_id = row["key"]
     try:
         plan = frame_plan(row, frames)
+    except ClipRejected as rejected:
+        return DecodedClip(sample_id, None, None, cache_failure("no_frame_plan", str(rejected)))
+    try:
         # Shard lists always carry the probed etag; rows made by hand may not (then nothing is checked).
         with clip_file(source, sample_id, row.get("etag"), scratch_dir) as path:
             pixels = decode_clip(path, plan, threads=threads)
     except ClipRejected as rejected:
-        return DecodedClip(sample_id, None, None, str(rejected))
+        return DecodedClip(sample_id, None, None, cache_failure("undecodable", str(rejected)))
     except ChangedSinceProbe as changed:
-        return DecodedClip(sample_id, None, None, f"changed_since_probe: {sanitize(changed)}")
+        return DecodedClip(sample_id, None, None, cache_failure("changed_since_probe", sanitize(changed)))
     except TransientSourceError:
         raise
     except (SourceError, OSError) as error:  # this clip's failure, not the shard's
-        return DecodedClip(sample_id, None, None, f"reading the clip failed: {sanitize(error)}")
+        detail = f"reading the clip failed: {sanitize(error)}"
+        return DecodedClip(sample_id, None, None, cache_failure("read_error", detail))
     return DecodedClip(sample_id, plan, pixels)
 
 

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from longcat.cache.format import STATUS_FAILED, STATUS_OK, TEXT_INDEX_SCHEMA
 from longcat.cache.spec import CacheSettings, cache_key, checked_spec, text_cache_spec
-from longcat.cache.writer import ShardWriter, write_empty_text
+from longcat.cache.writer import FailureLimit, ShardWriter, failure_limit, write_empty_text
+from longcat.data.rejects import cache_failure
 from longcat.encoders.decode import read_shard_rows
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
 from longcat.encoders.write_behind import WriteBehind, to_host
@@ -84,16 +85,19 @@ def cache_text_shard(
     max_tokens: int,
     writer: ShardWriter,
     store_dtype: torch.dtype,
+    limit: FailureLimit,
     batch_size: int = 16,
 ) -> None:
     """Encode the caption of every row not already done, unpadded [L_i, C], then assemble the shard.
 
-    A batch's embeddings are written by a background thread while the next batch encodes.
+    A batch's embeddings are written by a background thread while the next batch encodes. More failed
+    captions than `limit` allows stop the job with CacheError (`ShardWriter.check_failures`).
     """
     todo = [row for row in rows if row["key"] not in writer.done]
     for row in todo:
         if row.get("caption") is None:
-            writer.add({"sample_id": row["key"], "status": STATUS_FAILED, "reason": "no caption text"})
+            reason = cache_failure("missing_caption", "the shard list holds no caption text for it")
+            writer.add({"sample_id": row["key"], "status": STATUS_FAILED, "reason": reason})
     captioned = [row for row in todo if row.get("caption") is not None]
     with WriteBehind() as writes:
         for start in tqdm(range(0, len(captioned), batch_size), desc=writer.tensors_path.name, unit="batch"):
@@ -102,7 +106,7 @@ def cache_text_shard(
             unpadded = encode_prompts(tokenizer, text_encoder, prompts, max_tokens).unpadded
             host, ready = to_host(torch.cat(unpadded), store_dtype)
             writes.submit(_write_captions, writer, batch, host, [len(tokens) for tokens in unpadded], ready)
-    writer.finish(row["key"] for row in rows)
+    writer.finish((row["key"] for row in rows), limit)
 
 
 def _write_captions(
@@ -146,7 +150,15 @@ def run_text_shard(
     rows = read_shard_rows(shard_list)
     writer = ShardWriter(cache, shard, TEXT_INDEX_SCHEMA, {"cache_key": cache_key(spec)})
     tokenizer, text_encoder = load_text_components(base_model, device)
-    cache_text_shard(rows, tokenizer, text_encoder, spec["max_tokens"], writer, torch_dtype(spec["dtype"]))
+    cache_text_shard(
+        rows,
+        tokenizer,
+        text_encoder,
+        spec["max_tokens"],
+        writer,
+        torch_dtype(spec["dtype"]),
+        failure_limit(settings, shard),
+    )
 
 
 def run_empty_text(

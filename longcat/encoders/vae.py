@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from longcat.cache.format import STATUS_FAILED, STATUS_OK, VAE_INDEX_SCHEMA
 from longcat.cache.spec import cache_key, checked_spec, vae_cache_spec
-from longcat.cache.writer import ShardWriter
+from longcat.cache.writer import FailureLimit, ShardWriter, failure_limit
 from longcat.data.sources import TransientSourceError, sanitize
 from longcat.encoders.decode import DecodedClip, decode_ahead, decode_row, read_shard_rows, same_shape_batches
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
@@ -172,6 +172,7 @@ def cache_vae_shard(
     store_dtype: torch.dtype,
     device: torch.device,
     cache: Cache,
+    limit: FailureLimit,
     ffmpeg_threads: int = 0,
 ) -> None:
     """Encode every row not already done by an earlier attempt, then assemble the shard.
@@ -180,6 +181,7 @@ def cache_vae_shard(
     already (`prepare_vae`). `ffmpeg_threads` 0 lets each ffmpeg process choose. Clips are streamed to
     the writer's scratch dir. When the source does not answer, the job stops with TransientSourceError
     and writes no shard: the samples done so far stay as parts, and a plain rerun goes on from them.
+    More failed clips than `limit` allows stop it with CacheError (`ShardWriter.check_failures`).
     """
     todo = [row for row in rows if row["key"] not in writer.done]
     dtype = compute_dtype(device)
@@ -199,7 +201,7 @@ def cache_vae_shard(
             "same target goes on from there."
         ) from None
     progress.close()
-    writer.finish(row["key"] for row in rows)
+    writer.finish((row["key"] for row in rows), limit)
 
 
 def run_vae_shard(
@@ -231,5 +233,6 @@ def run_vae_shard(
         store_dtype=torch_dtype(spec["dtype"]),
         device=device,
         cache=settings.cache,
+        limit=failure_limit(settings, shard),
         ffmpeg_threads=max(1, threads // settings.cache.decode_workers),
     )

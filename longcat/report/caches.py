@@ -1,8 +1,11 @@
-"""The caches in the report: per shard, the clips encoded and failed (with the reasons), the bytes on
-disk and the encode throughput; and the caption lengths in tokens of the base model's tokenizer, as the
-text cache recorded them.
+"""The caches in the report: the clips that do not train, by stage (probe, VAE cache, text cache) and
+reason; per shard, the clips encoded and failed (with the reasons), the bytes on disk and the encode
+throughput; and the caption lengths in tokens of the base model's tokenizer, as the text cache recorded
+them.
 
-Clips and failures come from each shard's index (`status`, `reason`); the time of a shard job from
+Clips and failures come from each shard's index (`status`, `reason`), the probe's rejects from
+`rejected.parquet`. A failure whose key has a newer version in a later shard (an object replaced, then
+relisted) is superseded: that version trains instead. The time of a shard job comes from
 Snakemake's benchmark table of that job (`benchmark:` in rules/cache.smk): the wall time of the job's
 last attempt, model loading included. A shard whose benchmark table is missing (cached before the
 benchmarks existed) shows no throughput.
@@ -20,6 +23,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from longcat.cache.format import STATUS_OK
+from longcat.data.rejects import FIXES, count_reasons, split_cache_failure
+from longcat.data.shards import superseded_keys
 from longcat.paths import Layout
 from longcat.report.figures import (
     histogram,
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 # The outputs of the rule report_caches, by name.
 CACHE_OUTPUTS = ("shards", "throughput", "caption_tokens")
 CACHE_KINDS = ("vae", "text")
+STAGES = {"vae": "VAE cache", "text": "text cache"}
 MIB = 1024**2
 
 
@@ -93,7 +99,8 @@ def write_cache_report(
     caches = {
         kind: {shard: read_cache_shard(layout, kind, shard) for shard in shards} for kind in CACHE_KINDS
     }
-    write_shards_page(listed, caches, outputs["shards"])
+    rejected = pq.read_table(layout.rejected, columns=["key", "reason", "detail"]).to_pylist()
+    write_shards_page(listed, caches, rejected, superseded_keys(layout.assignments), outputs["shards"])
     throughput_figure(caches, outputs["throughput"])
     caption_tokens_figure(
         [length for shard in caches["text"].values() for length in shard.text_lens],
@@ -114,10 +121,37 @@ def _shard_columns(shard: CacheShard) -> tuple:
     )
 
 
+def not_trained_rows(
+    rejected: Sequence[Mapping],
+    caches: Mapping[str, Mapping[str, CacheShard]],
+    superseded: Mapping[str, frozenset[str]],
+) -> list[tuple]:
+    """(stage, reason, clips, an example clip, its detail, the fix) for the probe's rejects and each
+    cache's failures that are not superseded."""
+    stages = {"probe": [(row["key"], row["reason"], row["detail"]) for row in rejected]}
+    for kind in CACHE_KINDS:
+        stages[STAGES[kind]] = [
+            (sample, *split_cache_failure(reason))
+            for shard, cached in caches[kind].items()
+            for sample, reason in cached.failures
+            if sample not in superseded.get(shard, ())
+        ]
+    return [
+        (stage, count.reason, count.count, count.example, count.detail, FIXES.get(count.reason, ""))
+        for stage, rows in stages.items()
+        for count in count_reasons(rows)
+    ]
+
+
 def write_shards_page(
-    listed: Mapping[str, int], caches: Mapping[str, Mapping[str, CacheShard]], path: str | Path
+    listed: Mapping[str, int],
+    caches: Mapping[str, Mapping[str, CacheShard]],
+    rejected: Sequence[Mapping],
+    superseded: Mapping[str, frozenset[str]],
+    path: str | Path,
 ) -> None:
-    """One row per shard (both caches side by side), a total row, then every failure with its reason."""
+    """The clips that do not train by stage and reason; one row per shard (both caches side by side) and
+    a total row; then every failure with its reason."""
     per_cache = ["encoded", "failed", "MiB", "job s", "clips/s"]
     columns = ["shard", "clips listed"] + [f"{kind} {name}" for kind in CACHE_KINDS for name in per_cache]
     rows = [
@@ -137,16 +171,29 @@ def write_shards_page(
             sum(shard.encoded for shard in timed) / seconds if seconds else "-",
         ]
     failures = [
-        (shard, kind, sample, reason)
+        (
+            shard,
+            kind,
+            sample,
+            reason,
+            "superseded by a later shard" if sample in superseded.get(shard, ()) else "",
+        )
         for kind in CACHE_KINDS
         for shard, cached in caches[kind].items()
         for sample, reason in cached.failures
     ]
+    not_trained = not_trained_rows(rejected, caches, superseded)
     body = (
-        "<p>clips/s: clips encoded over the shard job's wall time (model loading included), from its "
-        "benchmark table; '-' where the job has none.</p>\n"
+        "<h2>Clips that do not train</h2>\n"
+        + (
+            html_table(["stage", "reason", "clips", "e.g.", "detail", "fix"], not_trained)
+            if not_trained
+            else "<p>None: every listed clip is in both caches.</p>"
+        )
+        + "\n<h2>Shards</h2>\n<p>clips/s: clips encoded over the shard job's wall time (model loading "
+        "included), from its benchmark table; '-' where the job has none.</p>\n"
         f"{html_table(columns, [*rows, totals])}\n<h2>Failed clips</h2>\n"
-        + (html_table(["shard", "cache", "clip", "reason"], failures) if failures else "<p>None.</p>")
+        + (html_table(["shard", "cache", "clip", "reason", "note"], failures) if failures else "<p>None.</p>")
     )
     write_page(path, "Cache shards", body)
 

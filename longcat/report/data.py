@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from longcat.data.buckets import resolution_buckets
 from longcat.data.frames import frame_counts
+from longcat.data.rejects import FIXES
 from longcat.files import atomic_write_text
 from longcat.report.figures import (
     bar_counts,
@@ -79,7 +80,13 @@ def write_summary(accepted: int, rejected: list[dict], path: str | Path, csv_nam
             ("listed", total, ""),
         ],
     )
-    by_reason = html_table(["reason", "count"], sorted(reasons.items(), key=lambda item: (-item[1], item[0])))
+    by_reason = html_table(
+        ["reason", "count", "fix"],
+        [
+            (reason, count, FIXES.get(reason, ""))
+            for reason, count in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+        ],
+    )
     shown = rejected[:MAX_REJECTS_SHOWN]
     note = (
         f"<p>The first {len(shown):,} of {len(rejected):,} rejects; all of them are in {csv_name}.</p>"

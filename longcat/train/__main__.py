@@ -84,19 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     from longcat.cache.reader import CacheReader
     from longcat.cache.spec import CacheError
     from longcat.train.loop import StopRequest, Trainer
+    from longcat.train.preflight import training_set_problem
     from longcat.train.record import RunRefused, run_identity
 
     stop = StopRequest()
+    # Before any process group: every rank finds the same caches, so each stops on its own, and only
+    # rank 0 says why.
     try:
         source = CacheReader(paths.vae_cache, paths.text_cache)
         source.check()
+        problem = training_set_problem(source, cfg)
     except CacheError as error:
-        log.error("training data: %s", error)
+        problem = str(error)
+    if problem:
+        if rank == 0:
+            log.error("training data: %s", problem)
         return 2
     try:
         trainer = Trainer(cfg, paths, source, sample_prompts, run_identity(settings), args.resume)
     except RunRefused as error:
-        # Every rank finds the same; one message is enough.
         if rank == 0:
             log.error("%s", error)
         return 2

@@ -32,15 +32,17 @@ def frames_of(latent_shape: tuple[int, ...]) -> int:
 def data_report(cfg: Train, paths: RunLayout, fps: float) -> dict[str, Any]:
     from longcat.cache.reader import CacheReader
     from longcat.cache.spec import CacheError
+    from longcat.train.preflight import training_set_problem
 
     try:
         reader = CacheReader(paths.vae_cache, paths.text_cache)
         reader.check()
+        problem = training_set_problem(reader, cfg)
     except CacheError as error:
-        return {"ready": False, "problem": str(error)}
+        problem = str(error)
+    if problem:
+        return {"ready": False, "problem": problem}
     shapes = [tuple(sample.latent_shape) for sample in reader.samples]
-    if not shapes:
-        return {"ready": False, "problem": f"{paths.vae_cache}: no usable cached samples"}
     sampler = BucketedSampler(shapes, cfg.train_batch_size, cfg.world_size, 0, cfg.seed)
     per_step = cfg.gradient_accumulation_steps
     used = sampler.batches_per_rank * cfg.world_size * cfg.train_batch_size
