@@ -8,15 +8,15 @@ reprobe in the same invocation. Probe chunks and the shard assignment keep their
 that history is what makes a relist re-probe only new or changed objects and keeps old shard lists
 untouched.
 
-Params carry settings as plain values (`settings_dict`): Snakemake compares those between runs and
-reruns a job whose params changed (it ignores objects it cannot represent); the scripts build the
-typed settings from them.
+Params carry settings as plain values, one param per setting (`leaf_params`): Snakemake compares
+those between runs, reruns a job whose params changed (it ignores objects it cannot represent) and
+names the settings that changed; the scripts build the typed settings from them (`from_leaf_params`).
 """
 
 from longcat.data import shards as shard_tables
 from longcat.data.demo import check_demo_folder
 from longcat.paths import chunk_id
-from longcat.settings import settings_dict
+from longcat.settings import leaf_params
 
 PROBE_CHUNKS = [chunk_id(index) for index in range(SETTINGS.probe.chunks)]
 # The demo's clips, as an input of the jobs that list and read them (none for a real source).
@@ -50,7 +50,7 @@ if SETTINGS.demo:
         conda:
             "../envs/data.yaml"
         params:
-            demo=settings_dict(SETTINGS.demo),
+            **leaf_params(demo=SETTINGS.demo),
         script:
             "../scripts/demo_clips.py"
 
@@ -66,7 +66,7 @@ rule manifest:
     conda:
         "../envs/data.yaml"
     params:
-        source=settings_dict(SETTINGS.source),
+        **leaf_params(source=SETTINGS.source),
     script:
         "../scripts/manifest.py"
 
@@ -86,7 +86,7 @@ rule probe_chunk:
     threads: 1
     # Only what the records depend on: acceptance limits (probe.min_width, ...) never re-probe.
     params:
-        source=settings_dict(SETTINGS.source),
+        **leaf_params(source=SETTINGS.source),
         chunks=SETTINGS.probe.chunks,
         store=str(PATHS.probe_store("{chunk}")),
         workers=SETTINGS.probe.workers,
@@ -109,8 +109,7 @@ rule metadata:
     conda:
         "../envs/data.yaml"
     params:
-        probe=settings_dict(SETTINGS.probe),
-        frames=settings_dict(SETTINGS.frames),
+        **leaf_params(probe=SETTINGS.probe, frames=SETTINGS.frames),
     script:
         "../scripts/metadata.py"
 
@@ -126,8 +125,8 @@ checkpoint shard_index:
     conda:
         "../envs/data.yaml"
     params:
+        **leaf_params(shards=SETTINGS.shards),
         store=str(PATHS.assignment_store),
-        shards=settings_dict(SETTINGS.shards),
     script:
         "../scripts/shard_index.py"
 
@@ -148,11 +147,13 @@ rule shard_list:
     conda:
         "../envs/data.yaml"
     params:
-        frames=settings_dict(SETTINGS.frames),
-        probe={
-            "min_width": SETTINGS.probe.min_width,
-            "min_height": SETTINGS.probe.min_height,
-        },
+        **leaf_params(
+            frames=SETTINGS.frames,
+            probe={
+                "min_width": SETTINGS.probe.min_width,
+                "min_height": SETTINGS.probe.min_height,
+            },
+        ),
         # A function of the wildcards only: Snakemake ignores params derived from input for reruns.
         excluded=lambda wildcards: shard_tables.excluded_in_shard(
             PATHS.assignments, SETTINGS.shards.exclude, wildcards.shard

@@ -6,6 +6,9 @@
 # HF_HUB_OFFLINE=1, finds the snapshot in HF_HOME); see the README on getting the weights in place.
 
 
+from longcat.settings import leaf_params
+
+
 rule base_model:
     output:
         directory(str(PATHS.base_model)),
@@ -14,6 +17,6 @@ rule base_model:
     conda:
         "../envs/gpu.yaml"
     params:
-        base_model=SETTINGS.base_model.identity(),
+        **leaf_params(base_model=SETTINGS.base_model.identity()),
     script:
         "../scripts/base_model.py"

@@ -1,6 +1,8 @@
 # Look before you spend: the pre-launch estimate (needs only metadata and the config) and the
 # figures and tables that `snakemake --report` shows for the data, the caches and the training.
 
+from longcat.settings import leaf_params
+
 # --- estimate ---------------------------------------------------------------------------------
 
 
@@ -20,10 +22,12 @@ rule estimate:
     conda:
         "../envs/data.yaml"
     params:
-        cache=settings_dict(SETTINGS.cache),
-        train=settings_dict(SETTINGS.train),
-        estimate=settings_dict(SETTINGS.estimate),
-        base_model=settings_dict(SETTINGS.base_model),
+        **leaf_params(
+            cache=SETTINGS.cache,
+            train=SETTINGS.train,
+            estimate=SETTINGS.estimate,
+            base_model=SETTINGS.base_model,
+        ),
         base_model_dir=str(PATHS.base_model),
     script:
         "../scripts/estimate.py"
@@ -72,7 +76,7 @@ rule report_data:
     conda:
         "../envs/data.yaml"
     params:
-        frames=settings_dict(SETTINGS.frames),
+        **leaf_params(frames=SETTINGS.frames),
     script:
         "../scripts/report_data.py"
 

@@ -7,7 +7,7 @@ import os
 import yaml
 
 from longcat.files import atomic_write_text
-from longcat.settings import run_config
+from longcat.settings import from_leaf_params, leaf_params, run_config
 from longcat.train.launch import (
     ignore_usr1,
     launch_command,
@@ -65,9 +65,11 @@ rule train_config:
         str(RUN.log("train_config")),
     localrule: True
     params:
-        config=run_config(SETTINGS),
+        **leaf_params(**run_config(SETTINGS)),
     run:
-        atomic_write_text(output[0], yaml.safe_dump(params.config, sort_keys=False))
+        atomic_write_text(
+            output[0], yaml.safe_dump(from_leaf_params(params), sort_keys=False)
+        )
 
 
 # Where the shell keeps a failed attempt's log; not a param, which would make finished runs stale.

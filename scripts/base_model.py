@@ -4,9 +4,9 @@ import logging
 import sys
 
 from longcat.basemodel.prepare import prepare_base_model
-from longcat.settings import BaseModel, build
+from longcat.settings import BaseModel, build, from_leaf_params
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 sys.stderr = open(smk.log[0], "w")  # the job's log, also for tqdm and warnings
 logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-prepare_base_model(build(BaseModel, smk.params.base_model), smk.output[0])
+prepare_base_model(build(BaseModel, from_leaf_params(smk.params)["base_model"]), smk.output[0])

@@ -3,8 +3,8 @@
 import logging
 
 from longcat.data.demo import make_demo_clips
-from longcat.settings import Demo, build
+from longcat.settings import Demo, build, from_leaf_params
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-make_demo_clips(smk.output[0], build(Demo, smk.params.demo))
+make_demo_clips(smk.output[0], build(Demo, from_leaf_params(smk.params)["demo"]))

@@ -4,17 +4,18 @@ import logging
 import sys
 
 from longcat.report.estimate import run_estimate
-from longcat.settings import BaseModel, Cache, Estimate, Train, build
+from longcat.settings import BaseModel, Cache, Estimate, Train, build, from_leaf_params
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
+settings = from_leaf_params(smk.params)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 text = run_estimate(
     smk.input.metadata,
     smk.input.rejected,
-    build(Cache, smk.params.cache),
-    build(Train, smk.params.train),
-    build(Estimate, smk.params.estimate),
-    build(BaseModel, smk.params.base_model),
+    build(Cache, settings["cache"]),
+    build(Train, settings["train"]),
+    build(Estimate, settings["estimate"]),
+    build(BaseModel, settings["base_model"]),
     smk.params.base_model_dir,
     smk.output.json,
     smk.output.text,

@@ -4,12 +4,12 @@ import logging
 
 from longcat.data.metadata import probe_chunk
 from longcat.data.open_source import open_source
-from longcat.settings import Source, build
+from longcat.settings import Source, build, from_leaf_params
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 probe_chunk(
-    open_source(build(Source, smk.params.source)),
+    open_source(build(Source, from_leaf_params(smk.params)["source"])),
     smk.input.manifest,
     smk.wildcards.chunk,
     smk.params.chunks,

@@ -3,8 +3,10 @@
 import logging
 
 from longcat.data.shards import update_assignments
-from longcat.settings import Shards, build
+from longcat.settings import Shards, build, from_leaf_params
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-update_assignments(smk.input.metadata, smk.params.store, smk.output[0], build(Shards, smk.params.shards))
+update_assignments(
+    smk.input.metadata, smk.params.store, smk.output[0], build(Shards, from_leaf_params(smk.params)["shards"])
+)

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from longcat.files import atomic_write_text
-from longcat.settings import RunSettings, Train, settings_dict
+from longcat.settings import RunSettings, Train, flatten, settings_dict
 
 RECORD_FILE = "record.yaml"
 EXPORTED_RECORD_FILE = "training.yaml"
@@ -132,16 +132,6 @@ def run_identity(settings: RunSettings) -> dict[str, Any]:
 def fixed_part(train: Mapping) -> dict[str, Any]:
     """The FIXED_KEYS of a train section (settings or a record's)."""
     return {key: train.get(key) for key in sorted(FIXED_KEYS)}
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as {"a.b.c": leaf}; lists and other values are leaves."""
-    if not isinstance(value, Mapping):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
 
 
 def differences(old: Mapping, new: Mapping, prefix: str = "") -> dict[str, tuple[Any, Any]]:
