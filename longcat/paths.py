@@ -4,7 +4,7 @@ both ask here, so a path has one definition.
     {results}/demo_clips/ (the demo's source.path)    {results}/manifest.parquet, unpaired.parquet
     {results}/metadata/part-CCC.parquet               {results}/metadata.parquet, rejected.parquet
     {results}/shards/assignments.parquet              {results}/shards/shard-NNNNN.parquet
-    {results}/store/...                               history a relist reuses (not a rule output)
+    {results}/store/<source key>/...                  history a relist reuses (not a rule output)
     {results}/base_model/<key>/                       {results}/logs/...
     {results}/estimate.{json,txt}
     {results}/report/data/, report/caches/            figures and tables of `snakemake --report`
@@ -141,6 +141,7 @@ class Layout:
     cache_dir: Path
     runs_dir: Path
     run: str
+    source_key: str | None  # None for a run's settings, which name no source
     base_model_key: str
     vae_key: str
     text_key: str
@@ -149,11 +150,13 @@ class Layout:
     @classmethod
     def from_settings(cls, settings: CacheSettings) -> Layout:
         """From a workflow's `Settings` or a run's `RunSettings` (both name the run and the caches)."""
+        source = getattr(settings, "source", None)
         return cls(
             results=Path(settings.results),
             cache_dir=Path(settings.cache_dir),
             runs_dir=Path(settings.runs_dir),
             run=settings.train.run,
+            source_key=cache_key(source.identity()) if source is not None else None,
             base_model_key=cache_key(settings.base_model.identity()),
             vae_key=cache_key(vae_cache_spec(settings)),
             text_key=cache_key(text_cache_spec(settings)),
@@ -173,9 +176,15 @@ class Layout:
     def metadata_part(self, chunk: str) -> Path:
         return self.results / "metadata" / f"part-{chunk}.parquet"
 
+    @property
+    def store(self) -> Path:
+        """The data stage's history of one source (`Source.identity`), outside the rule outputs, which
+        Snakemake deletes: what a relist reuses. Another source in the same results has its own."""
+        return self.results / "store" / str(self.source_key)
+
     def probe_store(self, chunk: str) -> Path:
-        """Probe records a relist reuses by etag (outside the rule outputs, which Snakemake deletes)."""
-        return self.results / "store" / "probe" / f"part-{chunk}.parquet"
+        """Probe records a relist reuses by etag."""
+        return self.store / "probe" / f"part-{chunk}.parquet"
 
     @property
     def metadata(self) -> Path:
@@ -197,7 +206,7 @@ class Layout:
 
     @property
     def assignment_store(self) -> Path:
-        return self.results / "store" / "assignments.parquet"
+        return self.store / "assignments.parquet"
 
     def shard_list(self, shard: str) -> Path:
         return self.results / "shards" / f"shard-{shard}.parquet"

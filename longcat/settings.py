@@ -37,6 +37,13 @@ class Source:
     list_workers: int
     follow_symlinks: bool
 
+    def identity(self) -> dict:
+        """Where the clips are (not how they are listed): the probe and shard history is kept per source,
+        so a config of another source never takes this one's shard assignments or probe records."""
+        if self.kind == "local":
+            return {"kind": self.kind, "path": self.path}
+        return {"kind": self.kind, "endpoint_url": self.endpoint_url, "bucket": self.bucket, "prefix": self.prefix}
+
 
 @dataclass(frozen=True)
 class Probe:

@@ -133,7 +133,8 @@ checkpoint shard_index:
 
 # Both inputs are ancient: the assignment table and the metadata grow when new videos arrive, but the
 # rows of an existing shard never change, so its list (and the caches built from it) must not rerun.
-# Settings that change rows (frames, probe limits) and the shard's excluded keys are params instead.
+# Settings that change rows (the source, frames, probe limits) and the shard's excluded keys are params
+# instead: a shard list of another source is never taken for this one's.
 rule shard_list:
     input:
         assignments=ancient(str(PATHS.assignments)),
@@ -148,6 +149,7 @@ rule shard_list:
         "../envs/data.yaml"
     params:
         **leaf_params(
+            source=SETTINGS.source.identity(),
             frames=SETTINGS.frames,
             probe={
                 "min_width": SETTINGS.probe.min_width,

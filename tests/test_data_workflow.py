@@ -57,6 +57,26 @@ def test_demo_source_runs_and_reruns_as_a_no_op(tmp_path):
     assert nothing_to_do(run_snakemake(tmp_path, "shards", "estimate", "-n"))
     changed = run_snakemake(tmp_path, "estimate", "-n", config={"estimate": {"vae_clips_per_s": 2.0}})
     assert "Params have changed" in changed.stdout + changed.stderr
+    assert "{'estimate.vae_clips_per_s': 2.0}" in changed.stdout + changed.stderr  # the setting, not all
+
+    # Another source in the same results starts its own shards at 00000: nothing of the demo's history
+    # (shard assignments, probe records) is taken for its own; back on the demo, nothing is probed again.
+    other = tmp_path / "other-clips"
+    other.mkdir()
+    for row in metadata[:4]:
+        for suffix in (".mp4", ".txt"):
+            name = Path(row["key"]).with_suffix(suffix).name
+            (other / f"other-{name}").write_bytes((results / "demo_clips" / name).read_bytes())
+    run_snakemake(tmp_path, "shards", config={"source": {"kind": "local", "path": str(other)}, "demo": None})
+    assignments = pq.read_table(results / "shards" / "assignments.parquet").to_pylist()
+    assert {row["shard"] for row in assignments} == {"00000"}
+    assert all(row["key"].startswith("other-") for row in assignments)
+    assert sorted(
+        row["key"] for row in pq.read_table(results / "shards" / "shard-00000.parquet").to_pylist()
+    ) == [row["key"] for row in assignments]
+    run_snakemake(tmp_path, "shards")
+    assert len(pq.read_table(results / "shards" / "assignments.parquet")) == 12
+    assert set(_probed_counts(results).values()) == {0}
 
 
 def test_s3_source_incremental_reruns(s3_bucket, tmp_path):
