@@ -21,43 +21,6 @@ TRAIN = SETTINGS.train
 ignore_usr1()
 
 
-def checked_run(wildcards):
-    """No file: the rule of longcat.train.record for a changed config, applied to the record of the run's
-    latest checkpoint, so that a change the run cannot take stops Snakemake here, before any job, with
-    the message the train job would give."""
-    from longcat.paths import latest_checkpoint
-    from longcat.train.record import RunRefused, check_start, read_record, run_identity
-
-    latest = latest_checkpoint(RUN.checkpoints)
-    record = read_record(latest) if latest is not None else None
-    if record is not None:
-        try:
-            check_start(record, run_identity(SETTINGS), TRAIN, str(latest), shard_ids)
-        except RunRefused as error:
-            raise WorkflowError(str(error)) from None
-    return []
-
-
-def init_from_model(wildcards):
-    """The model train.init_from names, for a run that has not started: a finished run's train.done, or
-    a model directory. Ancient: a run started from it does not train again when that one changes.
-    """
-    from longcat.paths import latest_checkpoint
-
-    if PATHS.init_from_model is None or latest_checkpoint(RUN.checkpoints) is not None:
-        return []
-    if PATHS.init_from_run is None:
-        return ancient(str(PATHS.init_from_model))
-    other = PATHS.other_run(PATHS.init_from_run)
-    if not other.done.is_file():
-        raise WorkflowError(
-            f"train.init_from: run {PATHS.init_from_run} has not finished ({other.done} is missing); "
-            f"finish it first, or name a model directory such as {other.export('N')} (`snakemake export` "
-            "writes one of a run's latest checkpoint)"
-        )
-    return ancient(str(other.done))
-
-
 rule train_config:
     output:
         str(RUN.train_config),
