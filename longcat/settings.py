@@ -152,6 +152,7 @@ class Train:
     main_process_port: int
     gpu_type: str
     assumed_mfu: float | None
+    assumed_bus_bandwidth_gbps: float | None
     adam_beta1: float
     adam_beta2: float
     adam_weight_decay: float

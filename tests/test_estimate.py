@@ -11,11 +11,14 @@ from conftest import load_bench
 from longcat.config import REPO_ROOT, load_config
 from longcat.report.estimate import estimate, format_estimate, run_estimate
 from longcat.settings import load_settings
-from longcat.train.estimate import PUBLISHED_DIT_CONFIG
+from longcat.train.estimate import PUBLISHED_DIT_CONFIG, dit_parameter_counts, step_time
 
 REAL = load_settings(load_config(REPO_ROOT / "config" / "longcat-13b.yaml"))
 PARAMETERS = 13_581_071_424  # the published DiT
+BLOCK, ROOT = 282_132_992, 34_223_104 + 4_464_704  # one of its 48 blocks; embedders and final layer
+COUNTS = dit_parameter_counts(PUBLISHED_DIT_CONFIG)
 H100_PEAK = 989e12
+NVLINK_BUS = 360e9  # bytes/s per GPU assumed for H100 within a node (longcat.train.estimate.CARDS)
 
 
 def tables(plans, reasons):
@@ -39,6 +42,12 @@ def real_estimate(metadata, rejected, train=REAL.train, figures=REAL.estimate):
 
 def model_flops(tokens):
     return 6.0 * PARAMETERS * tokens + 12.0 * tokens**2 * 4096 * 48
+
+
+# FSDP2 on 8 GPUs, bf16 parameters, fp32 gradients: each GPU receives 7/8 of what is gathered and sends 7/8
+# of what is reduced. Unhidden: the first all-gathers of forward (root and first block) and of backward
+# (last block), and the last reduce-scatter (first block and root).
+EXPOSED_COMM_SECONDS = 7 / 8 * ((ROOT + 2 * BLOCK) * 2 + (BLOCK + ROOT) * 4) / NVLINK_BUS
 
 
 def test_estimate_counts_bytes_and_hours_of_a_known_table():
@@ -69,10 +78,11 @@ def test_estimate_counts_bytes_and_hours_of_a_known_table():
     assert cache["vae_wall_hours"] == pytest.approx(cache["vae_gpu_hours"] / 8)
     assert cache["text_gpu_hours"] == pytest.approx(10 / 38 / 3600)
 
-    # Batch 1 on each of 8 GPUs at the configured 46.6% MFU of an H100: a step takes one sample's FLOPs.
+    # Batch 1 on each of 8 GPUs at the configured 46.6% MFU of an H100: a step takes one sample's FLOPs,
+    # and waits for the part of FSDP2's communication that nothing hides.
     steps = {bucket["frames"]: bucket["step_seconds"] for bucket in report["buckets"]}
-    assert steps[93] == pytest.approx(model_flops(37_440) / (H100_PEAK * 0.466))
-    assert steps[73] == pytest.approx(model_flops(29_640) / (H100_PEAK * 0.466))
+    assert steps[93] == pytest.approx(model_flops(37_440) / (H100_PEAK * 0.466) + EXPOSED_COMM_SECONDS)
+    assert steps[73] == pytest.approx(model_flops(29_640) / (H100_PEAK * 0.466) + EXPOSED_COMM_SECONDS)
     training = report["training"]
     mean = (3 * steps[93] + 7 * steps[73]) / 10
     assert training["samples_per_step"] == 8 and training["mean_step_seconds"] == pytest.approx(mean)
@@ -86,6 +96,16 @@ def test_estimate_counts_bytes_and_hours_of_a_known_table():
     assert "checkpoint 163 GB (fp32 weights + AdamW moments), 2 kept: 326 GB" in text
     assert (
         f"   93 frames:         3 clips,   37,440 tokens, 6.36 PFLOP/sample, {steps[93]:.3g} s/step" in text
+    )
+    # Which figure was measured where, and which is modelled.
+    assert f"a step of the largest bucket (93x480x832): {steps[93]:.3g} s =" in text
+    assert (
+        "compute 13.80 s at 46.6% MFU (train.assumed_mfu, measured on one GPU: 4 full-width blocks, "
+        "no communication)" in text
+    )
+    assert (
+        "FSDP2 communication, modelled: 47.5 GB all-gathered + 47.5 GB reduce-scattered per GPU per step "
+        "at 360 GB/s: 0.26 s, of which 0.006 s not hidden behind compute" in text
     )
 
 
@@ -117,11 +137,47 @@ def test_estimate_of_the_real_config_scales_with_the_data_and_follows_its_figure
     metadata, rejected = tables(plans, {})
     typical = real_estimate(metadata, rejected, train=dataclasses.replace(REAL.train, assumed_mfu=None))
     assert typical["training"]["assumed_mfu"] == 0.4
-    assert typical["training"]["run_hours"] == pytest.approx(once["training"]["run_hours"] * 0.466 / 0.4)
+    assert typical["training"]["run_hours"] == pytest.approx(
+        once["training"]["run_hours"] * 0.466 / 0.4, 1e-3
+    )
+    assert "compute 16.07 s at 40.0% MFU (the card's typical MFU, assumed)" in format_estimate(typical)
     slower = real_estimate(
         metadata, rejected, figures=dataclasses.replace(REAL.estimate, vae_clips_per_s=0.4125)
     )
     assert slower["cache_time"]["vae_gpu_hours"] == pytest.approx(2 * once["cache_time"]["vae_gpu_hours"])
+
+
+def test_fsdp_communication_per_step_of_the_published_model():
+    def step(**train):
+        return step_time(COUNTS, 48, model_flops(37_440), dataclasses.replace(REAL.train, **train), "h100")
+
+    # 8 GPUs, bf16 parameters gathered for forward and again for backward (reshard_after_forward), fp32
+    # gradients reduce-scattered: 47.5 GB each way per GPU, 0.26 s at 360 GB/s, hidden but for 6 ms.
+    comm = step()["communication"]
+    assert comm["all_gather_bytes"] == 7 / 8 * (PARAMETERS + 48 * BLOCK) * 2 == pytest.approx(47.466e9, 1e-4)
+    assert comm["reduce_scatter_bytes"] == 7 / 8 * PARAMETERS * 4 == 47_533_749_984
+    assert comm["seconds"] == pytest.approx((comm["all_gather_bytes"] + comm["reduce_scatter_bytes"]) / 360e9)
+    assert comm["exposed_seconds"] == pytest.approx(EXPOSED_COMM_SECONDS) == pytest.approx(0.00605, 1e-3)
+    compute = model_flops(37_440) / (H100_PEAK * 0.466)
+    assert step()["step_seconds"] == pytest.approx(compute + EXPOSED_COMM_SECONDS)
+
+    # Kept for backward: gathered once. Each micro-batch gathers and reduces again. One GPU: nothing.
+    kept = step(reshard_after_forward=False)["communication"]
+    assert kept["all_gather_bytes"] == 7 / 8 * PARAMETERS * 2
+    assert kept["exposed_seconds"] == pytest.approx(7 / 8 * ((ROOT + BLOCK) * 2 + (BLOCK + ROOT) * 4) / 360e9)
+    twice = step(gradient_accumulation_steps=2)
+    assert twice["communication"]["reduce_scatter_bytes"] == 2 * comm["reduce_scatter_bytes"]
+    assert twice["step_seconds"] == pytest.approx(2 * step()["step_seconds"])
+    alone = step(num_processes=1)
+    assert alone["communication"]["seconds"] == 0 and alone["step_seconds"] == pytest.approx(compute)
+
+    # Two nodes: 16 GPUs, the network's 45 GB/s; a configured bandwidth wins. Communication that outlasts
+    # the compute is not hidden.
+    nodes = step(nodes=2)["communication"]
+    assert nodes["bus_gbps"] == 45 and nodes["reduce_scatter_bytes"] == 15 / 16 * PARAMETERS * 4
+    slow = step(assumed_bus_bandwidth_gbps=1.0)["communication"]
+    assert slow["bus_gbps"] == 1.0 and slow["seconds"] > compute
+    assert slow["exposed_seconds"] == pytest.approx(slow["seconds"] - compute)
 
 
 def test_run_estimate_writes_both_files_and_names_a_table_it_cannot_read(tmp_path):

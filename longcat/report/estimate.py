@@ -4,8 +4,9 @@ Before any GPU work, and in seconds for half a million clips: clips accepted and
 into frame and resolution buckets, the bytes of the caches and checkpoints, and the GPU-hours of the
 caches and of training. Model FLOPs, step times and checkpoint bytes are `longcat.train.estimate`'s (the
 dry run counts with the same definitions); cache throughputs come from the config's `estimate` section
-and the MFU from `train.assumed_mfu`. They are estimates: model FLOPs at an assumed MFU, and throughputs
-measured at one clip shape and scaled to the others.
+and the MFU from `train.assumed_mfu`. They are estimates: model FLOPs at an MFU measured on one GPU,
+FSDP2's communication modelled on top, and throughputs measured at one clip shape and scaled to the
+others.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from longcat.train.estimate import (
     dit_parameter_counts,
     latent_shape_for,
     sample_cost,
-    step_seconds,
+    step_time,
+    step_time_text,
 )
 
 log = logging.getLogger(__name__)
@@ -97,15 +99,16 @@ def estimate(
     card = CARDS[train.gpu_type]
     mfu = card_mfu(card, train.assumed_mfu)
     gpus = train.world_size
-    per_gpu = train.train_batch_size * train.gradient_accumulation_steps
-    samples_per_step = gpus * per_gpu
+    samples_per_step = gpus * train.train_batch_size * train.gradient_accumulation_steps
     dtype_bytes = DTYPE_BYTES[cache.dtype]
-    parameters = dit_parameter_counts(dit_config)["total"]
+    counts = dit_parameter_counts(dit_config)
+    parameters = counts["total"]
 
     buckets = []
     for group in plan_groups(metadata):
         shape = latent_shape_for(group["frames"], group["height"], group["width"], dit_config["in_channels"])
         tokens, flops = sample_cost(dit_config, shape)
+        step = step_time(counts, dit_config["depth"], flops, train, train.gpu_type)
         relative_pixels = group["frames"] * group["height"] * group["width"] / math.prod(VAE_REFERENCE_SHAPE)
         buckets.append(
             {
@@ -114,7 +117,8 @@ def estimate(
                 "latent_bytes": math.prod(shape) * dtype_bytes,
                 "tokens": tokens,
                 "pflop_per_sample": flops / 1e15,
-                "step_seconds": step_seconds(flops, per_gpu, card, mfu),
+                "step_seconds": step["step_seconds"],
+                "step": step,
                 "vae_gpu_seconds_per_clip": relative_pixels / figures.vae_clips_per_s,
             }
         )
@@ -266,6 +270,12 @@ def format_estimate(report: dict[str, Any]) -> str:
     if train["mean_step_seconds"] is None:
         lines.append("  no accepted clips: nothing to train on")
     else:
+        largest = report["buckets"][0]
+        lines.append(
+            f"  a step of the largest bucket ({largest['frames']}x{largest['height']}x{largest['width']}): "
+            f"{seconds_text(largest['step_seconds'])} ="
+        )
+        lines += [f"    {line}" for line in step_time_text(largest["step"])]
         lines += [
             f"  mean step {seconds_text(train['mean_step_seconds'])}; "
             f"one pass {train['steps_per_pass']:,.0f} steps, "

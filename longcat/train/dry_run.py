@@ -11,7 +11,10 @@ from longcat.data.frames import frame_counts
 from longcat.paths import RunLayout
 from longcat.settings import Frames, RunSettings, Train
 from longcat.train.data import BucketedSampler
-from longcat.train.estimate import CARDS, dit_config_for, estimate_run, latent_shape_for
+from longcat.train.estimate import CARDS, dit_config_for, estimate_run, latent_shape_for, step_time_text
+
+# What each bucket keeps of its step-time estimate (`longcat.train.estimate.step_time`).
+STEP_KEYS = ("step_seconds", "compute_seconds", "assumed_mfu", "mfu_source", "communication")
 
 
 def configured_latent_shapes(frames: Frames) -> list[tuple[int, int, int, int]]:
@@ -69,19 +72,7 @@ def dry_run_report(settings: RunSettings, paths: RunLayout) -> dict[str, Any]:
     data = data_report(cfg, paths, settings.frames.fps)
 
     def estimate(shape: tuple[int, ...], card: str) -> dict[str, Any]:
-        return estimate_run(
-            dit_config,
-            shape,
-            cfg.world_size,
-            cfg.train_batch_size,
-            cfg.gradient_accumulation_steps,
-            cfg.activation_checkpointing,
-            cfg.activation_checkpointing_every,
-            cfg.cpu_offload,
-            card,
-            cfg.assumed_mfu if card == cfg.gpu_type else None,
-            bf16=cfg.mixed_precision == "bf16",
-        )
+        return estimate_run(dit_config, shape, cfg, card)
 
     if data["ready"]:
         counts = {tuple(int(d) for d in key.split("x")): count for key, count in data["buckets"].items()}
@@ -101,7 +92,7 @@ def dry_run_report(settings: RunSettings, paths: RunLayout) -> dict[str, Any]:
                 "frames": frames_of(shape),
                 "tokens_per_sample": per_bucket["tokens_per_sample"],
                 "samples": counts[shape],
-                "step_seconds": per_bucket["step_seconds"],
+                **{key: per_bucket[key] for key in STEP_KEYS},
             }
         )
     weighted = None
@@ -149,6 +140,9 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if report["mean_step_seconds"] is not None:
         lines.append(f"  mean over the samples: {report['mean_step_seconds']:.1f} s/step")
+    largest = report["bucket_estimates"][0]
+    lines.append(f"  a step of the {largest['frames']}-frame bucket: {largest['step_seconds']:.2f} s =")
+    lines += [f"    {line}" for line in step_time_text(largest)]
     lines.append(f"estimate for the largest shape {report['estimate_shape']} (model FLOPs, batch per GPU):")
     for card, estimate in report["estimates"].items():
         memory = estimate["memory_gib"]

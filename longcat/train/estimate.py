@@ -5,6 +5,11 @@ FLOPs per sample follow the usual model-FLOPs convention (no recomputation count
 6·N·s for the linear layers (forward + backward) plus 12·s²·d·L for self-attention, with N parameters,
 s video tokens, d the width and L blocks. Memory is an estimate with its parts named, so a user sees
 which knob (batch size, activation checkpointing, CPU offload) moves which part.
+
+A step's time has two parts of different standing. Compute: the model FLOPs at `train.assumed_mfu`, a
+figure measured on one GPU (`bench/bench_train_gpu.py`: 4 full-width blocks, FSDP2 at world size 1, so no
+communication in it). Communication: FSDP2's all-gathers and reduce-scatters, modelled here from the
+bytes each GPU moves and a bus bandwidth, under a stated overlap (`fsdp_communication`), never measured.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longcat.settings import BaseModel
+from longcat.settings import BaseModel, Train
 
 GIB = 1024**3
 
@@ -48,13 +53,22 @@ class Card:
     bf16_tflops: float  # dense peak
     memory_gib: float
     typical_mfu: float
+    # NCCL's bus bandwidth (nccl-tests' busbw) for all-gather and reduce-scatter of messages of hundreds of
+    # MB between the 8 GPUs of one node, GB/s per GPU: about 80% of NVLink's one-way rate through the
+    # NVSwitch (NVLink 4: 450 GB/s on H100 and H200; NVLink 3: 300 GB/s on A100). An assumption, not a
+    # measurement: set `train.assumed_bus_bandwidth_gbps` to what nccl-tests reads on your nodes.
+    node_bus_gbps: float
 
 
 CARDS = {
-    "a100": Card("A100 80GB", 312.0, 80.0, 0.5),
-    "h100": Card("H100 80GB", 989.0, 80.0, 0.4),
-    "h200": Card("H200 141GB", 989.0, 141.0, 0.4),
+    "a100": Card("A100 80GB", 312.0, 80.0, 0.5, 230.0),
+    "h100": Card("H100 80GB", 989.0, 80.0, 0.4, 360.0),
+    "h200": Card("H200 141GB", 989.0, 141.0, 0.4, 360.0),
 }
+
+# Between nodes a ring runs at the network's pace: one 400 Gb/s InfiniBand or RoCE port per GPU (50 GB/s),
+# of which NCCL reaches about 90%. An assumption like the cards' figures.
+INTER_NODE_BUS_GBPS = 45.0
 
 # bf16 bytes kept per token per block for backward without checkpointing (norm outputs in fp32,
 # qkv, q/k after norm and RoPE, attention output, cross-attention, the four SwiGLU tensors);
@@ -143,8 +157,103 @@ def card_mfu(card: Card, mfu: float | None) -> float:
     return mfu or card.typical_mfu
 
 
-def step_seconds(flops_per_sample: float, samples_per_gpu: int, card: Card, mfu: float) -> float:
-    return flops_per_sample * samples_per_gpu / (card.bf16_tflops * 1e12 * mfu)
+def bus_bandwidth(card: Card, nodes: int, configured_gbps: float | None) -> float:
+    """GB/s per GPU the collectives are assumed to reach: the configured figure, else the card's within
+    one node, else the network's."""
+    if configured_gbps is not None:
+        return configured_gbps
+    return card.node_bus_gbps if nodes == 1 else INTER_NODE_BUS_GBPS
+
+
+def fsdp_communication(
+    counts: dict[str, int],
+    depth: int,
+    world_size: int,
+    param_bytes: int,
+    reshard_after_forward: bool,
+    bus_gbps: float,
+    compute_seconds: float,
+) -> dict[str, float]:
+    """FSDP2's traffic per GPU for one micro-batch (`longcat.train.parallelize.apply_fsdp`), and the time
+    of it the step waits for.
+
+    Each block is one unit, the root (embedders, final layer) another. Forward all-gathers every unit's
+    parameters in the compute dtype; with `reshard_after_forward` backward all-gathers the blocks again
+    (the root keeps its own); backward reduce-scatters every gradient in float32 (the policy's
+    reduce_dtype). In a ring of W GPUs each one receives (all-gather) or sends (reduce-scatter) (W-1)/W
+    of the whole tensor, at `bus_gbps`.
+
+    Overlap: FSDP2 gathers the next unit while the current one computes and reduce-scatters a block's
+    gradients during the next block's backward, so only the first all-gather of forward (root and first
+    block), the first of backward (last block) and the last reduce-scatter (first block and root) wait;
+    the rest is hidden unless it outlasts the compute. The collectives' own use of the GPU's cores and
+    memory is not counted.
+    """
+    share = (world_size - 1) / world_size
+    block, root = counts["block"], counts["embedders"] + counts["final"]
+    regathered = depth * block if reshard_after_forward else 0
+    all_gather = share * (counts["total"] + regathered) * param_bytes
+    reduce_scatter = share * counts["total"] * GRADIENT_BYTES
+    first_all_gather = share * ((root + block) * param_bytes + (block * param_bytes if regathered else 0))
+    last_reduce_scatter = share * (block + root) * GRADIENT_BYTES
+    bytes_per_second = bus_gbps * 1e9
+    seconds = (all_gather + reduce_scatter) / bytes_per_second
+    unhidden = (first_all_gather + last_reduce_scatter) / bytes_per_second
+    return {
+        "all_gather_bytes": all_gather,
+        "reduce_scatter_bytes": reduce_scatter,
+        "bus_gbps": bus_gbps,
+        "seconds": seconds,
+        "exposed_seconds": unhidden + max(0.0, seconds - unhidden - compute_seconds),
+    }
+
+
+def step_time(
+    counts: dict[str, int], depth: int, flops_per_sample: float, cfg: Train, card_name: str
+) -> dict[str, Any]:
+    """One optimizer step of `cfg` on `card_name` GPUs: compute at the assumed MFU (the configured one on
+    the configured card), plus FSDP2's exposed communication, per micro-batch (each one gathers and
+    reduce-scatters the whole model)."""
+    card = CARDS[card_name]
+    configured = card_name == cfg.gpu_type
+    measured_mfu = configured and cfg.assumed_mfu is not None
+    mfu = card_mfu(card, cfg.assumed_mfu if configured else None)
+    bus_gbps = bus_bandwidth(card, cfg.nodes, cfg.assumed_bus_bandwidth_gbps if configured else None)
+    micro_compute = flops_per_sample * cfg.train_batch_size / (card.bf16_tflops * 1e12 * mfu)
+    param_bytes = 2 if cfg.mixed_precision == "bf16" else 4
+    micro = fsdp_communication(
+        counts, depth, cfg.world_size, param_bytes, cfg.reshard_after_forward, bus_gbps, micro_compute
+    )
+    steps = cfg.gradient_accumulation_steps
+    communication = {key: value * steps if key != "bus_gbps" else value for key, value in micro.items()}
+    compute = micro_compute * steps
+    return {
+        "card": card.name,
+        "assumed_mfu": mfu,
+        "mfu_source": "train.assumed_mfu" if measured_mfu else "typical",
+        "compute_seconds": compute,
+        "communication": communication,
+        "step_seconds": compute + communication["exposed_seconds"],
+    }
+
+
+def step_time_text(step: dict[str, Any]) -> list[str]:
+    """What a step time is made of, saying which part rests on a measurement and which is modelled."""
+    if step["mfu_source"] == "train.assumed_mfu":
+        source = "train.assumed_mfu, measured on one GPU: 4 full-width blocks, no communication"
+    else:
+        source = "the card's typical MFU, assumed"
+    comm = step["communication"]
+    lines = [f"compute {step['compute_seconds']:.2f} s at {step['assumed_mfu']:.1%} MFU ({source})"]
+    if comm["seconds"] == 0:
+        return [*lines, "FSDP2 communication: none (one GPU)"]
+    return [
+        *lines,
+        f"FSDP2 communication, modelled: {comm['all_gather_bytes'] / 1e9:.1f} GB all-gathered "
+        f"+ {comm['reduce_scatter_bytes'] / 1e9:.1f} GB reduce-scattered per GPU per step at "
+        f"{comm['bus_gbps']:g} GB/s: {comm['seconds']:.2f} s, of which {comm['exposed_seconds']:.3f} s "
+        "not hidden behind compute",
+    ]
 
 
 def checkpoint_bytes(num_params: int) -> int:
@@ -202,44 +311,31 @@ def memory_per_gpu(
 
 
 def estimate_run(
-    dit_config: dict[str, Any],
-    latent_shape: tuple[int, ...],
-    world_size: int,
-    batch_size: int,
-    gradient_accumulation_steps: int,
-    activation_checkpointing: str,
-    checkpoint_every: int,
-    cpu_offload: bool,
-    card_name: str,
-    mfu: float | None,
-    bf16: bool = True,
+    dit_config: dict[str, Any], latent_shape: tuple[int, ...], cfg: Train, card_name: str
 ) -> dict[str, Any]:
+    """Step time and per-GPU memory of `cfg`'s run at one latent shape on `card_name` GPUs."""
     card = CARDS[card_name]
-    mfu = card_mfu(card, mfu)
     counts = dit_parameter_counts(dit_config)
     tokens, flops = sample_cost(dit_config, latent_shape)
-    samples_per_gpu = batch_size * gradient_accumulation_steps
     memory = memory_per_gpu(
         counts,
         dit_config["hidden_size"],
         dit_config["depth"],
         tokens,
-        world_size,
-        batch_size,
-        activation_checkpointing,
-        checkpoint_every,
-        cpu_offload,
-        bf16,
+        cfg.world_size,
+        cfg.train_batch_size,
+        cfg.activation_checkpointing,
+        cfg.activation_checkpointing_every,
+        cfg.cpu_offload,
+        cfg.mixed_precision == "bf16",
     )
     return {
         "parameters": counts["total"],
         "latent_shape": list(latent_shape),
         "tokens_per_sample": tokens,
         "pflop_per_sample": flops / 1e15,
-        "card": card.name,
-        "assumed_mfu": mfu,
-        "step_seconds": step_seconds(flops, samples_per_gpu, card, mfu),
-        "samples_per_step": samples_per_gpu * world_size,
+        **step_time(counts, dit_config["depth"], flops, cfg, card_name),
+        "samples_per_step": cfg.train_batch_size * cfg.gradient_accumulation_steps * cfg.world_size,
         "memory_gib": memory,
         "fits": memory["total"] <= card.memory_gib * 0.95,
         "card_memory_gib": card.memory_gib,
