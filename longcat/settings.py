@@ -125,6 +125,7 @@ class Cache:
     channels_last: bool
     fused_rms_norm: bool
     max_failed_fraction: float
+    vae_compile: bool
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class Train:
     activation_checkpointing: str
     activation_checkpointing_every: int
     compile: bool
+    attention_backend: str
     reshard_after_forward: bool
     cpu_offload: bool
     memory_gb: int

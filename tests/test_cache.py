@@ -474,6 +474,7 @@ def test_encode_speed_settings_come_from_the_cache_section():
         )
 
     assert speed({}) == (1, False, False, False, 2)
+    assert load_settings({**embedded_config(), "cache": {"vae_compile": True}}).cache.vae_compile
     cache = {"vae_batch_size": 4, "channels_last": True, "cudnn_benchmark": True, "fused_rms_norm": True}
     assert speed(cache) == (4, True, True, True, 2)
     with pytest.raises(ConfigError, match=r"cache.vae_batch_size: expected minimum 1, found 0"):
@@ -495,6 +496,20 @@ def test_prepare_vae_switches_the_fused_norms_on_and_off_repeatedly():
         with torch.no_grad():
             found = vae.encode(pixels).latent_dist.mode()
         torch.testing.assert_close(found, expected, rtol=1e-5, atol=1e-5)
+
+    # Compiled (lazily: the first encode compiles), then plain again: one encoder module all along.
+    encoder = vae.encoder
+    prepare_vae(vae, dataclasses.replace(cache, fused_rms_norm=True, vae_compile=True))
+    assert (
+        isinstance(vae.encoder, torch._dynamo.eval_frame.OptimizedModule) and vae.encoder._orig_mod is encoder
+    )
+    prepare_vae(vae, dataclasses.replace(cache, fused_rms_norm=True, vae_compile=True))
+    assert vae.encoder._orig_mod is encoder
+    assert sum(isinstance(module, FusedChannelRMSNorm) for module in vae.modules()) == 14
+    prepare_vae(vae, cache)
+    assert vae.encoder is encoder
+    with torch.no_grad():
+        torch.testing.assert_close(vae.encode(pixels).latent_dist.mode(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_write_behind_keeps_the_order_and_raises_a_failed_write_in_the_caller():

@@ -141,6 +141,9 @@ def test_activation_checkpointing_choices():
     assert cfg.activation_checkpointing == "selective" and cfg.compile
     with pytest.raises(ConfigError, match=r"train\.compile: expected type boolean, found 'yes'"):
         train_from_config(compile="yes", mixed_precision="no")
+    assert train_from_config(attention_backend="sdpa_cudnn").attention_backend == "sdpa_cudnn"
+    with pytest.raises(ConfigError, match=r"train\.attention_backend: expected one of .* found 'xformers'"):
+        train_from_config(attention_backend="xformers")
 
 
 def test_parameter_count_and_flops_of_the_published_model():
@@ -290,3 +293,18 @@ def test_removing_a_checkpoint_replaces_an_old_leftover_of_the_same_name(tmp_pat
     remove_checkpoint(fake_checkpoint(tmp_path / "step-5"))
     assert not leftover.exists() and not list(tmp_path.iterdir())
 
+
+@pytest.mark.parametrize("backend, expected", [("auto", "sdpa"), ("sdpa_cudnn", "sdpa_cudnn")])
+def test_the_trained_model_runs_the_configured_attention_kernel(tiny_base_model, backend, expected):
+    import torch.distributed as dist
+    from conftest import free_port
+
+    from longcat.train.build import build_model
+
+    cfg = train_settings(attention_backend=backend, activation_checkpointing="selective", compile=False)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        model = build_model(tiny_base_model, cfg, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    assert model.attention_backend == expected

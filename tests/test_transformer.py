@@ -255,6 +255,19 @@ def test_unknown_attention_backend_is_refused():
     assert model.attention_backend == "sdpa"
 
 
+@pytest.mark.parametrize("backend", ["sdpa_cudnn", "sdpa_flash"])
+def test_sdpa_held_to_one_kernel_is_sdpa_where_that_kernel_does_not_apply(backend):
+    # On the CPU (and for float32 or a padding mask on a GPU) the held kernel does not apply: SDPA chooses.
+    model = tiny_model(text_tokens_zero_pad=False)
+    inputs = tiny_inputs() | {"encoder_attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    with torch.no_grad():
+        expected = model(**inputs)
+        model.set_attention_backend(backend)
+        output = model(**inputs)
+    assert model.attention_backend == backend
+    assert torch.equal(output, expected)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")
 def test_missing_flash_attention_is_a_clear_error():
     with pytest.raises(ValueError, match="flash_attn"):
@@ -291,11 +304,11 @@ def test_empty_text_without_zero_pad_is_an_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backend", ["flash_attn2", "flash_attn3"])
+@pytest.mark.parametrize("backend", ["sdpa_cudnn", "sdpa_flash", "flash_attn2", "flash_attn3"])
 def test_flash_attention_matches_sdpa_on_gpu(backend):
     from longcat.model.attention import flash_attention_available
 
-    if not flash_attention_available(backend):
+    if backend.startswith("flash_attn") and not flash_attention_available(backend):
         pytest.skip(f"{backend} is not installed")
     model = tiny_model().to("cuda", torch.bfloat16)
     inputs = {name: tensor.cuda() for name, tensor in tiny_inputs().items()}

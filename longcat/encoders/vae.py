@@ -72,12 +72,19 @@ def _swap_rms_norms(encoder: torch.nn.Module, fused: bool) -> None:
                 setattr(parent, name, child.original)
 
 
+# Graphs one compiled encoder may hold: Wan's encoder walks a clip in chunks (the first frame, then 4 at a
+# time, the frame cache filling up), three input shapes per clip shape and batch size, and a shard holds
+# clips of several buckets.
+VAE_COMPILED_GRAPHS = 64
+
+
 def prepare_vae(vae, cache: Cache):
-    """Set the VAE up as the cache's speed settings ask (`channels_last`, `fused_rms_norm`) and cuDNN's
-    autotuner (`cudnn_benchmark`, process-wide). None of them is in the cache key: they change latents by
-    float rounding at most."""
+    """Set the VAE up as the cache's speed settings ask (`channels_last`, `fused_rms_norm`, `vae_compile`)
+    and cuDNN's autotuner (`cudnn_benchmark`, process-wide). None of them is in the cache key: they
+    change latents by float rounding at most. May be called again with other settings."""
     torch.backends.cudnn.benchmark = cache.cudnn_benchmark
-    _swap_rms_norms(vae.encoder, cache.fused_rms_norm)
+    encoder = getattr(vae.encoder, "_orig_mod", vae.encoder)  # compiled by an earlier call
+    _swap_rms_norms(encoder, cache.fused_rms_norm)
     # Whole-clip encodes: tiling would split the frame, slicing would undo the batch.
     vae.disable_tiling()
     vae.disable_slicing()
@@ -89,6 +96,12 @@ def prepare_vae(vae, cache: Cache):
     for parameter in vae.parameters():
         if parameter.dim() in layouts:
             parameter.data = parameter.data.contiguous(memory_format=layouts[parameter.dim()])
+    vae.encoder = encoder
+    if cache.vae_compile:
+        # Static shapes: each chunk shape gets kernels of its own (dynamic ones would be generic), and
+        # each new shape costs a compile, once per process.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, VAE_COMPILED_GRAPHS)
+        vae.encoder = torch.compile(encoder, dynamic=False)
     return vae.eval()
 
 

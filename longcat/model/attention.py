@@ -2,7 +2,8 @@
 
 The modules own the weights (names as in the reference checkpoint); a processor computes
 softmax(q k^T / sqrt(d)) v on tensors laid out [batch, tokens, heads, head_dim]. PyTorch SDPA serves
-every device; flash-attn 2 or 3 serves CUDA half-precision inputs when the package is installed.
+every device and picks its kernel itself; `sdpa_cudnn` and `sdpa_flash` make it use cuDNN's or its
+flash kernel for CUDA half-precision inputs; flash-attn 2 or 3 serves those when the package is installed.
 """
 
 import functools
@@ -13,21 +14,36 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .layers import RMSNormFP32
 from .rope import apply_rope
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("sdpa", "flash_attn2", "flash_attn3")
+ATTENTION_BACKENDS = ("sdpa", "sdpa_cudnn", "sdpa_flash", "flash_attn2", "flash_attn3")
 
 _FLASH_MODULES = {"flash_attn2": "flash_attn", "flash_attn3": "flash_attn_interface"}
 
+# SDPA held to one kernel. PyTorch ranks its own flash kernel (FlashAttention-2, written for Ampere) above
+# cuDNN's fused attention, which is built for Hopper too; bench/bench_train_gpu.py --attention-kernels
+# times each.
+_SDPA_KERNELS = {"sdpa_cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa_flash": SDPBackend.FLASH_ATTENTION}
+
+
+def _half_on_cuda(query: torch.Tensor, key_mask: torch.Tensor | None) -> bool:
+    """Inputs the fused kernels take: CUDA, fp16 or bf16, no padding mask (the zero-padded text has none)."""
+    return key_mask is None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
+
 
 class SDPAProcessor:
-    """PyTorch scaled_dot_product_attention; on CUDA it dispatches to flash/cuDNN kernels itself."""
+    """PyTorch scaled_dot_product_attention. As `sdpa` it dispatches to a kernel itself; as `sdpa_cudnn`
+    or `sdpa_flash` it runs that kernel where it applies (CUDA half-precision inputs without a mask) and
+    lets SDPA choose elsewhere, so that the same model runs on any device."""
 
-    name = "sdpa"
+    def __init__(self, name: str = "sdpa"):
+        self.name = name
+        self._kernel = _SDPA_KERNELS.get(name)
 
     def __call__(
         self,
@@ -37,9 +53,12 @@ class SDPAProcessor:
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask
-        )
+        query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
+        if self._kernel is not None and _half_on_cuda(query, key_mask):
+            with sdpa_kernel(self._kernel):
+                out = F.scaled_dot_product_attention(query, key, value)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)
         return out.transpose(1, 2)
 
 
@@ -59,7 +78,7 @@ class FlashAttentionProcessor:
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Padding masks and float32 are not flash-attn cases; the default text path (zero-padded) has no mask.
-        if key_mask is not None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+        if not _half_on_cuda(query, key_mask):
             return self._fallback(query, key, value, key_mask)
         out = self._flash_attn_func(query, key, value)
         # flash-attn 3 returns (out, softmax_lse) in some releases.
@@ -81,13 +100,13 @@ def flash_attention_available(name: str) -> bool:
 
 
 def make_processor(name: str) -> SDPAProcessor | FlashAttentionProcessor:
-    """A processor by name: 'sdpa', 'flash_attn2' or 'flash_attn3'."""
+    """A processor by name, one of ATTENTION_BACKENDS."""
     if name not in ATTENTION_BACKENDS:
         raise ValueError(
             f"unknown attention backend {name!r}: expected one of {', '.join(ATTENTION_BACKENDS)}"
         )
-    if name == "sdpa":
-        return SDPAProcessor()
+    if name == "sdpa" or name in _SDPA_KERNELS:
+        return SDPAProcessor(name)
     if not flash_attention_available(name):
         raise ValueError(
             f"attention backend {name!r} needs the module {_FLASH_MODULES[name]!r}, which is not importable"

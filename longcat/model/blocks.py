@@ -28,7 +28,7 @@ class LongCatSingleStreamBlock(nn.Module):
         self.ffn = FeedForwardSwiGLU(hidden_size, int(hidden_size * mlp_ratio))
 
     def set_attention_backend(self, backend: str) -> None:
-        """Attention kernel of this block: 'sdpa', 'flash_attn2' or 'flash_attn3'."""
+        """Attention kernel of this block, one of ATTENTION_BACKENDS."""
         self.attn.processor = make_processor(backend)
         self.cross_attn.processor = make_processor(backend)
 

@@ -91,7 +91,7 @@ class LongCatVideoTransformer3DModel(ModelMixin, ConfigMixin):
         return self.blocks[0].attn.processor.name if len(self.blocks) else "sdpa"
 
     def set_attention_backend(self, backend: str) -> None:
-        """Attention kernel for every block: 'sdpa', 'flash_attn2' or 'flash_attn3'. Weights are untouched."""
+        """Attention kernel for every block, one of ATTENTION_BACKENDS. Weights are untouched."""
         backend = _BACKEND_ALIASES.get(backend, backend)
         if backend not in ATTENTION_BACKENDS:
             raise ValueError(

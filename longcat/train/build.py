@@ -50,6 +50,8 @@ def build_model(
         model = LongCatVideoTransformer3DModel.from_config(
             LongCatVideoTransformer3DModel.load_config(dit_dir)
         )
+    if cfg.attention_backend != "auto":
+        model.set_attention_backend(cfg.attention_backend)
     apply_activation_checkpointing(model, cfg.activation_checkpointing, cfg.activation_checkpointing_every)
     if cfg.compile:
         apply_compile(model)
