@@ -100,7 +100,7 @@ def test_estimate_counts_bytes_and_hours_of_a_known_table():
     # Which figure was measured where, and which is modelled.
     assert f"a step of the largest bucket (93x480x832): {steps[93]:.3g} s =" in text
     assert (
-        "compute 13.80 s at 46.6% MFU (train.assumed_mfu, measured on one GPU: 4 full-width blocks, "
+        "compute 13.80 s at 46.6% MFU (train.assumed_mfu, measured on one H100 80GB: 4 full-width blocks, "
         "no communication)" in text
     )
     assert (

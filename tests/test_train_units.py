@@ -207,7 +207,8 @@ def test_dry_run_estimates_step_time_per_frame_bucket(tmp_path, monkeypatch):
     # The step time's parts, and where each comes from: the MFU measured on one GPU, FSDP2 modelled.
     assert f"a step of the 93-frame bucket: {step[93]:.2f} s =" in text
     assert (
-        "at 46.6% MFU (train.assumed_mfu, measured on one GPU: 4 full-width blocks, no communication)" in text
+        "at 46.6% MFU (train.assumed_mfu, measured on one H100 80GB: 4 full-width blocks, no communication)"
+        in text
     )
     assert (
         "FSDP2 communication, modelled: 47.5 GB all-gathered + 47.5 GB reduce-scattered per GPU per step at "

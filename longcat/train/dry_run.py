@@ -14,7 +14,7 @@ from longcat.train.data import BucketedSampler
 from longcat.train.estimate import CARDS, dit_config_for, estimate_run, latent_shape_for, step_time_text
 
 # What each bucket keeps of its step-time estimate (`longcat.train.estimate.step_time`).
-STEP_KEYS = ("step_seconds", "compute_seconds", "assumed_mfu", "mfu_source", "communication")
+STEP_KEYS = ("step_seconds", "compute_seconds", "card", "assumed_mfu", "mfu_source", "communication")
 
 
 def configured_latent_shapes(frames: Frames) -> list[tuple[int, int, int, int]]:

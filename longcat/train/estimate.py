@@ -240,7 +240,7 @@ def step_time(
 def step_time_text(step: dict[str, Any]) -> list[str]:
     """What a step time is made of, saying which part rests on a measurement and which is modelled."""
     if step["mfu_source"] == "train.assumed_mfu":
-        source = "train.assumed_mfu, measured on one GPU: 4 full-width blocks, no communication"
+        source = f"train.assumed_mfu, measured on one {step['card']}: 4 full-width blocks, no communication"
     else:
         source = "the card's typical MFU, assumed"
     comm = step["communication"]
