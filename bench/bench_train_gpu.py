@@ -181,7 +181,7 @@ def write_profile(step, path: Path, on_gpu: bool) -> None:
         step()
         if on_gpu:
             torch.cuda.synchronize()
-    sort_by = "cuda_time_total" if on_gpu else "cpu_time_total"
+    sort_by = "device_time_total" if on_gpu else "cpu_time_total"
     path.write_text(profiler.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=90))
 
 

@@ -266,7 +266,7 @@ def write_profile(vae, options: Cache, clip: np.ndarray, device, path: Path) -> 
             vae, [clip] * options.vae_batch_size, device, compute_dtype(device), memory_format(options)
         )
         synchronize(device)
-    sort_by = "cuda_time_total" if on_gpu else "cpu_time_total"
+    sort_by = "device_time_total" if on_gpu else "cpu_time_total"
     path.write_text(profiler.key_averages().table(sort_by=sort_by, row_limit=40, max_name_column_width=90))
     return {"profile": str(path)}
 
