@@ -45,6 +45,7 @@ from longcat.cache.writer import FailureLimit, ShardWriter
 from longcat.config import REPO_ROOT, load_config
 from longcat.data.frames import decode_clip, frame_plan
 from longcat.data.local import LocalSource
+from longcat.data.metadata import plan_columns
 from longcat.encoders.decode import decode_ahead, decode_row
 from longcat.encoders.dtypes import compute_dtype
 from longcat.encoders.vae import cache_vae_shard, encode_batch, memory_format, prepare_vae
@@ -199,12 +200,14 @@ def make_rows(scratch: Path, sources: list[Path], count: int, prefix: str, row: 
 
 
 def source_row(setup: dict, seconds: float) -> dict:
+    """A metadata row of a clip of `seconds` at 30 fps, with the frame plan the metadata stage stores."""
     width, height = setup["size"]
     frame_count = int(seconds * 30)
-    return {"width": width, "height": height, "fps": 30.0, "frame_count": frame_count} | {
+    row = {"width": width, "height": height, "fps": 30.0, "frame_count": frame_count} | {
         "duration": frame_count / 30,
         "aspect_ratio": width / height,
     }
+    return row | plan_columns(frame_plan(row, typed_frames(setup["frames"])))
 
 
 # --speed: the encoder settings tried against the real job's (config/longcat-13b.yaml), then

@@ -323,6 +323,18 @@ def train_base_model(tmp_path_factory):
     return write_tiny_base_model(tmp_path_factory.mktemp("base") / "base_model", TinyModel(**TINY_MODEL))
 
 
+def planned(row: dict, frames=None) -> dict:
+    """A metadata row as the metadata stage writes it: with the frame plan of `frames` (the embedded
+    config's by default) in its plan_* columns."""
+    from longcat.config import load_config
+    from longcat.data.frames import frame_plan
+    from longcat.data.metadata import plan_columns
+    from longcat.settings import load_settings
+
+    frames = frames or load_settings(load_config()).frames
+    return row | plan_columns(frame_plan(row, frames))
+
+
 def write_shard_list(path, rows):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from conftest import build_caches, write_shard_list
+from conftest import build_caches, planned, write_shard_list
 
 from longcat.basemodel.loader import load_components
 from longcat.basemodel.tiny import write_tiny_base_model
@@ -73,7 +73,7 @@ def make_clip(path, size, seconds, rate=30):
 def shard_row(key, size, seconds, rate=30, caption="a test pattern"):
     width, height = (int(v) for v in size.split("x"))
     frames = int(round(seconds * rate))
-    return {
+    row = {
         "key": key,
         "caption": caption,
         "width": width,
@@ -84,6 +84,7 @@ def shard_row(key, size, seconds, rate=30, caption="a test pattern"):
         "duration": frames / rate,
         "rotation": 0,
     }
+    return planned(row)
 
 
 @pytest.fixture(scope="session")
@@ -405,6 +406,37 @@ def test_clips_stream_from_s3_through_temp_files(tmp_path, base_model, clips, s3
     ).read_bytes()
     assert FAKE_ACCESS_KEY.encode() not in written and FAKE_SECRET_KEY.encode() not in written
     assert not writer.scratch_dir.exists(), "temp copies are deleted with the shard's parts"
+
+
+def test_a_row_planned_under_other_frame_settings_is_refused_before_any_decode(tmp_path, base_model, clips):
+    from longcat.data.local import LocalSource
+
+    clips_dir, rows = clips
+    settings = demo_settings(clips_dir)
+    vae = load_components(base_model, components=("vae",))["vae"]
+    stale = {**rows[0], "plan_num_frames": 9}
+    unplanned = {key: value for key, value in rows[0].items() if not key.startswith("plan_")}
+    for row, message in [
+        (
+            stale,
+            r"row 'land.mp4': the metadata planned FramePlan\(num_frames=9.* give FramePlan\(num_frames=17",
+        ),
+        (unplanned, r"row 'land.mp4': expected the metadata's frame plan"),
+    ]:
+        writer = ShardWriter(CacheLayout(tmp_path), "00000", VAE_INDEX_SCHEMA, {})
+        with pytest.raises(CacheError, match=message):
+            cache_vae_shard(
+                [rows[1], row],
+                vae,
+                settings.frames,
+                LocalSource(clips_dir),
+                writer,
+                torch.float32,
+                CPU,
+                settings.cache,
+                FailureLimit(max_fraction=1.0),
+            )
+        assert not writer.done, "nothing is decoded before every row's plan is checked"
 
 
 def test_batched_channels_last_encode_equals_one_at_a_time(tmp_path, base_model, clips):

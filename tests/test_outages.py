@@ -11,7 +11,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import MAX_CAPTION_BYTES, make_clip, run_snakemake, write_pair
+from conftest import MAX_CAPTION_BYTES, make_clip, planned, run_snakemake, write_pair
 
 from longcat.basemodel.loader import load_components
 from longcat.cache.format import VAE_INDEX_SCHEMA, read_safetensors_header
@@ -43,20 +43,19 @@ def clip_rows(source) -> list[dict]:
     rows = []
     for obj in source.list_objects():
         if obj.key.endswith(".mp4"):
-            rows.append(
-                {
-                    "key": obj.key,
-                    "etag": obj.etag,
-                    "caption": "a test pattern",
-                    "width": 160,
-                    "height": 90,
-                    "aspect_ratio": 160 / 90,
-                    "fps": 30.0,
-                    "frame_count": 60,
-                    "duration": 2.0,
-                    "rotation": 0,
-                }
-            )
+            row = {
+                "key": obj.key,
+                "etag": obj.etag,
+                "caption": "a test pattern",
+                "width": 160,
+                "height": 90,
+                "aspect_ratio": 160 / 90,
+                "fps": 30.0,
+                "frame_count": 60,
+                "duration": 2.0,
+                "rotation": 0,
+            }
+            rows.append(planned(row))
     return rows
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from conftest import REPO, TINY_MODEL, build_caches
+from conftest import REPO, TINY_MODEL, build_caches, planned
 
 from longcat.basemodel.tiny import write_tiny_base_model
 from longcat.cache.reader import CacheReader
@@ -101,7 +101,9 @@ def write_clips(directory: Path) -> list[dict]:
 
 
 def build_reader(root: Path, config: dict, base_model: Path, rows: list[dict]) -> CacheReader:
-    reader = CacheReader(*build_caches(root, load_settings(config), base_model, rows))
+    settings = load_settings(config)
+    rows = [planned(row, settings.frames) for row in rows]
+    reader = CacheReader(*build_caches(root, settings, base_model, rows))
     assert [sample.sample_id for sample in reader.samples] == [row["key"] for row in rows]
     return reader
 

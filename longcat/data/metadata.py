@@ -15,8 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from longcat.cache.spec import CacheError
 from longcat.data.buckets import display_size
-from longcat.data.frames import ClipRejected, frame_plan
+from longcat.data.frames import ClipRejected, FramePlan, frame_plan
 from longcat.data.manifest import VIDEO_SUFFIXES, chunk_of, manifest_chunk
 from longcat.data.probe import PROBE_SCHEMA, probe_rows
 from longcat.data.rejects import count_reasons, reasons_text
@@ -152,15 +153,50 @@ def _acceptance(record: dict, probe: Probe, frames: Frames) -> tuple[str, str] |
         plan = frame_plan(row, frames)
     except ClipRejected as reject:
         return "too_short", str(reject)
+    return {"frame_count": record["num_frames"], **plan_columns(plan), "filename": record["key"]}
+
+
+def plan_columns(plan: FramePlan) -> dict:
+    """The metadata's plan_* columns of a frame plan."""
     return {
-        "frame_count": record["num_frames"],
         "plan_num_frames": plan.num_frames,
         "plan_fps": plan.fps,
         "plan_time_stretch": plan.time_stretch,
         "plan_height": plan.height,
         "plan_width": plan.width,
-        "filename": record["key"],
     }
+
+
+def stored_plan(row: dict, frames: Frames) -> FramePlan:
+    """The frame plan the metadata stage stored in a metadata (or shard list) row, the one the clip is
+    decoded with. It must be the plan `frames` gives: a row planned under other frame settings would
+    land in a cache keyed by these, so CacheError names both plans and the fix."""
+    key = row.get("key")
+    try:
+        plan = FramePlan(
+            num_frames=int(row["plan_num_frames"]),
+            fps=float(row["plan_fps"]),
+            height=int(row["plan_height"]),
+            width=int(row["plan_width"]),
+            time_stretch=float(row["plan_time_stretch"]),
+        )
+    except (KeyError, TypeError) as error:
+        raise CacheError(
+            f"row {key!r}: expected the metadata's frame plan (plan_num_frames, plan_fps, plan_height, "
+            f"plan_width, plan_time_stretch), found none ({error!r}); shard lists are made from "
+            "results/metadata.parquet, which holds it"
+        ) from None
+    try:
+        planned = frame_plan(row, frames)
+    except ClipRejected as rejected:
+        planned = f"a reject ({rejected})"
+    if planned != plan:
+        raise CacheError(
+            f"row {key!r}: the metadata planned {plan}, but the config's frames settings give {planned}: "
+            "the shard list was made under other frames settings. `snakemake --forcerun metadata cache` "
+            "plans the clips again"
+        )
+    return plan
 
 
 def merge_metadata(

@@ -43,7 +43,6 @@ class Reject(Exception):
 CACHE_FAILURE_REASONS = (
     "changed_since_probe",
     "read_error",
-    "no_frame_plan",
     "undecodable",
     "missing_caption",
     "nonfinite",

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from longcat.cache.spec import CacheError
-from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_plan
+from longcat.data.frames import ClipRejected, FramePlan, decode_clip
+from longcat.data.metadata import stored_plan
 from longcat.data.rejects import cache_failure
 from longcat.data.sources import ChangedSinceProbe, Source, SourceError, TransientSourceError, sanitize
 from longcat.settings import Frames
@@ -56,18 +57,16 @@ class DecodedClip:
 
 
 def decode_row(row: Mapping, frames: Frames, source: Source, threads: int, scratch_dir: Path) -> DecodedClip:
-    """Plan and decode one metadata row; a clip that cannot be used comes back with its reason (one of
-    CACHE_FAILURE_REASONS, with the detail).
+    """Decode one metadata row at the frame plan the metadata stored (`stored_plan`: a plan that is not
+    the one `frames` gives raises CacheError); a clip that cannot be used comes back with its reason
+    (one of CACHE_FAILURE_REASONS, with the detail).
 
     The bytes are those the probe saw (the row's etag): a changed object fails with reason
     `changed_since_probe`. A source that does not answer raises TransientSourceError: an outage is the
     job's failure, never a clip's.
     """
     sample_id = row["key"]
-    try:
-        plan = frame_plan(row, frames)
-    except ClipRejected as rejected:
-        return DecodedClip(sample_id, None, None, cache_failure("no_frame_plan", str(rejected)))
+    plan = stored_plan(row, frames)
     try:
         # Shard lists always carry the probed etag; rows made by hand may not (then nothing is checked).
         with clip_file(source, sample_id, row.get("etag"), scratch_dir) as path:

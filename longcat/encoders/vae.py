@@ -16,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from longcat.cache.format import STATUS_FAILED, STATUS_OK, VAE_INDEX_SCHEMA
-from longcat.cache.spec import cache_key, checked_spec, vae_cache_spec
+from longcat.cache.spec import CacheError, cache_key, checked_spec, vae_cache_spec
 from longcat.cache.writer import FailureLimit, ShardWriter, failure_limit
+from longcat.data.metadata import stored_plan
 from longcat.data.sources import TransientSourceError, sanitize
 from longcat.encoders.decode import DecodedClip, decode_ahead, decode_row, read_shard_rows, same_shape_batches
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
@@ -194,8 +195,14 @@ def cache_vae_shard(
     already (`prepare_vae`). `ffmpeg_threads` 0 lets each ffmpeg process choose. Clips are streamed to
     the writer's scratch dir. When the source does not answer, the job stops with TransientSourceError
     and writes no shard: the samples done so far stay as parts, and a plain rerun goes on from them.
-    More failed clips than `limit` allows stop it with CacheError (`ShardWriter.check_failures`).
+    More failed clips than `limit` allows stop it with CacheError (`ShardWriter.check_failures`), and so
+    does a row whose stored frame plan is not the one `frames` gives (`stored_plan`).
     """
+    for row in rows:  # a shard list planned under other frame settings stops here, before any decode
+        try:
+            stored_plan(row, frames)
+        except CacheError as error:
+            raise CacheError(f"{writer.tensors_path}: {error}") from None
     todo = [row for row in rows if row["key"] not in writer.done]
     dtype = compute_dtype(device)
 
