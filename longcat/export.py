@@ -23,6 +23,7 @@ from longcat.files import write_dir_atomically
 logger = logging.getLogger(__name__)
 
 COPIED_SUBFOLDERS = tuple(name for name in SUBFOLDERS if name != "dit")
+AVERAGE_DIR = "ema"  # beside the trained weights, the model of their average (train.ema_export: both)
 
 
 def _link_or_copy(src: str, dst: str) -> str:
@@ -66,11 +67,15 @@ def export_model(
     max_shard_size: str = "5GB",
     flow_shift: float | None = None,
     record: Mapping | None = None,
+    max_sequence_length: int | None = None,
+    average=None,
 ) -> Path:
     """Write `out_dir` in the published layout with `dit` (a model or a full state dict) as the transformer.
 
     `record`, the run's record of the steps that made the weights (`longcat.train.record`), is written
-    beside them as `training.yaml`.
+    beside them as `training.yaml`; `max_sequence_length`, the caption length the DiT was trained with
+    (cache.max_tokens), goes into `model_index.json`, and the pipeline pads captions to it. `average`
+    (a weight average, like `dit`) makes `out_dir/ema/` a whole model of its own beside the trained one.
 
     A state dict must match the base model's `dit/config.json` exactly; a model brings its own config.
     `flow_shift`, when given, is the shift the model was trained with: the exported scheduler samples with
@@ -81,21 +86,30 @@ def export_model(
     from longcat.model.loading import read_dit_config, save_dit
 
     base_dir = check_layout(base_dir)
-    if isinstance(dit, Mapping):
-        config_path = base_dir / "dit" / "config.json"
-        dit = build_dit(dit, read_dit_config(config_path.parent), where=str(config_path))
 
-    def fill(tmp: Path) -> None:
-        save_dit(dit, tmp / "dit", max_shard_size=max_shard_size, dtype=dtype)
+    def as_model(weights):
+        if not isinstance(weights, Mapping):
+            return weights
+        config_path = base_dir / "dit" / "config.json"
+        return build_dit(weights, read_dit_config(config_path.parent), where=str(config_path))
+
+    def write(tmp: Path, weights, weights_record: Mapping | None) -> None:
+        save_dit(as_model(weights), tmp / "dit", max_shard_size=max_shard_size, dtype=dtype)
         for name in COPIED_SUBFOLDERS:
             shutil.copytree(base_dir / name, tmp / name, copy_function=_link_or_copy)
         if flow_shift is not None:
             write_scheduler_shift(tmp / "scheduler", flow_shift)
-        write_pipeline_files(tmp, tokenizer_class=tokenizer_class_name(base_dir))
-        if record is not None:
+        write_pipeline_files(tmp, tokenizer_class_name(base_dir), max_sequence_length)
+        if weights_record is not None:
             from longcat.train.record import EXPORTED_RECORD_FILE, write_record
 
-            write_record(tmp, record, EXPORTED_RECORD_FILE)
+            write_record(tmp, weights_record, EXPORTED_RECORD_FILE)
+
+    def fill(tmp: Path) -> None:
+        write(tmp, dit, record)
+        if average is not None:
+            (tmp / AVERAGE_DIR).mkdir()
+            write(tmp / AVERAGE_DIR, average, None if record is None else {**record, "weights": "ema"})
 
     logger.info("exporting the model to %s (dit in %s, other parts from %s)", out_dir, dtype, base_dir)
     return write_dir_atomically(Path(out_dir), fill)

@@ -42,6 +42,9 @@ from longcat.settings import Frames, Sample
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 2
+# The official pipeline pads captions to 512 tokens unless told otherwise (`max_sequence_length` of
+# `generate_t2v` and the others, longcat_video/pipeline_longcat_video.py l. 417).
+DEFAULT_MAX_SEQUENCE_LENGTH = 512
 
 
 def denoise(
@@ -112,11 +115,15 @@ class LongCatVideoPipeline(DiffusionPipeline):
         vae: AutoencoderKLWan,
         scheduler: FlowMatchEulerDiscreteScheduler,
         dit: LongCatVideoTransformer3DModel,
+        max_sequence_length: int = DEFAULT_MAX_SEQUENCE_LENGTH,
     ):
+        """`max_sequence_length`: the caption length captions are padded to unless a call says otherwise;
+        a finetuned model's `model_index.json` records the one it was trained with."""
         super().__init__()
         self.register_modules(
             tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, dit=dit
         )
+        self.register_to_config(max_sequence_length=max_sequence_length)
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -133,15 +140,19 @@ class LongCatVideoPipeline(DiffusionPipeline):
         """Load a published-layout directory (or a Hugging Face repository id) through `load_components`.
 
         `torch_dtype` (or its newer name `dtype`) applies to every part; float32 when neither is given.
+        Captions are padded to the length `model_index.json` records (512 when it records none).
         """
-        from longcat.basemodel.layout import download_hf
+        from longcat.basemodel.layout import download_hf, read_max_sequence_length
         from longcat.basemodel.loader import load_components
 
         path = Path(pretrained_model_name_or_path)
         if not path.is_dir():
             path = download_hf(str(pretrained_model_name_or_path), revision)
         dtype = dtype or torch_dtype or torch.float32
-        return cls(**load_components(path, device=device, dtype=dtype))
+        max_sequence_length = read_max_sequence_length(path) or DEFAULT_MAX_SEQUENCE_LENGTH
+        return cls(
+            **load_components(path, device=device, dtype=dtype), max_sequence_length=max_sequence_length
+        )
 
     def _check_size(self, num_frames: int, height: int, width: int) -> None:
         spatial = self.vae_scale_factor_spatial * PATCH_SIZE
@@ -163,14 +174,16 @@ class LongCatVideoPipeline(DiffusionPipeline):
         self,
         prompt: str | list[str],
         negative_prompt: str | list[str] | None = "",
-        max_sequence_length: int = 512,
+        max_sequence_length: int | None = None,
         dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """What the DiT receives for the captions: `(text, mask, negative_text, negative_mask)`, text
         `[B, 1, max_sequence_length, C]` in `dtype` (the DiT's by default) and masks `[B, L]`; the
-        negative pair is None when `negative_prompt` is None (no guidance)."""
+        negative pair is None when `negative_prompt` is None (no guidance). `max_sequence_length` is the
+        pipeline's (`config.max_sequence_length`) unless given."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         dtype = dtype or self.dit.dtype
+        max_sequence_length = max_sequence_length or self.config.max_sequence_length
         text, mask = self._encode_text(prompts, max_sequence_length, dtype)
         if negative_prompt is None:
             return text, mask, None, None
@@ -182,62 +195,27 @@ class LongCatVideoPipeline(DiffusionPipeline):
         negative_text, negative_mask = self._encode_text(negatives, max_sequence_length, dtype)
         return text, mask, negative_text, negative_mask
 
-    def _encode_video(self, video: torch.Tensor, generator) -> torch.Tensor:
+    def _encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Normalised latents of `video` ([B, 3, F, H, W] in [0, 1]), the posterior's mode as the caches
+        hold them (`longcat.encoders.vae.encode_batch`), so that a conditioning video reaches the DiT as
+        the training's conditioning frames did."""
         pixels = (video.to(device=self._execution_device, dtype=self.vae.dtype) * 2 - 1).clamp(-1, 1)
-        latents = self.vae.encode(pixels).latent_dist.sample(generator)
+        latents = self.vae.encode(pixels).latent_dist.mode()
         return normalize_latents(latents, self.vae.config)
 
-    @torch.no_grad()
-    def __call__(
+    def _conditioning(
         self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] = "",
-        num_frames: int = 93,
-        height: int = 480,
-        width: int = 832,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 4.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        video: torch.Tensor | None = None,
-        num_cond_frames: int | None = None,
-        max_sequence_length: int = 512,
-        output_type: str = "np",
-        return_dict: bool = True,
-    ):
-        """Sample videos for `prompt`.
-
-        `video` (optional, `[B, 3, F, H, W]` or `[3, F, H, W]` in [0, 1]) conditions the sample on its last
-        `num_cond_frames` frames (4k+1; all of them by default), which lead the sample and stay clean, as
-        the reference does for image-to-video (1 frame) and video continuation. `latents` replaces the
-        initial noise (normalised space).
-        """
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if output_type not in ("np", "pt", "latent"):
-            raise ValueError(f"output_type: expected one of np, pt, latent, found {output_type!r}")
-        self._check_size(num_frames, height, width)
-        device = self._execution_device
-        model_dtype = self.dit.dtype
-
-        guided = guidance_scale > 1.0
-        text, text_mask, negative_text, negative_mask = self.encode_prompt(
-            prompts, (negative_prompt or "") if guided else None, max_sequence_length, model_dtype
-        )
-
-        shape = (
-            len(prompts),
-            self.dit.config.in_channels,
-            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
-            height // self.vae_scale_factor_spatial,
-            width // self.vae_scale_factor_spatial,
-        )
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents: expected shape {list(shape)}, found {list(latents.shape)}")
-        latents = latents.to(device=device, dtype=torch.float32)
-
-        num_cond_latents = 0
+        video: torch.Tensor | None,
+        num_cond_frames: int | None,
+        cond_latents: torch.Tensor | None,
+        num_frames: int,
+        height: int,
+        width: int,
+        batch: int,
+    ) -> torch.Tensor | None:
+        """The normalised latents that lead the sample, `[batch, C, N, h, w]`, or None."""
+        if video is not None and cond_latents is not None:
+            raise ValueError("video and cond_latents: expected at most one of them, found both")
         if video is not None:
             video = video.unsqueeze(0) if video.ndim == 4 else video
             num_cond_frames = video.shape[2] if num_cond_frames is None else num_cond_frames
@@ -251,14 +229,103 @@ class LongCatVideoPipeline(DiffusionPipeline):
                     f"num_frames={num_frames} and at most the video's {video.shape[2]}, "
                     f"found {num_cond_frames}"
                 )
-            if tuple(video.shape[-2:]) != (height, width) or video.shape[0] not in (1, len(prompts)):
+            if tuple(video.shape[-2:]) != (height, width) or video.shape[0] not in (1, batch):
                 raise ValueError(
-                    f"video: expected [1 or {len(prompts)}, 3, F, {height}, {width}], "
-                    f"found {list(video.shape)}"
+                    f"video: expected [1 or {batch}, 3, F, {height}, {width}], found {list(video.shape)}"
                 )
-            cond = self._encode_video(video[:, :, video.shape[2] - num_cond_frames :], generator)
+            cond_latents = self._encode_video(video[:, :, video.shape[2] - num_cond_frames :])
+        if cond_latents is None:
+            return None
+        cond_latents = cond_latents.unsqueeze(0) if cond_latents.ndim == 4 else cond_latents
+        latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        channels = self.dit.config.in_channels
+        size = (height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
+        if (
+            cond_latents.shape[0] not in (1, batch)
+            or cond_latents.shape[1] != channels
+            or not 0 < cond_latents.shape[2] < latent_frames
+            or tuple(cond_latents.shape[-2:]) != size
+        ):
+            raise ValueError(
+                f"cond_latents: expected [1 or {batch}, {channels}, N, {size[0]}, {size[1]}] with "
+                f"0 < N < {latent_frames}, found {list(cond_latents.shape)}"
+            )
+        return cond_latents.to(device=self._execution_device, dtype=torch.float32).expand(
+            batch, -1, -1, -1, -1
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
+        num_frames: int = 93,
+        height: int = 480,
+        width: int = 832,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 4.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        video: torch.Tensor | None = None,
+        num_cond_frames: int | None = None,
+        cond_latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ):
+        """Sample videos for `prompt`.
+
+        `video` (optional, `[B, 3, F, H, W]` or `[3, F, H, W]` in [0, 1]) conditions the sample on its last
+        `num_cond_frames` frames (4k+1; all of them by default), which lead the sample and stay clean, as
+        the reference does for image-to-video (1 frame) and video continuation; `cond_latents` (normalised
+        latents `[B or 1, C, N, h, w]`) are such frames already encoded. `latents` replaces the initial
+        noise (normalised space). `prompt_embeds` and `prompt_attention_mask` (and the negative pair under
+        guidance) are the captions as the DiT takes them (`encode_prompt`), in place of `prompt`.
+        Captions are padded to `max_sequence_length`, by default the pipeline's
+        (`config.max_sequence_length`: the exported model's training caption length).
+        """
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type: expected one of np, pt, latent, found {output_type!r}")
+        self._check_size(num_frames, height, width)
+        device = self._execution_device
+        model_dtype = self.dit.dtype
+
+        guided = guidance_scale > 1.0
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("prompt: expected a prompt or prompt_embeds, found neither")
+            text, text_mask, negative_text, negative_mask = self.encode_prompt(
+                prompt, (negative_prompt or "") if guided else None, max_sequence_length, model_dtype
+            )
+        else:
+            if guided and negative_prompt_embeds is None:
+                raise ValueError("negative_prompt_embeds: expected them with prompt_embeds under guidance")
+            text, text_mask = prompt_embeds.to(device, model_dtype), prompt_attention_mask.to(device)
+            negative_text = negative_prompt_embeds.to(device, model_dtype) if guided else None
+            negative_mask = negative_prompt_attention_mask.to(device) if guided else None
+        batch = text.shape[0]
+
+        shape = (
+            batch,
+            self.dit.config.in_channels,
+            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents: expected shape {list(shape)}, found {list(latents.shape)}")
+        latents = latents.to(device=device, dtype=torch.float32)
+
+        num_cond_latents = 0
+        cond = self._conditioning(video, num_cond_frames, cond_latents, num_frames, height, width, batch)
+        if cond is not None:
             num_cond_latents = cond.shape[2]
-            cond = cond.expand(len(prompts), -1, -1, -1, -1)
             latents = torch.cat([cond, latents[:, :, num_cond_latents:]], dim=2)
 
         sigmas = sampling_sigmas(num_inference_steps, float(self.scheduler.config.shift))
@@ -288,24 +355,39 @@ class LongCatVideoPipeline(DiffusionPipeline):
         return LongCatVideoPipelineOutput(frames=frames)
 
 
-def sample_settings(sample: Sample, frames: Frames, max_tokens: int, seed: int) -> dict:
+def sample_settings(sample: Sample, frames: Frames, seed: int) -> dict:
     """What the `sample` rule renders: `sample`'s prompts at the first resolution bucket and `frames`'
-    frame count and rate, captions cut at `max_tokens` (cache.max_tokens), prompt i with seed `seed + i`
-    (train.seed). Plain values, so that Snakemake reruns the rule when one changes."""
+    frame rate, `sample.num_frames` frames (None: the largest count the run trained, see
+    `trained_num_frames`), prompt i with seed `seed + i` (train.seed). Plain values, so that Snakemake
+    reruns the rule when one changes. Captions are padded to the length the model records."""
     from longcat.data.buckets import resolution_buckets
 
     height, width = resolution_buckets(frames)[0]
     return {
         "prompts": list(sample.prompts),
-        "num_frames": frames.num_frames,
+        "num_frames": sample.num_frames,
         "height": height,
         "width": width,
         "fps": frames.fps,
         "num_inference_steps": sample.num_inference_steps,
         "guidance_scale": sample.guidance_scale,
-        "max_sequence_length": max_tokens,
         "seed": seed,
     }
+
+
+def trained_num_frames(model_dir: str | Path, temporal: int) -> int:
+    """The largest frame count a finetuned model trained on: its record (`training.yaml`) counts the
+    training samples per latent frame count, `temporal` frames per latent frame after the first."""
+    from longcat.train.record import EXPORTED_RECORD_FILE, read_record
+
+    record = read_record(model_dir, EXPORTED_RECORD_FILE)
+    latent_frames = ((record or {}).get("data") or {}).get("latent_frames")
+    if not latent_frames:
+        raise ValueError(
+            f"sample.num_frames: expected a frame count, or a model whose {EXPORTED_RECORD_FILE} counts the "
+            f"samples it trained per latent frame count; {Path(model_dir)} has none: set sample.num_frames"
+        )
+    return (max(int(count) for count in latent_frames) - 1) * temporal + 1
 
 
 def render_samples(
@@ -322,6 +404,7 @@ def render_samples(
     from longcat.video_io import write_mp4
 
     pipe = LongCatVideoPipeline.from_pretrained(model_dir, torch_dtype=dtype, device=device)
+    num_frames = settings["num_frames"] or trained_num_frames(model_dir, pipe.vae_scale_factor_temporal)
     written = {}
 
     def fill(tmp: Path) -> None:
@@ -329,18 +412,17 @@ def render_samples(
             generator = torch.Generator(device=device).manual_seed(settings["seed"] + index)
             frames = pipe(
                 prompt,
-                num_frames=settings["num_frames"],
+                num_frames=num_frames,
                 height=settings["height"],
                 width=settings["width"],
                 num_inference_steps=settings["num_inference_steps"],
                 guidance_scale=settings["guidance_scale"],
                 generator=generator,
-                max_sequence_length=settings["max_sequence_length"],
             ).frames[0]
             name = f"sample-{index:02d}.mp4"
             write_mp4(frames, tmp / name, fps=settings["fps"])
             written[name] = prompt
-            logger.info("%s: %s", name, prompt)
+            logger.info("%s: %s (%d frames)", name, prompt, num_frames)
         (tmp / "prompts.json").write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n")
 
     out_dir = write_dir_atomically(Path(out_dir), fill)

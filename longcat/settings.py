@@ -42,7 +42,12 @@ class Source:
         so a config of another source never takes this one's shard assignments or probe records."""
         if self.kind == "local":
             return {"kind": self.kind, "path": self.path}
-        return {"kind": self.kind, "endpoint_url": self.endpoint_url, "bucket": self.bucket, "prefix": self.prefix}
+        return {
+            "kind": self.kind,
+            "endpoint_url": self.endpoint_url,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+        }
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,16 @@ class Train:
     logit_std: float
     flow_shift: float | None
     init_from: str | None
-    conditioned_fraction: float
-    num_cond_latents: int
+    image_to_video_fraction: float
+    continuation_fraction: float
+    continuation_latents: tuple[int, ...]
+    heldout_fraction: float
+    heldout_eval_samples: int
+    heldout_every_n_steps: int
+    heldout_sigmas: tuple[float, ...]
+    ema_decay: float | None
+    ema_export: str
+    ema_validation: bool
     activation_checkpointing: str
     activation_checkpointing_every: int
     compile: bool
@@ -186,10 +199,21 @@ class Train:
                 f"train.mixed_precision: CPU training (gpus: 0) runs in float32; expected 'no', "
                 f"found {self.mixed_precision!r}"
             )
+        if self.image_to_video_fraction + self.continuation_fraction > 1:
+            raise ConfigError(
+                "train.continuation_fraction: expected at most 1 - train.image_to_video_fraction "
+                f"({1 - self.image_to_video_fraction:g}), found {self.continuation_fraction:g}"
+            )
 
     @property
     def world_size(self) -> int:
         return self.num_processes * self.nodes
+
+    @property
+    def exported_weights(self) -> str:
+        """What the run's model holds: raw (the trained weights), ema (their average) or both (the
+        average's model in ema/ beside); raw without a weight average."""
+        return "raw" if self.ema_decay is None else self.ema_export
 
     @property
     def on_gpu(self) -> bool:
@@ -199,8 +223,16 @@ class Train:
 @dataclass(frozen=True)
 class Sample:
     prompts: tuple[str, ...]
+    num_frames: int | None
     num_inference_steps: int
     guidance_scale: float
+
+    def __post_init__(self):
+        if self.num_frames is not None and (self.num_frames - 1) % 4:
+            raise ConfigError(
+                f"sample.num_frames: expected 4k+1 (the VAE compresses time 4x: 17, 49, 73, 93, ...), "
+                f"found {self.num_frames}"
+            )
 
 
 @dataclass(frozen=True)

@@ -124,9 +124,7 @@ def sample_params(wildcards):
     diffusers, too slow for every parse)."""
     from longcat.pipeline import sample_settings
 
-    return sample_settings(
-        SETTINGS.sample, SETTINGS.frames, SETTINGS.cache.max_tokens, SETTINGS.train.seed
-    )
+    return sample_settings(SETTINGS.sample, SETTINGS.frames, SETTINGS.train.seed)
 
 
 def get_final_output():

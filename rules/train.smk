@@ -94,9 +94,12 @@ rule export_checkpoint:
         flow_shift=(
             "" if TRAIN.flow_shift is None else f"--flow-shift {TRAIN.flow_shift}"
         ),
+        max_sequence_length=SETTINGS.cache.max_tokens,
+        weights=TRAIN.exported_weights,
     shell:
         "python -m longcat.train.export --checkpoint {params.checkpoint}"
-        " --base-model {input.base_model} --out {output} {params.flow_shift} > {log} 2>&1"
+        " --base-model {input.base_model} --out {output} {params.flow_shift}"
+        " --max-sequence-length {params.max_sequence_length} --weights {params.weights} > {log} 2>&1"
 
 
 rule export:

@@ -162,12 +162,23 @@ def test_conditioning_video_keeps_the_latents_of_its_last_frames(pipe):
         max_sequence_length=16,
         output_type="latent",
     ).frames
-    # Noise is drawn first, then the VAE samples the condition latent from the same generator.
-    replay = torch.Generator().manual_seed(5)
-    torch.randn(latents.shape, generator=replay)
-    # Continuation conditions on the video's last frames (official `prepare_latents`).
-    encoded = pipe.vae.encode(video[:, :, -1:] * 2 - 1).latent_dist.sample(replay)
+    # Continuation conditions on the video's last frames (official `prepare_latents`), encoded to the
+    # posterior's mode as the caches encode the clips training conditions on.
+    encoded = pipe.vae.encode(video[:, :, -1:] * 2 - 1).latent_dist.mode()
     torch.testing.assert_close(latents[:, :, :1], normalize_latents(encoded, pipe.vae.config))
+    # Latents encoded already condition the same way.
+    again = pipe(
+        "a yellow triangle",
+        num_frames=9,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(5),
+        cond_latents=latents[:, :, :1],
+        max_sequence_length=16,
+        output_type="latent",
+    ).frames
+    torch.testing.assert_close(again, latents, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -179,6 +190,8 @@ def test_conditioning_video_keeps_the_latents_of_its_last_frames(pipe):
         ({"negative_prompt": ["a", "b"]}, "negative_prompt: expected 1"),
         ({"video": torch.rand(1, 3, 5, 32, 32), "num_cond_frames": 9}, "num_cond_frames"),
         ({"video": torch.rand(1, 3, 5, 16, 16)}, "video: expected"),
+        ({"cond_latents": torch.rand(1, 16, 3, 4, 4)}, r"cond_latents: expected .* 0 < N < 3"),
+        ({"video": torch.rand(1, 3, 1, 32, 32), "cond_latents": torch.rand(1, 16, 1, 4, 4)}, "at most one"),
     ],
 )
 def test_bad_arguments_are_named(pipe, kwargs, message):
@@ -202,11 +215,10 @@ def test_render_samples_writes_one_video_per_prompt(tiny_base_model, tmp_path):
     config = load_config()
     config["frames"].update(num_frames=5, fps=15, frame_buckets=[5], buckets=[[32, 48], [48, 32]])
     config["sample"] = {"prompts": ["a red square", "a blue circle"], "num_inference_steps": 1}
-    config["sample"]["guidance_scale"] = 4.0
-    config["cache"]["max_tokens"] = 16
+    config["sample"] |= {"guidance_scale": 4.0, "num_frames": 5}
     config["train"]["seed"] = 3
     typed = load_settings(config)
-    settings = sample_settings(typed.sample, typed.frames, typed.cache.max_tokens, typed.train.seed)
+    settings = sample_settings(typed.sample, typed.frames, typed.train.seed)
     assert (settings["num_frames"], settings["height"], settings["width"], settings["seed"]) == (5, 32, 48, 3)
 
     paths = render_samples(tiny_base_model, tmp_path / "samples", settings)

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from conftest import TINY_MODEL, TRAIN_PROMPTS, free_port, train_settings
 
 from longcat.paths import RunLayout
 from longcat.settings import Train
+from longcat.train.tasks import TASKS
 
 TEXT_DIM = TINY_MODEL["text_dim"]
 
@@ -38,6 +40,7 @@ class MemoryCache:
     """
 
     max_tokens = 8
+    fps = 12.0  # not the model's 15: validation videos are written at the caches' rate
 
     def __init__(self, count: int = 8, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
@@ -91,6 +94,15 @@ def train_config(**overrides) -> Train:
         "validation_prompts": tuple(TRAIN_PROMPTS),
         "validation_inference_steps": 2,
         "validation_guidance_scale": 1.0,
+        # Every task; clip-000, -005 and -007 held out by key hash; a weight average exported beside.
+        "image_to_video_fraction": 0.25,
+        "continuation_fraction": 0.25,
+        "continuation_latents": (2,),
+        "heldout_fraction": 0.1,
+        "heldout_every_n_steps": 10,
+        "heldout_sigmas": (0.25, 0.75),
+        "ema_decay": 0.9,
+        "ema_export": "both",
     }
     values.update(overrides)
     return train_settings(**values)
@@ -135,12 +147,34 @@ def workdir(tmp_path: Path, base_model: Path) -> Path:
     return tmp_path
 
 
+def scalars(run: Path, tag: str) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {event.step: event.value for event in events.Scalars(tag)}
+
+
+def read_video(path: Path) -> torch.Tensor:
+    """The frames of an mp4 as float RGB [F, H, W, 3] in [0, 1]."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    return torch.tensor(frames).float() / 255
+
+
 def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, train_base_model):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     work = workdir(tmp_path, train_base_model)
     result = run_training(
-        work, max_train_steps=160, checkpointing_steps=40, validation_every_n_steps=160, caption_dropout=0.0
+        work,
+        max_train_steps=160,
+        checkpointing_steps=40,
+        validation_every_n_steps=160,
+        caption_dropout=0.0,
+        heldout_every_n_steps=40,
     )
     assert result["code"] == 0
     losses = result["losses"]
@@ -167,19 +201,56 @@ def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, train_b
         assert tag in scalars, tag
     assert len(events.Scalars("train/loss")) == 160
     assert any(tag.startswith("loss_by_sigma/") for tag in scalars)
+    assert {f"loss_by_task/{task}" for task in TASKS} <= set(scalars)
     assert events.Tags()["images"], "validation frames missing from TensorBoard"
     assert "train/sigma" in events.Tags()["histograms"], "the σ histogram is missing from TensorBoard"
 
-    video = run / "validation" / "step-160" / "video-00.mp4"
+    # The held-out loss of clips that never trained, at fixed σ and noise: evaluated at step 0, then
+    # every 40 steps, per task and σ bucket; it falls as the shared patterns are learnt.
+    for task in TASKS:
+        heldout = {event.step: event.value for event in events.Scalars(f"heldout_loss/{task}/mean")}
+        assert sorted(heldout) == [0, 40, 80, 120, 160], task
+        assert heldout[160] < 0.7 * heldout[0], (task, heldout)
+        assert f"heldout_loss/{task}/0.25-0.50" in scalars and f"heldout_loss/{task}/0.75-1.00" in scalars
+    record = yaml.safe_load((run / "final" / "training.yaml").read_text())
+    assert record["heldout"] == {"samples": 3, "evaluated": ["clip-007", "clip-000", "clip-005"]}
+    assert record["data"]["samples"] == 5 and record["data"]["latent_frames"] == {2: 2, 3: 3}
+
     import ffmpeg
 
-    probe = ffmpeg.probe(str(video))
-    assert int(probe["streams"][0]["nb_frames"]) >= 5
+    step_dir = run / "validation" / "step-160"
+    names = ["heldout-clip", *(f"heldout-{task}" for task in TASKS), "video-00"]
+    assert sorted(path.stem for path in step_dir.glob("*.mp4")) == sorted(names)
+    for name in names:
+        stream = ffmpeg.probe(str(step_dir / f"{name}.mp4"))["streams"][0]
+        assert stream["avg_frame_rate"] == "12/1", name  # the caches' frame rate
+        assert int(stream["nb_frames"]) == 9, name  # the held-out clip's 3 latent frames; 3 is the common
+    # The conditioned videos start from the held-out clip's own first frames (kept clean); the
+    # text-to-video one, from the same seed and caption, does not.
+    clip, t2v, i2v, continuation = (
+        read_video(step_dir / f"heldout-{name}.mp4")
+        for name in ("clip", "text_to_video", "image_to_video", "continuation")
+    )
+    to_clip = {name: float((video[0] - clip[0]).square().mean()) for name, video in
+               (("t2v", t2v), ("i2v", i2v), ("continuation", continuation))}  # fmt: skip
+    assert to_clip["i2v"] < 0.1 * to_clip["t2v"] and to_clip["continuation"] < 0.1 * to_clip["t2v"], to_clip
+    assert float((continuation[:5] - clip[:5]).square().mean()) < 0.1 * to_clip["t2v"]
 
     assert (run / "train.done").is_file()
-    from longcat.pipeline import LongCatVideoPipeline
+    from longcat.pipeline import LongCatVideoPipeline, trained_num_frames
 
     pipeline = LongCatVideoPipeline.from_pretrained(run / "final")
+    # The caption length it trained with (the text cache's max_tokens), recorded and used.
+    assert pipeline.config.max_sequence_length == MemoryCache.max_tokens
+    assert pipeline.encode_prompt(TRAIN_PROMPTS[0])[0].shape[2] == MemoryCache.max_tokens
+    # The sample rule's default length: the largest the run trained, 3 latent frames.
+    assert trained_num_frames(run / "final", pipeline.vae_scale_factor_temporal) == 9
+    # The weight average beside the trained weights, a model of its own.
+    average = LongCatVideoPipeline.from_pretrained(run / "final" / "ema")
+    assert yaml.safe_load((run / "final" / "ema" / "training.yaml").read_text())["weights"] == "ema"
+    trained, averaged = pipeline.dit.state_dict(), average.dit.state_dict()
+    assert trained.keys() == averaged.keys()
+    assert any(not torch.equal(trained[name], averaged[name]) for name in trained)
     # The run overrides the base model's shift (12): the exported scheduler samples as it trained.
     assert json.loads((train_base_model / "scheduler" / "scheduler_config.json").read_text())["shift"] == 12.0
     assert pipeline.scheduler.config.shift == train_config().flow_shift == 1.0
@@ -195,7 +266,19 @@ def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, train_b
     assert frames.shape[1:3] == (5, 3) and torch.isfinite(frames).all()
 
 
+def checkpoint_weights(checkpoint: Path, base_model: Path, average: bool) -> dict[str, torch.Tensor]:
+    from longcat.model import LongCatVideoTransformer3DModel
+    from longcat.train.checkpoint import load_model_weights_offline
+
+    model = LongCatVideoTransformer3DModel.from_config(
+        LongCatVideoTransformer3DModel.load_config(base_model / "dit")
+    )
+    return load_model_weights_offline(checkpoint, model, average=average).state_dict()
+
+
 def test_resume_continues_the_same_trajectory(tmp_path, train_base_model):
+    """Every task, a held-out slice and a weight average: a run resumed at step 10 goes on exactly as the
+    run that was not stopped, weights and average bit for bit, held-out losses alike."""
     straight = workdir(tmp_path / "straight", train_base_model)
     full = run_training(straight, max_train_steps=20)
     assert full["code"] == 0 and len(full["losses"]) == 20
@@ -205,8 +288,16 @@ def test_resume_continues_the_same_trajectory(tmp_path, train_base_model):
     assert result["resumed_at"] == 10
     assert len(result["losses"]) == 10
     torch.testing.assert_close(
-        torch.tensor(result["losses"]), torch.tensor(full["losses"][10:]), rtol=0, atol=1e-6
+        torch.tensor(result["losses"]), torch.tensor(full["losses"][10:]), rtol=0, atol=0
     )
+    for average in (False, True):
+        ours, theirs = (
+            checkpoint_weights(work / "run" / "checkpoints" / "step-20", train_base_model, average)
+            for work in (resumed, straight)
+        )
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs), f"average={average}"
+    tag = "heldout_loss/text_to_video/mean"
+    assert scalars(resumed / "run", tag)[20] == scalars(straight / "run", tag)[20]
 
 
 def test_two_rank_checkpoint_resumes_on_one_rank(tmp_path, train_base_model):
@@ -263,14 +354,16 @@ def test_sigterm_saves_a_checkpoint_exits_for_requeue_and_the_rerun_resumes(tmp_
     from longcat.train.loop import EXIT_PREEMPTED
 
     work = workdir(tmp_path, train_base_model)
-    train = train_config(max_train_steps=1000, checkpointing_steps=500)
+    # Held-out loss and weight average off: the stop and the requeue are what is tested here.
+    quiet = {"heldout_every_n_steps": 0, "ema_decay": None}
+    train = train_config(max_train_steps=1000, checkpointing_steps=500, **quiet)
     mp.spawn(_preempted_worker, args=(2, free_port(), str(work), train), nprocs=2, join=True)
     stopped = json.loads((work / "result.json").read_text())
     assert stopped["code"] == EXIT_PREEMPTED
     assert 5 <= stopped["step"] < 1000
     assert latest_checkpoint(work / "run" / "checkpoints").name == f"step-{stopped['step']}"
 
-    result = run_training(work, max_train_steps=stopped["step"] + 3, checkpointing_steps=500)
+    result = run_training(work, max_train_steps=stopped["step"] + 3, checkpointing_steps=500, **quiet)
     assert result["code"] == 0 and result["resumed_at"] == stopped["step"] and len(result["losses"]) == 3
 
 
@@ -300,20 +393,27 @@ def _poisoned_worker(rank: int, world_size: int, port: int, work: str, train: Tr
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(tmp_path, train_base_model):
     work = workdir(tmp_path, train_base_model)
-    train = train_config(max_nonfinite_steps=3, collective_timeout_s=60)
+    train = train_config(max_nonfinite_steps=3, collective_timeout_s=60, heldout_every_n_steps=0)
     with pytest.raises(mp.ProcessRaisedException, match="3 steps in a row had a non-finite loss"):
         mp.spawn(_poisoned_worker, args=(2, free_port(), str(work), train), nprocs=2, join=True)
     assert not (work / "run" / "checkpoints").exists()
 
 
-def test_conditioned_frames_and_gradient_accumulation(tmp_path, train_base_model):
+def test_conditioned_tasks_and_gradient_accumulation(tmp_path, train_base_model):
     work = workdir(tmp_path, train_base_model)
     result = run_training(
         work,
-        max_train_steps=3,
+        max_train_steps=4,
         gradient_accumulation_steps=2,
-        conditioned_fraction=1.0,
+        image_to_video_fraction=0.5,
+        continuation_fraction=0.5,
         checkpointing_steps=100,
+        heldout_every_n_steps=0,
+        ema_decay=None,
     )
-    assert result["code"] == 0 and len(result["losses"]) == 3
+    assert result["code"] == 0 and len(result["losses"]) == 4
     assert all(torch.isfinite(torch.tensor(result["losses"])))
+    shares = {task: scalars(work / "run", f"train/tasks/{task}") for task in TASKS}
+    # No text-to-video but where a clip is too short for continuation (2 latent frames, 2 clean).
+    assert sum(shares["image_to_video"].values()) + sum(shares["continuation"].values()) > 0
+    assert sorted(shares["text_to_video"]) == [1, 2, 3, 4]

@@ -130,8 +130,25 @@ def tokenizer_class_name(base_dir: str | Path) -> str:
     return "T5Tokenizer"
 
 
-def write_pipeline_files(directory: str | Path, tokenizer_class: str = "T5Tokenizer") -> None:
-    """Write `model_index.json` and the `pipeline.py` entry point that diffusers' loader needs."""
+def read_max_sequence_length(model_dir: str | Path) -> int | None:
+    """The caption length `model_index.json` records (an exported model's), or None (a published one)."""
+    index = Path(model_dir) / MODEL_INDEX
+    if not index.is_file():
+        return None
+    value = json.loads(index.read_text()).get("max_sequence_length")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise BaseModelError(f"{index}: max_sequence_length: expected an integer >= 1, found {value!r}")
+    return value
+
+
+def write_pipeline_files(
+    directory: str | Path, tokenizer_class: str = "T5Tokenizer", max_sequence_length: int | None = None
+) -> None:
+    """Write `model_index.json` and the `pipeline.py` entry point that diffusers' loader needs.
+
+    `max_sequence_length`, the caption length a finetuned DiT was trained with, goes into the index:
+    both loaders hand it to the pipeline, which pads captions to it (see `read_max_sequence_length`).
+    """
     import diffusers
 
     from longcat.model import LongCatVideoTransformer3DModel
@@ -148,5 +165,7 @@ def write_pipeline_files(directory: str | Path, tokenizer_class: str = "T5Tokeni
         "tokenizer": ["transformers", tokenizer_class],
         "vae": ["diffusers", "AutoencoderKLWan"],
     }
+    if max_sequence_length is not None:
+        index["max_sequence_length"] = int(max_sequence_length)
     atomic_write_text(directory / MODEL_INDEX, json.dumps(index, indent=2) + "\n")
     atomic_write_text(directory / f"{PIPELINE_MODULE}.py", PIPELINE_SHIM)

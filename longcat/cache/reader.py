@@ -251,6 +251,15 @@ class CacheReader:
         return self._read(path, sample_id, int(self._text_checksum[position]))
 
     @property
+    def fps(self) -> float:
+        """The frame rate the latents were sampled at (the VAE spec's `frames.fps`)."""
+        fps = (read_spec(self.vae_dir).get("frames") or {}).get("fps")
+        if not isinstance(fps, int | float) or isinstance(fps, bool) or fps <= 0:
+            spec = CacheLayout(self.vae_dir).spec
+            raise CacheError(f"{spec}: frames.fps: expected a number > 0, found {fps!r}")
+        return float(fps)
+
+    @property
     def max_tokens(self) -> int:
         """The token limit the captions were encoded with (the text spec's `max_tokens`)."""
         max_tokens = read_spec(self.text_dir).get("max_tokens")

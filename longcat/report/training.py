@@ -1,6 +1,6 @@
 """The training run in the report: figures of the scalars its TensorBoard event files hold (loss, loss
-per σ bucket, learning rate, gradient norm, step time, data-wait fraction, MFU) and a page that plays
-its validation videos and final samples.
+per σ bucket and per task, the held-out loss per task and σ bucket, learning rate, gradient norm, step
+time, data-wait fraction, MFU) and a page that plays its validation videos and final samples.
 
 A resumed run writes one event file per training process; TensorBoard's loader reads them in order and
 drops the steps a resume logged again, and so do these figures. A tag the run did not log (MFU is
@@ -23,24 +23,38 @@ import numpy as np
 
 from longcat.files import write_dir_atomically
 from longcat.report.figures import html_table, new_figure, no_data, save_svg, write_page
+from longcat.train.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-# name -> (tag or tag prefix ending in "/", title, y label, smoothed, log scale)
+# name -> (tag or tag prefix ending in "/", title, y label, smoothed, log scale, legend title of a prefix)
 TRAINING_FIGURES = {
-    "loss": ("train/loss", "Training loss", "loss", True, True),
-    "loss_by_sigma": ("loss_by_sigma/", "Training loss per σ bucket", "loss", True, True),
-    "lr": ("train/lr", "Learning rate", "learning rate", False, False),
-    "grad_norm": ("train/grad_norm", "Gradient norm (before clipping)", "norm", True, True),
-    "step_time": ("perf/step_seconds", "Step time", "seconds", True, False),
+    "loss": ("train/loss", "Training loss", "loss", True, True, None),
+    "loss_by_sigma": ("loss_by_sigma/", "Training loss per σ bucket", "loss", True, True, "σ bucket"),
+    "loss_by_task": ("loss_by_task/", "Training loss per task", "loss", True, True, "task"),
+    **{
+        f"heldout_loss_{task}": (
+            f"heldout_loss/{task}/",
+            f"Held-out loss, {task.replace('_', ' ')} (fixed σ and noise)",
+            "loss",
+            False,
+            True,
+            "σ bucket",
+        )
+        for task in TASKS
+    },
+    "lr": ("train/lr", "Learning rate", "learning rate", False, False, None),
+    "grad_norm": ("train/grad_norm", "Gradient norm (before clipping)", "norm", True, True, None),
+    "step_time": ("perf/step_seconds", "Step time", "seconds", True, False, None),
     "data_wait": (
         "perf/data_wait_fraction",
         "Share of the step spent waiting for data",
         "fraction",
         True,
         False,
+        None,
     ),
-    "mfu": ("perf/mfu", "Model FLOPs utilisation", "MFU", True, False),
+    "mfu": ("perf/mfu", "Model FLOPs utilisation", "MFU", True, False, None),
 }
 # The outputs of the rule report_training, by name: the figures, the video page, the videos' folder and
 # the page of what was trained.
@@ -67,7 +81,7 @@ def read_tensorboard(tb_dir: str | Path) -> tuple[dict[str, Series], dict[tuple[
         scalars[tag] = (steps, np.asarray([by_step[step] for step in sorted(by_step)], dtype=float))
     prompts = {}
     for tag in tags["tensors"]:
-        if re.fullmatch(r"validation/\d+/prompt/text_summary", tag):
+        if re.fullmatch(r"validation/[^/]+/prompt/text_summary", tag):
             for event in events.Tensors(tag):
                 text = event.tensor_proto.string_val[0].decode("utf-8", "replace")
                 match = re.fullmatch(r"(.*) \(([^()]+\.mp4)\)", text, flags=re.DOTALL)
@@ -108,7 +122,7 @@ def draw_series(axes, steps: np.ndarray, values: np.ndarray, label: str | None, 
 def scalar_figure(scalars: Mapping[str, Series], name: str, path: str | Path) -> None:
     """One figure of TRAINING_FIGURES: each tag it names (all `loss_by_sigma/*` at once). Non-finite
     values (skipped steps, counted by `train/nonfinite_steps`) are left out."""
-    tag, title, ylabel, smoothed, log_scale = TRAINING_FIGURES[name]
+    tag, title, ylabel, smoothed, log_scale, legend = TRAINING_FIGURES[name]
     figure, axes = new_figure(title, "step", ylabel)
     series = {}
     for found in sorted(scalars):
@@ -125,7 +139,7 @@ def scalar_figure(scalars: Mapping[str, Series], name: str, path: str | Path) ->
         if log_scale and all((values > 0).all() for _, values in series.values()):
             axes.set_yscale("log")
         if any(label != tag for label in series):
-            axes.legend(title="σ bucket", fontsize=8)
+            axes.legend(title=legend, fontsize=8)
     save_svg(figure, path)
 
 

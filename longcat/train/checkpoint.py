@@ -39,6 +39,7 @@ from longcat.train.record import write_record
 log = logging.getLogger(__name__)
 
 DELETING = ".deleting-"
+AVERAGE = "ema"  # the weight average's key in a checkpoint
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -107,9 +108,11 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         trainer_state: dict[str, Any],
         record: dict[str, Any] | None = None,
+        average: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Save model, optimiser and trainer state (step, scheduler, loader) as `step-N`, with the run's
-        `record` of the steps it holds (`longcat.train.record`)."""
+        `record` of the steps it holds (`longcat.train.record`) and the weight average when the run keeps
+        one (`longcat.train.ema`, under `ema`)."""
         self.wait()
         final = self.root / f"step-{step}"
         partial = self.root / f"step-{step}.partial"
@@ -125,6 +128,8 @@ class Checkpointer:
         dist.barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state, "trainer": trainer_state}
+        if average is not None:
+            state[AVERAGE] = average
         # Per-rank RNG streams are not sharded state; each rank keeps its own file. Written before
         # DCP's final gather, so rank 0's completed save implies every rank's file is there.
         torch.save(rng_state(), partial / f"rng-rank{self.rank}.pt")
@@ -161,18 +166,33 @@ class Checkpointer:
         log.info("checkpoint saved: %s", final)
 
 
+def holds_average(path: str | Path) -> bool:
+    """Whether a checkpoint holds a weight average (written by a run with train.ema_decay)."""
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    return any(key.startswith(f"{AVERAGE}.") for key in metadata.state_dict_metadata)
+
+
 def load_checkpoint(
     path: str | Path,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
+    average: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Load into the (sharded) model and optimiser in place; returns the saved trainer state."""
+    """Load into the (sharded) model, optimiser and weight average (when given) in place; returns the
+    saved trainer state. A checkpoint without an average loads when none is asked for."""
     path = Path(path)
     if not (path / ".metadata").is_file():
         raise FileNotFoundError(f"checkpoint {path}: no DCP '.metadata' file; expected a step-N directory")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state, "trainer": trainer_state}
+    if average is not None:
+        if not holds_average(path):
+            raise FileNotFoundError(
+                f"checkpoint {path}: expected a weight average (train.ema_decay is set), found none: the run "
+                "was trained without one; resume it without train.ema_decay, or start a new run"
+            )
+        state[AVERAGE] = average
     dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rng_file = path / f"rng-rank{dist.get_rank()}.pt"
@@ -191,12 +211,18 @@ def full_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=options)
 
 
-def load_model_weights_offline(path: str | Path, model: nn.Module) -> nn.Module:
-    """Read only the model weights of a checkpoint into an unsharded model, in one process."""
+def load_model_weights_offline(path: str | Path, model: nn.Module, average: bool = False) -> nn.Module:
+    """Read only the model weights of a checkpoint into an unsharded model, in one process: the trained
+    weights, or with `average` the weight average the checkpoint holds."""
     path = Path(path)
     if not (path / ".metadata").is_file():
         raise FileNotFoundError(f"checkpoint {path}: no DCP '.metadata' file; expected a step-N directory")
-    state = {"model": model.state_dict()}
+    if average and not holds_average(path):
+        raise FileNotFoundError(
+            f"checkpoint {path}: expected a weight average, found none (its run had no train.ema_decay)"
+        )
+    key = AVERAGE if average else "model"
+    state = {key: model.state_dict()}
     dcp.load(state, checkpoint_id=path, no_dist=True)
-    model.load_state_dict(state["model"], strict=True)
+    model.load_state_dict(state[key], strict=True)
     return model

@@ -40,11 +40,12 @@ class CacheSample(Protocol):
 
 
 class CacheSource(Protocol):
-    """What the loader needs from the cache reader (`longcat.cache.reader.CacheReader`)."""
+    """What training needs from the cache reader (`longcat.cache.reader.CacheReader`)."""
 
     samples: Sequence[CacheSample]
     shards: Sequence[str]  # the shard ids the caches hold, usable samples or not
     max_tokens: int  # the text cache's token limit: captions are padded to it, as sampling pads them
+    fps: float  # the rate the latents' frames were sampled at (frames.fps): videos are written at it
 
     def latent(self, sample_id: str) -> torch.Tensor: ...
 
@@ -119,9 +120,10 @@ class CacheBatches(Dataset):
     pipeline's unconditional input), padded the same way.
     """
 
-    def __init__(self, source: CacheSource):
+    def __init__(self, source: CacheSource, samples: Sequence[CacheSample] | None = None):
+        """`samples`: those of `source` to serve (the training samples; None: all)."""
         self.source = source
-        self.samples = list(source.samples)
+        self.samples = list(source.samples if samples is None else samples)
         self.max_tokens = int(source.max_tokens)
 
     def __len__(self) -> int:
@@ -161,8 +163,10 @@ class TrainLoader:
         caption_dropout: float = 0.0,
         num_workers: int = 2,
         prefetch_batches: int = 4,
+        samples: Sequence[CacheSample] | None = None,
     ):
-        self.dataset = CacheBatches(source)
+        """`samples`: those of `source` that train (the held-out ones left out; None: all)."""
+        self.dataset = CacheBatches(source, samples)
         self.shards = list(source.shards)
         self.sampler = BucketedSampler(
             [sample.latent_shape for sample in self.dataset.samples],
@@ -199,14 +203,17 @@ class TrainLoader:
         self.position = done // self.sampler.world_size
 
     def data_state(self) -> dict[str, Any]:
-        """What the run trains on, for its record: every shard the caches hold, the usable samples, and
-        the current epoch's samples per shard (what a resumed run needs to go on with the same epoch)."""
-        members = range(len(self.dataset.samples)) if self.members is None else self.members
+        """What the run trains on, for its record: every shard the caches hold, the training samples, the
+        current epoch's samples per shard (what a resumed run needs to go on with the same epoch), and the
+        samples per latent frame count (the sample rule renders the largest)."""
+        samples = self.dataset.samples
+        members = range(len(samples)) if self.members is None else self.members
         return {
             "samples": len(self.dataset),
             "shards": self.shards,
             "epoch": self.epoch,
-            "epoch_samples": dict(sorted(Counter(self.dataset.samples[i].shard for i in members).items())),
+            "epoch_samples": dict(sorted(Counter(samples[i].shard for i in members).items())),
+            "latent_frames": dict(sorted(Counter(int(sample.latent_shape[1]) for sample in samples).items())),
         }
 
     def resume_epoch(self, epoch_samples: dict[str, int]) -> str | None:

@@ -19,18 +19,36 @@ log = logging.getLogger(__name__)
 
 
 def export_checkpoint(
-    checkpoint: str | Path, base_model: str | Path, out_dir: str | Path, flow_shift: float | None = None
+    checkpoint: str | Path,
+    base_model: str | Path,
+    out_dir: str | Path,
+    flow_shift: float | None = None,
+    max_sequence_length: int | None = None,
+    weights: str = "raw",
 ) -> Path:
+    """Export a checkpoint's trained weights (`weights` raw), its weight average (ema), or both, the
+    average then in `out_dir/ema/` (train.ema_export)."""
     from longcat.export import export_model
     from longcat.model import LongCatVideoTransformer3DModel
 
     config = LongCatVideoTransformer3DModel.load_config(Path(base_model) / "dit")
-    with torch.device("meta"):
-        model = LongCatVideoTransformer3DModel.from_config(config)
-    model.to_empty(device="cpu")
-    load_model_weights_offline(checkpoint, model)
+
+    def load(average: bool):
+        with torch.device("meta"):
+            model = LongCatVideoTransformer3DModel.from_config(config)
+        model.to_empty(device="cpu")
+        return load_model_weights_offline(checkpoint, model, average=average)
+
+    record = read_record(checkpoint)
+    first = "ema" if weights == "ema" else "raw"
     return export_model(
-        model.state_dict(), base_model, out_dir, flow_shift=flow_shift, record=read_record(checkpoint)
+        load(average=first == "ema"),
+        base_model,
+        out_dir,
+        flow_shift=flow_shift,
+        record=None if record is None else {**record, "weights": first},
+        max_sequence_length=max_sequence_length,
+        average=load(average=True) if weights == "both" else None,
     )
 
 
@@ -44,9 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--flow-shift", type=float, help="the run's train.flow_shift, when it overrides the base model's"
     )
+    parser.add_argument(
+        "--max-sequence-length", type=int, help="the caption length it trained with (cache.max_tokens)"
+    )
+    parser.add_argument(
+        "--weights",
+        choices=("raw", "ema", "both"),
+        default="raw",
+        help="the trained weights, their average (train.ema_decay), or both (train.ema_export)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = export_checkpoint(args.checkpoint, args.base_model, args.out, args.flow_shift)
+    out = export_checkpoint(
+        args.checkpoint, args.base_model, args.out, args.flow_shift, args.max_sequence_length, args.weights
+    )
     log.info("exported %s to %s", args.checkpoint, out)
     return 0
 

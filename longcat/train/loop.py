@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import math
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from longcat.files import atomic_write_text
-from longcat.flow import noise_latents, scheduler_shift, training_sigmas
+from longcat.flow import scheduler_shift
 from longcat.paths import RunLayout, latest_checkpoint
 from longcat.settings import Train, settings_dict
 from longcat.train.build import (
@@ -32,9 +33,11 @@ from longcat.train.checkpoint import (
     load_checkpoint,
 )
 from longcat.train.data import CacheSource, TrainLoader
+from longcat.train.ema import WeightAverage
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
+from longcat.train.heldout import HeldoutLoss, evaluated_samples, split_heldout
 from longcat.train.metrics import Metrics, peak_memory_gib
-from longcat.train.objective import per_sample_loss, sigma_bucket
+from longcat.train.objective import dit_inputs, draw_micro_batch, per_sample_loss, sigma_bucket
 from longcat.train.record import (
     Start,
     change_lines,
@@ -45,6 +48,7 @@ from longcat.train.record import (
     read_record,
 )
 from longcat.train.schedule import make_scheduler
+from longcat.train.tasks import TASKS
 from longcat.train.validation import Validator, most_common_shape, validation_prompts
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,19 @@ EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: a checkpoint was saved on a signal;
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def per_sample_scalars(rows: list[list[float]]) -> dict[str, float]:
+    """From a step's (σ, loss, task index) of every sample: the loss per σ bucket and per task, and the
+    share of each task (what the step trained, beside the configured mix)."""
+    by_sigma: dict[str, list[float]] = {}
+    by_task: dict[str, list[float]] = {}
+    for sigma, loss, task in rows:
+        by_sigma.setdefault(sigma_bucket(sigma), []).append(loss)
+        by_task.setdefault(TASKS[int(task)], []).append(loss)
+    scalars = {f"loss_by_sigma/{name}": sum(values) / len(values) for name, values in by_sigma.items()}
+    scalars |= {f"loss_by_task/{name}": sum(values) / len(values) for name, values in by_task.items()}
+    return scalars | {f"train/tasks/{task}": len(by_task.get(task, ())) / len(rows) for task in TASKS}
 
 
 @dataclass
@@ -101,6 +118,8 @@ class Trainer:
         self.start = self.check_start(source)
         self.rank, self.world_size, self.device = init_distributed(cfg)
         torch.manual_seed(cfg.seed)
+        self.source = source
+        training, self.heldout = split_heldout(source.samples, cfg.heldout_fraction)
         self.loader = TrainLoader(
             source,
             cfg.train_batch_size,
@@ -109,11 +128,14 @@ class Trainer:
             cfg.seed,
             cfg.caption_dropout,
             cfg.dataloader_num_workers,
+            samples=training,
         )
         # A resumed run's weights come from its checkpoint; a new one starts from init_from or the base.
         weights = paths.init_from if self.checkpoint is None else None
         self.model = build_model(paths.base_model, cfg, self.device, weights)
         self.optimizer = make_optimizer(self.model, cfg)
+        # From step 0's weights; a resumed run loads the checkpoint's average into it.
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.scheduler = make_scheduler(
             self.optimizer, cfg.lr_warmup_steps, cfg.max_train_steps, cfg.lr_scheduler
         )
@@ -130,10 +152,34 @@ class Trainer:
         self.hidden, self.depth = dit_config["hidden_size"], dit_config["depth"]
         self.patch = tuple(dit_config["patch_size"])
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        recorded = ((self.record or {}).get("heldout") or {}).get("evaluated")
+        self.evaluated = evaluated_samples(self.heldout, cfg.heldout_eval_samples, recorded)
+        if cfg.heldout_fraction and not self.heldout and self.rank == 0:
+            log.warning(
+                "train.heldout_fraction %s holds out none of the %d samples: no held-out loss or videos",
+                cfg.heldout_fraction,
+                len(source.samples),
+            )
+        self.heldout_loss = (
+            HeldoutLoss(
+                source,
+                tuple(self.evaluated),
+                cfg.heldout_sigmas,
+                cfg.continuation_latents,
+                self.device,
+                self.rank,
+                self.world_size,
+            )
+            if cfg.heldout_every_n_steps and self.evaluated
+            else None
+        )
         self.validator = self.make_validator(sample_prompts) if cfg.validation_every_n_steps else None
 
     def make_validator(self, sample_prompts: Sequence[str]) -> Validator:
         cfg = self.cfg
+        frames = {sample.sample_id: sample.latent_shape[1] for sample in self.source.samples}
+        # The held-out videos come from the first evaluated clip of the longest length trained there.
+        clip = max(self.evaluated, key=frames.__getitem__) if self.evaluated else None
         return Validator(
             prompts=tuple(
                 validation_prompts(cfg.validation_prompts, sample_prompts, cfg.num_validation_videos)
@@ -146,6 +192,10 @@ class Trainer:
             base_model=self.paths.base_model,
             latent_shape=most_common_shape(sample.latent_shape for sample in self.loader.dataset.samples),
             max_tokens=self.loader.dataset.max_tokens,
+            fps=self.source.fps,
+            source=self.source,
+            heldout_clip=clip,
+            continuation_latents=cfg.continuation_latents,
             device=self.device,
             dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32,
             rank=self.rank,
@@ -184,7 +234,9 @@ class Trainer:
     def resume(self) -> None:
         """Load the checkpoint, apply the config's optimizer settings, and open the record's new segment."""
         if self.checkpoint is not None:
-            state = load_checkpoint(self.checkpoint, self.model, self.optimizer, self.trainer_state())
+            state = load_checkpoint(
+                self.checkpoint, self.model, self.optimizer, self.trainer_state(), self.average_state()
+            )
             self.progress.step = int(state["step"])
             self.progress.nonfinite_in_row = int(state["nonfinite_in_row"])
             self.progress.nonfinite_total = int(state["nonfinite_total"])
@@ -206,6 +258,7 @@ class Trainer:
         """The run's record with a segment for this start (a new record for a new run)."""
         step, samples = self.progress.step, len(self.loader.dataset)
         segment = new_segment(step, self.world_size, samples, self.start)
+        heldout = {"samples": len(self.heldout), "evaluated": self.evaluated}
         if self.record is None:
             return {
                 "run": self.cfg.run,
@@ -214,11 +267,13 @@ class Trainer:
                 "train": settings_dict(self.cfg),
                 "init_from": init_from_record(self.paths.init_from) if step == 0 else None,
                 "data": self.loader.data_state(),
+                "heldout": heldout,
                 "segments": [segment],
             }
         return {
             **self.record,
             "train": settings_dict(self.cfg),
+            "heldout": heldout,
             "segments": [*self.record["segments"], segment],
         }
 
@@ -228,40 +283,36 @@ class Trainer:
         segments = [*self.record["segments"][:-1], {**self.record["segments"][-1], "to_step": step}]
         return {**self.record, "step": step, "data": self.loader.data_state(), "segments": segments}
 
+    def average_state(self) -> dict[str, torch.Tensor] | None:
+        return self.average.state_dict() if self.average is not None else None
+
     def save(self) -> Path:
         return self.checkpointer.save(
-            self.progress.step, self.model, self.optimizer, self.trainer_state(), self.current_record()
+            self.progress.step,
+            self.model,
+            self.optimizer,
+            self.trainer_state(),
+            self.current_record(),
+            self.average_state(),
         )
 
-    def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Forward and backward of one micro-batch; its losses, σ and task."""
         cfg = self.cfg
         latents = batch["latents"].to(self.device, non_blocking=True)
         generator = micro_batch_generator(cfg.seed, self.rank, micro_index, self.device)
-        sigmas = training_sigmas(
-            latents.shape[0],
-            generator,
-            cfg.sigma_sampling,
-            self.flow_shift,
-            cfg.logit_mean,
-            cfg.logit_std,
-            self.device,
+        draw = draw_micro_batch(latents.shape, generator, cfg, self.flow_shift, self.device)
+        flow, inputs = dit_inputs(
+            latents,
+            batch["text_states"].to(self.device),
+            batch["text_mask"].to(self.device),
+            draw.sigmas,
+            draw.noise,
+            draw.num_cond_latents,
         )
-        noise = torch.randn(latents.shape, generator=generator, device=self.device, dtype=latents.dtype)
-        conditioned = torch.rand(1, generator=generator, device=self.device).item() < cfg.conditioned_fraction
-        frames = latents.shape[2] // self.patch[0]
-        num_cond = cfg.num_cond_latents if conditioned and frames > cfg.num_cond_latents else 0
-        flow = noise_latents(latents, sigmas, noise, num_cond)
-        prediction = self.model(
-            hidden_states=flow.noisy,
-            timestep=flow.timestep,
-            encoder_hidden_states=batch["text_states"].to(self.device),
-            encoder_attention_mask=batch["text_mask"].to(self.device),
-            num_cond_latents=num_cond,
-        )
-        losses = per_sample_loss(prediction, flow)
+        losses = per_sample_loss(self.model(**inputs), flow)
         (losses.mean() / cfg.gradient_accumulation_steps).backward()
-        tokens = video_tokens(tuple(latents.shape[1:]), self.patch) * latents.shape[0]
-        return losses.detach(), sigmas.detach(), tokens
+        return losses.detach(), flow.sigmas.detach(), draw.task
 
     def run(self, stop: StopRequest | None = None) -> int:
         cfg = self.cfg
@@ -273,6 +324,8 @@ class Trainer:
         card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
         batches = iter(self.loader)
         try:
+            if self.heldout_loss is not None and self.progress.step == 0:
+                self.evaluate(0, metrics)
             while self.progress.step < cfg.max_train_steps:
                 scalars = self.train_step(batches, card)
                 self.progress.step += 1
@@ -281,8 +334,11 @@ class Trainer:
                 stopping = self.stop_requested(stop)
                 if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps or stopping:
                     self.save()
+                if self.heldout_loss is not None and step % cfg.heldout_every_n_steps == 0:
+                    self.evaluate(step, metrics)
                 if self.validator is not None and step % cfg.validation_every_n_steps == 0:
-                    self.validator(self.model, step, metrics)
+                    with self.evaluated_weights():
+                        self.validator(self.model, step, metrics)
                 if stopping:
                     self.checkpointer.wait()
                     log.warning("stopped by signal at step %d; exit %d to be run again", step, EXIT_PREEMPTED)
@@ -292,6 +348,16 @@ class Trainer:
             return 0
         finally:
             metrics.close()
+
+    def evaluated_weights(self):
+        """The weights validation and the held-out loss use: the average with train.ema_validation."""
+        if self.average is not None and self.cfg.ema_validation:
+            return self.average.swapped_in(self.model)
+        return contextlib.nullcontext()
+
+    def evaluate(self, step: int, metrics: Metrics) -> dict[str, float]:
+        with self.evaluated_weights():
+            return self.heldout_loss.log(self.model, step, metrics)
 
     def stop_requested(self, stop: StopRequest | None) -> bool:
         flag = torch.tensor(
@@ -304,28 +370,29 @@ class Trainer:
         cfg = self.cfg
         started = time.perf_counter()
         data_wait = 0.0
-        losses, sigmas, tokens = [], [], 0
+        rows, tokens, dropped = [], 0, 0
         self.optimizer.zero_grad(set_to_none=True)
         for micro in range(cfg.gradient_accumulation_steps):
             waited = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - waited
             micro_index = self.progress.step * cfg.gradient_accumulation_steps + micro
-            micro_losses, micro_sigmas, micro_tokens = self.micro_step(batch, micro_index)
-            losses.append(micro_losses)
-            sigmas.append(micro_sigmas)
-            tokens += micro_tokens
+            micro_losses, micro_sigmas, task = self.micro_step(batch, micro_index)
+            # Per sample: σ, loss, task.
+            tasks = torch.full_like(micro_sigmas, TASKS.index(task), dtype=torch.float32)
+            rows.append(torch.stack([micro_sigmas.float(), micro_losses.float(), tasks], dim=1))
+            tokens += video_tokens(tuple(batch["latents"].shape[1:]), self.patch) * len(micro_losses)
+            dropped += batch["dropped_captions"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         grad_norm = float(grad_norm)
 
-        local = torch.cat(losses).float()
-        pairs = torch.stack([torch.cat(sigmas).float(), local], dim=1)
-        gathered = [torch.empty_like(pairs) for _ in range(self.world_size)]
-        dist.all_gather(gathered, pairs)
+        local = torch.cat(rows)
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local)
         everything = torch.cat(gathered)
-        totals = torch.tensor([float(tokens), data_wait], device=self.device, dtype=torch.float64)
+        totals = torch.tensor([float(tokens), data_wait, dropped], device=self.device, dtype=torch.float64)
         dist.all_reduce(totals)
         loss = float(everything[:, 1].mean())
 
@@ -333,6 +400,8 @@ class Trainer:
         if finite:
             self.optimizer.step()
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update()
             self.progress.nonfinite_in_row = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -365,6 +434,7 @@ class Trainer:
             "perf/tokens_per_second": float(totals[0]) / seconds,
             "perf/data_wait_fraction": float(totals[1]) / self.world_size / seconds,
             "perf/peak_memory_gib": peak_memory_gib(self.device),
+            "train/dropped_captions": float(totals[2]) / samples,
         }
         if card is not None:
             tokens_per_sample = int(totals[0]) // samples
@@ -372,28 +442,29 @@ class Trainer:
                 self.num_params, tokens_per_sample, self.hidden, self.depth
             )
             scalars["perf/mfu"] = flops / seconds / (card.bf16_tflops * 1e12 * self.world_size)
-        buckets: dict[str, list[float]] = {}
-        for sigma, value in everything.tolist():
-            buckets.setdefault(sigma_bucket(sigma), []).append(value)
-        for name, values in buckets.items():
-            scalars[f"loss_by_sigma/{name}"] = sum(values) / len(values)
+        scalars |= per_sample_scalars(everything.tolist())
         if finite:
             self.progress.history.append(loss)
         scalars["train/sigma"] = everything[:, 0].cpu()
         return scalars
 
     def export(self) -> None:
-        """Gather the full weights, write the published layout to `final/`, then `train.done`."""
-        state = full_model_state_dict(self.model)
+        """Gather the full weights (and the average, as train.ema_export asks), write the published
+        layout to `final/`, then `train.done`."""
+        exported = self.cfg.exported_weights
+        trained = full_model_state_dict(self.model) if exported != "ema" else None
+        average = self.average.full_state_dict(self.rank) if exported != "raw" else None
         if self.rank == 0:
             from longcat.export import export_model
 
             export_model(
-                state,
+                trained if trained is not None else average,
                 self.paths.base_model,
                 self.paths.final,
                 flow_shift=self.flow_shift,
-                record=self.current_record(),
+                record=self.current_record() | {"weights": "ema" if trained is None else "raw"},
+                max_sequence_length=self.source.max_tokens,
+                average=average if exported == "both" else None,
             )
             atomic_write_text(self.paths.done, f"step {self.progress.step}\n")
             log.info("exported the model to %s", self.paths.final)

@@ -59,6 +59,12 @@ class Metrics:
         self.progress.update(1)
         self.progress.set_postfix(loss=f"{scalars.get('train/loss', float('nan')):.4f}", refresh=False)
 
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Scalars at `step` outside a training step (the held-out loss)."""
+        if self.enabled:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
     def images(self, step: int, tag: str, frames: torch.Tensor) -> None:
         """Frames [N, C, H, W] in [0, 1], shown as an image strip (videos in TensorBoard need moviepy)."""
         if self.enabled:
