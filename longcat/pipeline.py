@@ -7,7 +7,8 @@ DiT predicts `x0 − noise`), CFG-Zero* over the whole latent. Latents live norm
 `latents_mean`/`latents_std` and are denormalised just before decoding. With a conditioning video, the
 latents of its last `num_cond_frames` frames lead the sample, stay clean (timestep 0, `num_cond_latents`)
 and only the frames after them are denoised, as the official pipeline does for image-to-video and video
-continuation.
+continuation (and as training conditions, `longcat.train.objective`). Captions are padded to the length
+the model was trained with, which an exported model records in `model_index.json`.
 """
 
 from __future__ import annotations
@@ -196,9 +197,10 @@ class LongCatVideoPipeline(DiffusionPipeline):
         return text, mask, negative_text, negative_mask
 
     def _encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Normalised latents of `video` ([B, 3, F, H, W] in [0, 1]), the posterior's mode as the caches
-        hold them (`longcat.encoders.vae.encode_batch`), so that a conditioning video reaches the DiT as
-        the training's conditioning frames did."""
+        """Normalised latents of `video` ([B, 3, F, H, W] in [0, 1]). The official pipeline draws a sample
+        of the VAE's posterior (`retrieve_latents`, l. 31-41); here its mode, as the caches hold the
+        clips (`longcat.encoders.vae.encode_batch`), so that a conditioning video reaches the DiT as the
+        finetune's conditioning frames did."""
         pixels = (video.to(device=self._execution_device, dtype=self.vae.dtype) * 2 - 1).clamp(-1, 1)
         latents = self.vae.encode(pixels).latent_dist.mode()
         return normalize_latents(latents, self.vae.config)

@@ -68,9 +68,12 @@ def test_estimate_counts_bytes_and_hours_of_a_known_table():
     disk = report["disk"]
     assert disk["vae_cache_bytes"] == 3 * 4_792_320 + 7 * 3_793_920 == 40_934_400
     assert disk["text_cache_bytes_at_most"] == 11 * 4_194_304
-    assert disk["checkpoint_bytes"] == PARAMETERS * 12 == 162_972_857_088  # fp32 weights, two fp32 moments
+    # fp32 weights, two fp32 moments and the fp32 weight average (train.ema_decay 0.999)
+    assert disk["checkpoint_bytes"] == PARAMETERS * 16 == 217_297_142_784
+    assert disk["checkpoint_holds"] == "fp32 weights + AdamW moments + weight average"
     assert disk["checkpoints_bytes"] == 2 * disk["checkpoint_bytes"]
-    assert disk["exported_model_bytes"] == PARAMETERS * 2
+    # bf16 in dit/, and its weight average's model beside it (train.ema_export: both).
+    assert disk["exported_model_bytes"] == PARAMETERS * 2 and disk["exported_models"] == 2
 
     # 0.825 clips/s at 93x480x832; a 73-frame clip costs 73/93 of one. 38 captions/s. 8 GPUs.
     cache = report["cache_time"]
@@ -93,7 +96,7 @@ def test_estimate_counts_bytes_and_hours_of_a_known_table():
 
     text = format_estimate(report)
     assert "10 accepted, 3 rejected (too_short: 2, read_error: 1)" in text
-    assert "checkpoint 163 GB (fp32 weights + AdamW moments), 2 kept: 326 GB" in text
+    assert "checkpoint 217 GB (fp32 weights + AdamW moments + weight average), 2 kept: 435 GB" in text
     assert (
         f"   93 frames:         3 clips,   37,440 tokens, 6.36 PFLOP/sample, {steps[93]:.3g} s/step" in text
     )

@@ -125,3 +125,21 @@ def test_diffusers_loads_the_export_with_trust_remote_code(tiny_base_model, trai
     pipe = diffusers.DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
     assert type(pipe) is LongCatVideoPipeline
     torch.testing.assert_close(sample(pipe), sample(LongCatVideoPipeline(**trained)), rtol=0, atol=0)
+
+
+def test_the_caption_length_it_trained_with_is_recorded_and_both_loaders_pad_to_it(
+    tiny_base_model, trained, tmp_path
+):
+    out = export_model(trained["dit"], tiny_base_model, tmp_path / "export", max_sequence_length=16)
+    assert json.loads((out / "model_index.json").read_text())["max_sequence_length"] == 16
+    for pipe in (
+        LongCatVideoPipeline.from_pretrained(out),
+        diffusers.DiffusionPipeline.from_pretrained(out, trust_remote_code=True),
+    ):
+        assert pipe.config.max_sequence_length == 16
+        text, mask, negative, _ = pipe.encode_prompt("a red square moving")
+        assert text.shape[2] == negative.shape[2] == mask.shape[1] == 16
+        # A call can still ask for another length.
+        assert pipe.encode_prompt("a red square moving", max_sequence_length=8)[0].shape[2] == 8
+    # A model that records none (the published base model) pads to the official 512.
+    assert LongCatVideoPipeline.from_pretrained(tiny_base_model).config.max_sequence_length == 512

@@ -27,7 +27,15 @@ DATA_FILES = {"summary.html", "rejects.csv", "estimate.html", "duration.svg", "f
 DATA_FILES |= {"buckets.svg", "caption_words.svg"}
 CACHE_FILES = {"shards.html", "throughput.svg", "caption_tokens.svg"}
 TRAINING_FILES = {f"{name}.svg" for name in TRAINING_FIGURES} | {"videos.html", "record.html"}
-VIDEOS = {"step-80/video-00.mp4", "step-160/video-00.mp4", "sample-00.mp4"}
+# Per validation step: the prompt's video, and a held-out clip through the VAE and as each task renders it.
+STEP_VIDEOS = [
+    "video-00",
+    "heldout-clip",
+    "heldout-text_to_video",
+    "heldout-image_to_video",
+    "heldout-continuation",
+]
+VIDEOS = {f"step-{step}/{name}.mp4" for step in (80, 160) for name in STEP_VIDEOS} | {"sample-00.mp4"}
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +82,17 @@ def test_report_holds_the_data_the_caches_and_the_training(report_zip):
     # The video page plays the samples and the validation videos: each embedded whole, as written.
     videos = one("videos.html").decode()
     embedded = [base64.b64decode(data) for data in re.findall(r'src="data:video/mp4;base64,([^"]+)"', videos)]
-    assert one("sample-00.mp4") in embedded and len(embedded) == 3
+    assert one("sample-00.mp4") in embedded and len(embedded) == len(VIDEOS)
     assert "a red square moving across a blue background" in videos
+    assert "held-out clip clip-002.mp4, image to video from its first frame" in videos
 
-    # What was trained: one start of 160 steps on the demo's 12 samples, from the base model.
+    # What was trained: one start of 160 steps on 9 of the demo's 12 samples, from the base model.
     trained = one("record.html").decode()
     assert "160 steps, from the base model's weights" in trained
     assert re.search(
-        r"<td>1-160</td><td>[^<]+</td><td class=\"number\">2</td><td class=\"number\">12</td>", trained
+        r"<td>1-160</td><td>[^<]+</td><td class=\"number\">2</td><td class=\"number\">9</td>", trained
     )
+    assert "3 samples held out, never trained on; the held-out loss is computed on clip-001.mp4" in trained
     assert "<td>train.learning_rate</td><td>0.003</td>" in trained
 
     page = one("report.html").decode()
@@ -292,4 +302,6 @@ def test_report_opens_in_a_browser_without_errors(report_zip, tmp_path):
     )
     assert "sample-00" in shown["Training/Samples"]
     # Chromium decodes every embedded video: the page plays them.
-    assert len(played) == 3 and all(video["width"] > 0 and not video["error"] for video in played), played
+    assert len(played) == len(VIDEOS) and all(
+        video["width"] > 0 and not video["error"] for video in played
+    ), played

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from longcat.train.estimate import dit_parameter_counts, estimate_run, latent_sh
 from longcat.train.objective import per_sample_loss
 from longcat.train.parallelize import analytic_rank_numel, checkpointed_block_indices
 from longcat.train.schedule import lr_factor
+from longcat.train.tasks import TASKS
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "longcat_dit"
 FULL = json.loads((FIXTURES / "full_state_dict_shapes.json").read_text())
@@ -41,6 +43,12 @@ def test_config_rejects_bad_values_with_the_key_and_value():
         train_from_config(gpus=0, mixed_precision="bf16")
     cfg = train_from_config(gpus=8, num_processes=8, nodes=2, mixed_precision="bf16")
     assert cfg.world_size == 16
+    with pytest.raises(
+        ConfigError, match=r"train\.continuation_fraction: expected at most 1 - .* \(0.4\), found 0.7"
+    ):
+        train_from_config(image_to_video_fraction=0.6, continuation_fraction=0.7)
+    with pytest.raises(ConfigError, match=r"train\.continuation_latents\[0\]: expected minimum 2"):
+        train_from_config(continuation_latents=[1])
 
 
 def test_launch_command_one_node_and_several():
@@ -95,6 +103,59 @@ def test_flow_batch_matches_longcat_convention():
     wrong_on_clean_frame = conditioned.target.clone()
     wrong_on_clean_frame[:, :, 0] += 100
     assert per_sample_loss(wrong_on_clean_frame, conditioned).abs().max() == 0
+
+
+def test_micro_batches_train_the_configured_mix_of_tasks_and_repeat_on_resume():
+    from longcat.train.build import micro_batch_generator
+    from longcat.train.objective import draw_micro_batch
+
+    cfg = train_settings(image_to_video_fraction=0.3, continuation_fraction=0.2, continuation_latents=(2, 4))
+    cpu = torch.device("cpu")
+
+    def draws(latent_frames: int, count: int = 2000):
+        shape = (1, 16, latent_frames, 4, 4)
+        return [
+            draw_micro_batch(shape, micro_batch_generator(7, 0, index, cpu), cfg, 1.0)
+            for index in range(count)
+        ]
+
+    five = draws(5)
+    shares = {task: sum(draw.task == task for draw in five) / len(five) for task in TASKS}
+    assert shares == pytest.approx(
+        {"text_to_video": 0.5, "image_to_video": 0.3, "continuation": 0.2}, abs=0.04
+    )
+    assert {draw.num_cond_latents for draw in five if draw.task == "image_to_video"} == {1}
+    assert {draw.num_cond_latents for draw in five if draw.task == "continuation"} == {2, 4}
+    assert {draw.num_cond_latents for draw in five if draw.task == "text_to_video"} == {0}
+    # A clip of 3 latent frames continues from 2 only; one of 2 frames has no room for a continuation.
+    assert {draw.num_cond_latents for draw in draws(3, 500) if draw.task == "continuation"} == {2}
+    assert {draw.task for draw in draws(2, 500)} == {"text_to_video", "image_to_video"}
+    # The same (seed, rank, micro-batch) draws the same: a resumed run repeats its steps.
+    again = draw_micro_batch((1, 16, 5, 4, 4), micro_batch_generator(7, 0, 11, cpu), cfg, 1.0)
+    assert (again.task, again.num_cond_latents) == (five[11].task, five[11].num_cond_latents)
+    assert torch.equal(again.noise, five[11].noise) and torch.equal(again.sigmas, five[11].sigmas)
+
+
+def test_the_heldout_slice_is_a_property_of_each_key():
+    from longcat.train.heldout import heldout_rank, split_heldout
+
+    @dataclass(frozen=True)
+    class Sample:
+        sample_id: str
+
+    samples = [Sample(f"videos/clip-{index:05d}.mp4") for index in range(4000)]
+    training, heldout = split_heldout(samples, 0.05)
+    assert len(heldout) == pytest.approx(200, abs=45) and len(training) + len(heldout) == 4000
+    assert [heldout_rank(sample.sample_id) for sample in heldout] == sorted(
+        heldout_rank(s.sample_id) for s in heldout
+    )
+    # More data later, or a part of it: each key stays on its side.
+    grown_training, grown_heldout = split_heldout(
+        [*samples, *(Sample(f"new-{i}.mp4") for i in range(500))], 0.05
+    )
+    assert set(heldout) <= set(grown_heldout) and set(training) <= set(grown_training)
+    assert split_heldout(samples[::3], 0.05)[1] == [sample for sample in heldout if sample in samples[::3]]
+    assert split_heldout(samples, 0.0) == (samples, [])
 
 
 def test_sigma_sampling_and_shift():

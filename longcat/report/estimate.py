@@ -127,7 +127,7 @@ def estimate(
 
     text_shape = [cache.max_tokens, dit_config["caption_channels"]]
     text_bytes = math.prod(text_shape) * dtype_bytes
-    one_checkpoint = checkpoint_bytes(parameters)
+    one_checkpoint = checkpoint_bytes(parameters, train.ema_decay is not None)
     vae_gpu_hours = sum(b["clips"] * b["vae_gpu_seconds_per_clip"] for b in buckets) / 3600
     text_gpu_hours = accepted / figures.text_captions_per_s / 3600
 
@@ -158,8 +158,12 @@ def estimate(
             # caption's own tokens, so this is the most it can take.
             "text_cache_bytes_at_most": (accepted + 1) * text_bytes,
             "checkpoint_bytes": one_checkpoint,
+            "checkpoint_holds": "fp32 weights + AdamW moments"
+            + (" + weight average" if train.ema_decay is not None else ""),
             "checkpoints_kept": train.checkpoints_total_limit,
             "checkpoints_bytes": one_checkpoint * train.checkpoints_total_limit,
+            # The trained weights, or their average, or both (train.ema_export).
+            "exported_models": 2 if train.exported_weights == "both" else 1,
             "exported_model_bytes": parameters * EXPORTED_WEIGHT_BYTES,
         },
         "gpus": {"count": gpus, "card": card.name},
@@ -257,9 +261,10 @@ def format_estimate(report: dict[str, Any]) -> str:
         f"  per resolution bucket: {_counts_text(clips['by_resolution'])}",
         f"disk: VAE cache {scaled(disk['vae_cache_bytes'], BYTE_UNITS)} ({disk['cache_dtype']}); text cache "
         f"at most {scaled(disk['text_cache_bytes_at_most'], BYTE_UNITS)} ({disk['text_shape']} per caption)",
-        f"  checkpoint {scaled(disk['checkpoint_bytes'], BYTE_UNITS)} (fp32 weights + AdamW moments), "
+        f"  checkpoint {scaled(disk['checkpoint_bytes'], BYTE_UNITS)} ({disk['checkpoint_holds']}), "
         f"{disk['checkpoints_kept']} kept: {scaled(disk['checkpoints_bytes'], BYTE_UNITS)}; "
-        f"exported model {scaled(disk['exported_model_bytes'], BYTE_UNITS)}",
+        f"exported model {scaled(disk['exported_model_bytes'], BYTE_UNITS)}"
+        + (" and its weight average beside it" if disk["exported_models"] == 2 else ""),
         f"cache on {gpus['count']} GPUs: VAE {gpu_hours_text(cache['vae_gpu_hours'])}, "
         f"{hours_text(cache['vae_wall_hours'])} wall ({cache['vae_clips_per_s']:g} clips/s per GPU at "
         f"{reference}); text {gpu_hours_text(cache['text_gpu_hours'])}, "

@@ -221,10 +221,13 @@ def write_record_page(record: Mapping, path: str | Path) -> None:
         for segment in record["segments"]
     ]
     start = record.get("init_from") or {}
+    heldout = record.get("heldout") or {}
     parts = [
         f"<p>Run {html.escape(str(record['run']))}: {record['step']:,} steps, from "
         + (html.escape(show(start)) if start else "the base model's weights")
         + ".</p>",
+        f"<p>{heldout.get('samples', 0):,} samples held out, never trained on; the held-out loss is "
+        f"computed on {html.escape(', '.join(heldout.get('evaluated') or []) or 'none')}.</p>",
         "<h2>Starts</h2>",
         html_table(
             ("steps", "started (UTC)", "processes", "samples", "settings changed at the start"), segments

@@ -25,11 +25,13 @@ from longcat.settings import BaseModel, Train
 GIB = 1024**3
 
 # Bytes per parameter of the training state: FSDP2 keeps the sharded parameters in fp32 (master weights,
-# also under bf16 compute), with fp32 gradients and AdamW's two fp32 moments. A checkpoint holds the
-# weights and the moments; the exported model is bf16.
+# also under bf16 compute), with fp32 gradients and AdamW's two fp32 moments, and with train.ema_decay an
+# fp32 weight average sharded like them. A checkpoint holds the weights, the moments and the average; the
+# exported model is bf16.
 MASTER_WEIGHT_BYTES = 4
 GRADIENT_BYTES = 4
 ADAM_MOMENT_BYTES = 8
+AVERAGE_BYTES = 4
 EXPORTED_WEIGHT_BYTES = 2
 
 # The published 13.6B `dit/config.json` (architecture keys), used when no base model is on disk yet.
@@ -256,10 +258,11 @@ def step_time_text(step: dict[str, Any]) -> list[str]:
     ]
 
 
-def checkpoint_bytes(num_params: int) -> int:
+def checkpoint_bytes(num_params: int, average: bool = False) -> int:
     """Tensor bytes of one resumable checkpoint (DCP, all ranks' shards together): the fp32 master
-    weights and both AdamW moments. Gradients are not saved; RNG states and counters are negligible."""
-    return num_params * (MASTER_WEIGHT_BYTES + ADAM_MOMENT_BYTES)
+    weights, both AdamW moments, and the weight average when the run keeps one. Gradients are not saved;
+    RNG states and counters are negligible."""
+    return num_params * (MASTER_WEIGHT_BYTES + ADAM_MOMENT_BYTES + (AVERAGE_BYTES if average else 0))
 
 
 def memory_per_gpu(
@@ -273,14 +276,15 @@ def memory_per_gpu(
     checkpoint_every: int = 2,
     cpu_offload: bool = False,
     bf16: bool = True,
+    average: bool = False,
 ) -> dict[str, float]:
-    """Estimated peak bytes on one GPU, by part (GiB)."""
+    """Estimated peak bytes on one GPU, by part (GiB); `average`: the run keeps a weight average."""
     from longcat.train.parallelize import checkpointed_block_indices  # torch: only when memory is asked
 
     total = counts["total"]
     compute_bytes = 2 if bf16 else 4
-    # fp32 master weights, fp32 gradients and two fp32 AdamW moments, all sharded.
-    state_bytes = MASTER_WEIGHT_BYTES + GRADIENT_BYTES + ADAM_MOMENT_BYTES
+    # fp32 master weights, fp32 gradients, two fp32 AdamW moments and the weight average, all sharded.
+    state_bytes = MASTER_WEIGHT_BYTES + GRADIENT_BYTES + ADAM_MOMENT_BYTES + (AVERAGE_BYTES if average else 0)
     sharded_states = 0 if cpu_offload else state_bytes * total / world_size
     # Unsharded compute copies: the current block, the prefetched next one, and the root's own weights,
     # plus one block's unsharded gradients before reduce-scatter.
@@ -328,6 +332,7 @@ def estimate_run(
         cfg.activation_checkpointing_every,
         cfg.cpu_offload,
         cfg.mixed_precision == "bf16",
+        cfg.ema_decay is not None,
     )
     return {
         "parameters": counts["total"],

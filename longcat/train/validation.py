@@ -145,7 +145,8 @@ class Validator:
             video = self.render(pipeline, latents.shape[1:], self.seed, **captions, **cond)
             what = f"held-out clip {clip}, {task.replace('_', ' ')}"
             if num_cond:
-                what += f" from its first {num_cond} latent frames"
+                frames = (num_cond - 1) * pipeline.vae_scale_factor_temporal + 1
+                what += f" from its first {frames} frames" if frames > 1 else " from its first frame"
             self.write(video, step, f"heldout-{task}", what, metrics)
 
     def write(self, video: torch.Tensor, step: int, name: str, caption: str, metrics: Metrics) -> None:
