@@ -30,6 +30,7 @@ fi
 OUT_DIR=${1:-${OUT:-$REPO/gpu-speed-out}}
 SITE=/tmp/site
 BUDGET_S=${SPEED_BUDGET_S:-440}
+PARTS=${SPEED_PARTS:-attention,train,vae}  # e.g. SPEED_PARTS=vae to measure the VAE alone
 mkdir -p "$OUT_DIR"
 
 start=$(date +%s)
@@ -77,14 +78,20 @@ measure() {
     echo "cpus: $(nproc)"
 
     cd "$REPO" || return 1
-    part "attention kernels" 60 python3 bench/bench_train_gpu.py "${train[0]}" --attention-kernels
-    part "training step" 200 python3 bench/bench_train_gpu.py "${train[@]}" --ac selective --time-limit 130 \
-        --case 24:sdpa --case 24:sdpa_cudnn --case 19:sdpa_cudnn --case 19:sdpa \
-        --profile "$OUT_DIR/train-profile.txt"
-    # The VAE starts no new step in its last 60 s (the compile step, last, may still be cut short).
-    local vae_cap=$((BUDGET_S - $(elapsed) - 5))
-    part "VAE cache" "$vae_cap" python3 bench/bench_vae_gpu.py "${vae[@]}" --speed --time-limit $((vae_cap - 60)) \
-        --profile "$OUT_DIR/vae-profile.txt"
+    if [[ $PARTS == *attention* ]]; then
+        part "attention kernels" 60 python3 bench/bench_train_gpu.py "${train[0]}" --attention-kernels
+    fi
+    if [[ $PARTS == *train* ]]; then
+        part "training step" 200 python3 bench/bench_train_gpu.py "${train[@]}" --ac selective --time-limit 130 \
+            --case 24:sdpa --case 24:sdpa_cudnn --case 19:sdpa_cudnn --case 19:sdpa \
+            --profile "$OUT_DIR/train-profile.txt"
+    fi
+    if [[ $PARTS == *vae* ]]; then
+        # The VAE starts no new step in its last 60 s (the compile step, last, may still be cut short).
+        local vae_cap=$((BUDGET_S - $(elapsed) - 5))
+        part "VAE cache" "$vae_cap" python3 bench/bench_vae_gpu.py "${vae[@]}" --speed --time-limit $((vae_cap - 60)) \
+            --profile "$OUT_DIR/vae-profile.txt"
+    fi
 }
 
 measure 2>&1 | tee "$OUT_DIR/gpu-speed.log"

@@ -31,7 +31,6 @@ from longcat.cache.format import (
 )
 from longcat.cache.spec import CacheError, canonical_json
 from longcat.data.rejects import cache_failure, count_reasons, reasons_text, split_cache_failure
-from longcat.data.shards import superseded_keys
 from longcat.files import atomic_write
 from longcat.paths import CacheLayout, Layout
 from longcat.settings import Settings
@@ -51,6 +50,8 @@ class FailureLimit:
 def failure_limit(settings: Settings, shard: str) -> FailureLimit:
     """A shard job's limit: `cache.max_failed_fraction`, not counting the keys the assignment table
     holds a newer version of in a later shard."""
+    from longcat.data.shards import superseded_keys  # not at the top: it brings the whole data stage along
+
     superseded = superseded_keys(Layout.from_settings(settings).assignments).get(shard, frozenset())
     return FailureLimit(settings.cache.max_failed_fraction, superseded)
 
