@@ -31,6 +31,7 @@ OUT_DIR=${1:-${OUT:-$REPO/gpu-speed-out}}
 SITE=/tmp/site
 BUDGET_S=${SPEED_BUDGET_S:-440}
 PARTS=${SPEED_PARTS:-attention,train,vae}  # e.g. SPEED_PARTS=vae to measure the VAE alone
+# SPEED_VAE_ARGS: more arguments of bench_vae_gpu.py --speed, e.g. --compile-only
 mkdir -p "$OUT_DIR"
 
 start=$(date +%s)
@@ -89,7 +90,8 @@ measure() {
     if [[ $PARTS == *vae* ]]; then
         # The VAE starts no new step in its last 60 s (the compile step, last, may still be cut short).
         local vae_cap=$((BUDGET_S - $(elapsed) - 5))
-        part "VAE cache" "$vae_cap" python3 bench/bench_vae_gpu.py "${vae[@]}" --speed --time-limit $((vae_cap - 60)) \
+        part "VAE cache" "$vae_cap" python3 bench/bench_vae_gpu.py "${vae[@]}" --speed ${SPEED_VAE_ARGS:-} \
+            --time-limit $((vae_cap - 60)) \
             --profile "$OUT_DIR/vae-profile.txt"
     fi
 }
