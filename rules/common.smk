@@ -81,11 +81,12 @@ def latest_export(wildcards):
 
 
 def checked_run(wildcards):
-    """No file: the rule of longcat.train.record for a changed config, applied to the record of the run's
+    """No file: the rule of longcat.train.changes for a changed config, applied to the record of the run's
     latest checkpoint, so that a change the run cannot take stops Snakemake here, before any job, with
     the message the train job would give."""
     from longcat.paths import latest_checkpoint
-    from longcat.train.record import RunRefused, check_start, read_record, run_identity
+    from longcat.train.changes import RunRefused, check_start
+    from longcat.train.record import read_record, run_identity
 
     latest = latest_checkpoint(RUN.checkpoints)
     record = read_record(latest) if latest is not None else None

@@ -1,7 +1,7 @@
 # Look before you spend: the pre-launch estimate (needs only metadata and the config) and the
 # figures and tables that `snakemake --report` shows for the data, the caches and the training.
 
-from longcat.settings import leaf_params
+from longcat.params import leaf_params
 
 # --- estimate ---------------------------------------------------------------------------------
 

@@ -11,15 +11,9 @@ import torch
 from conftest import train_settings, workflow_settings
 
 from longcat.settings import Train, settings_dict
+from longcat.train.changes import FIXED_KEYS, OPTIMIZER_KEYS, RUN_KEYS, RunRefused, check_start
 from longcat.train.data import TrainLoader
-from longcat.train.record import (
-    FIXED_KEYS,
-    OPTIMIZER_KEYS,
-    RUN_KEYS,
-    RunRefused,
-    check_start,
-    run_identity,
-)
+from longcat.train.record import run_identity
 
 
 def record_of(cfg: Train, step: int, shards=("00000", "00001")) -> dict:

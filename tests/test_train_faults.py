@@ -149,8 +149,8 @@ def training_process(launcher: int, rank: int) -> int | None:
 def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subprocess.Popen:
     import dataclasses
 
-    from longcat.settings import run_config
     from longcat.train.launch import launch_command
+    from longcat.train.record import run_config
 
     cfg = train_config(**train)
     config = run_config(dataclasses.replace(workflow_settings(), train=cfg))

@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from longcat.cache.reader import CacheReader
     from longcat.cache.spec import CacheError
+    from longcat.train.changes import RunRefused
     from longcat.train.loop import StopRequest, Trainer
     from longcat.train.preflight import training_set_problem
-    from longcat.train.record import RunRefused, run_identity
+    from longcat.train.record import run_identity
 
     stop = StopRequest()
     # Before any process group: every rank finds the same caches, so each stops on its own, and only

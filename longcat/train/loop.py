@@ -26,6 +26,7 @@ from longcat.train.build import (
     make_optimizer,
     micro_batch_generator,
 )
+from longcat.train.changes import change_lines
 from longcat.train.checkpoint import (
     Checkpointer,
     full_model_state_dict,
@@ -35,15 +36,7 @@ from longcat.train.data import CacheSource, TrainLoader
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
 from longcat.train.metrics import Metrics, peak_memory_gib
 from longcat.train.objective import per_sample_loss, sigma_bucket
-from longcat.train.record import (
-    Start,
-    change_lines,
-    check_init_from,
-    check_start,
-    init_from_record,
-    new_segment,
-    read_record,
-)
+from longcat.train.record import RunRecord
 from longcat.train.schedule import make_scheduler
 from longcat.train.validation import Validator, most_common_shape, validation_prompts
 
@@ -95,10 +88,10 @@ class Trainer:
         latest). A start the run cannot take raises RunRefused before anything is built."""
         self.cfg = cfg
         self.paths = paths
-        self.identity = dict(identity or {})
         self.checkpoint = resume or latest_checkpoint(paths.checkpoints)
-        self.record = read_record(self.checkpoint) if self.checkpoint is not None else None
-        self.start = self.check_start(source)
+        self.record = RunRecord(
+            cfg, identity or {}, self.checkpoint, paths.init_from, paths.base_model, source.shards
+        )
         self.rank, self.world_size, self.device = init_distributed(cfg)
         torch.manual_seed(cfg.seed)
         self.loader = TrainLoader(
@@ -151,27 +144,6 @@ class Trainer:
             rank=self.rank,
         )
 
-    def check_start(self, source: CacheSource) -> Start | None:
-        """The run's rule for a changed config (`longcat.train.record`) against the checkpoint's record;
-        for a new run, that `init_from` is a model of this run's base model."""
-        if self.checkpoint is None:
-            if self.paths.init_from is not None:
-                check_init_from(self.paths.init_from, self.paths.base_model, self.identity)
-            return None
-        if self.record is None:
-            log.warning(
-                "checkpoint %s holds no run record: its settings cannot be checked against the config",
-                self.checkpoint,
-            )
-            return None
-        return check_start(
-            self.record,
-            self.identity or self.record["identity"],
-            self.cfg,
-            str(self.checkpoint),
-            lambda: source.shards,
-        )
-
     def trainer_state(self) -> dict[str, Any]:
         return {
             "step": self.progress.step,
@@ -190,47 +162,21 @@ class Trainer:
             self.progress.nonfinite_total = int(state["nonfinite_total"])
             self.scheduler.load_state_dict(state["scheduler"])
             apply_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
-            recorded = self.record or {}
-            segments = recorded.get("segments") or [{}]
-            self.loader.load_state_dict(state["loader"], segments[-1].get("world_size"))
-            moved = self.loader.resume_epoch(recorded["data"]["epoch_samples"]) if recorded else None
+            self.loader.load_state_dict(state["loader"], self.record.saved_world_size)
+            saved = self.record.saved
+            moved = self.loader.resume_epoch(saved["data"]["epoch_samples"]) if saved else None
             if self.rank == 0:
                 log.info("resumed from %s at step %d", self.checkpoint, self.progress.step)
-                for key, (old, new) in (self.start.changed if self.start else {}).items():
+                for key, (old, new) in (self.record.start.changed if self.record.start else {}).items():
                     log.warning("applied from step %d on: %s %s -> %s", self.progress.step + 1, key, old, new)
                 if moved:
                     log.warning("%s", moved)
-        self.record = self.opened_record()
-
-    def opened_record(self) -> dict[str, Any]:
-        """The run's record with a segment for this start (a new record for a new run)."""
-        step, samples = self.progress.step, len(self.loader.dataset)
-        segment = new_segment(step, self.world_size, samples, self.start)
-        if self.record is None:
-            return {
-                "run": self.cfg.run,
-                "step": step,
-                "identity": self.identity,
-                "train": settings_dict(self.cfg),
-                "init_from": init_from_record(self.paths.init_from) if step == 0 else None,
-                "data": self.loader.data_state(),
-                "segments": [segment],
-            }
-        return {
-            **self.record,
-            "train": settings_dict(self.cfg),
-            "segments": [*self.record["segments"], segment],
-        }
-
-    def current_record(self) -> dict[str, Any]:
-        """The record of the steps trained so far."""
-        step = self.progress.step
-        segments = [*self.record["segments"][:-1], {**self.record["segments"][-1], "to_step": step}]
-        return {**self.record, "step": step, "data": self.loader.data_state(), "segments": segments}
+        self.record.open(self.progress.step, self.world_size, self.loader.data_state())
 
     def save(self) -> Path:
+        record = self.record.at(self.progress.step, self.loader.data_state())
         return self.checkpointer.save(
-            self.progress.step, self.model, self.optimizer, self.trainer_state(), self.current_record()
+            self.progress.step, self.model, self.optimizer, self.trainer_state(), record
         )
 
     def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -268,8 +214,9 @@ class Trainer:
         self.resume()
         metrics = Metrics(self.paths.tensorboard, self.rank == 0, self.progress.step, cfg.max_train_steps)
         metrics.hparams(settings_dict(cfg) | {"flow_shift": self.flow_shift}, self.progress.step)
-        if self.start is not None and self.start.changed:
-            metrics.text(self.progress.step, "config/changed", "\n".join(change_lines(self.start.changed)))
+        if self.record.start is not None and self.record.start.changed:
+            changed = "\n".join(change_lines(self.record.start.changed))
+            metrics.text(self.progress.step, "config/changed", changed)
         card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
         batches = iter(self.loader)
         try:
@@ -393,7 +340,7 @@ class Trainer:
                 self.paths.base_model,
                 self.paths.final,
                 flow_shift=self.flow_shift,
-                record=self.current_record(),
+                record=self.record.at(self.progress.step, self.loader.data_state()),
             )
             atomic_write_text(self.paths.done, f"step {self.progress.step}\n")
             log.info("exported the model to %s", self.paths.final)
