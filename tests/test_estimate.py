@@ -224,3 +224,25 @@ def test_text_bench_runs_the_cache_job_on_cpu(tmp_path):
     )
     assert result["captions_per_s"] > 0 and result["encode_only_captions_per_s"] > 0
     assert result["mb_per_caption"] > 0
+
+
+def test_the_estimate_reads_only_the_settings_its_rule_tracks():
+    # The estimate target's params are estimate_settings: the script builds the sections from them, every
+    # other train and cache setting unset. The estimate must come out the same, so that a change of any
+    # other setting (the learning rate, say) rightly reruns nothing.
+    from longcat.settings import Cache, Train, build
+    from longcat.train.estimate import estimate_settings
+
+    tracked = estimate_settings(REAL)
+    metadata, rejected = tables([(93, 480, 832, 7.0, 3), (73, 480, 832, 5.0, 7)], {"too_short": 1})
+    full = estimate(metadata, rejected, REAL.cache, REAL.train, REAL.estimate, PUBLISHED_DIT_CONFIG, "x")
+    partial = estimate(
+        metadata,
+        rejected,
+        build(Cache, tracked["cache"]),
+        build(Train, tracked["train"]),
+        REAL.estimate,
+        PUBLISHED_DIT_CONFIG,
+        "x",
+    )
+    assert partial == full

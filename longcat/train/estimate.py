@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from longcat.settings import BaseModel, Train
+from longcat.settings import BaseModel, Settings, Train
 
 GIB = 1024**3
 
@@ -45,6 +45,36 @@ PUBLISHED_DIT_CONFIG = {
     "frequency_embedding_size": 256,
     "patch_size": [1, 2, 2],
 }
+
+
+# The settings an estimate reads besides the model and the data: the estimate target's params, so that it
+# reruns for a change of these alone (tests/test_estimate.py finds the same estimate with every other
+# train and cache setting unset).
+ESTIMATE_TRAIN_KEYS = (
+    "run",
+    "num_processes",
+    "nodes",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "max_train_steps",
+    "checkpoints_total_limit",
+    "mixed_precision",
+    "reshard_after_forward",
+    "gpu_type",
+    "assumed_mfu",
+    "assumed_bus_bandwidth_gbps",
+)
+ESTIMATE_CACHE_KEYS = ("dtype", "max_tokens")
+
+
+def estimate_settings(settings: Settings) -> dict[str, Any]:
+    """The sections of `settings` the estimate reads, with the keys above only."""
+    return {
+        "cache": {key: getattr(settings.cache, key) for key in ESTIMATE_CACHE_KEYS},
+        "train": {key: getattr(settings.train, key) for key in ESTIMATE_TRAIN_KEYS},
+        "estimate": settings.estimate,
+        "base_model": settings.base_model,
+    }
 
 
 @dataclass(frozen=True)
