@@ -33,6 +33,8 @@ BUDGET_S=${SPEED_BUDGET_S:-440}
 PARTS=${SPEED_PARTS:-attention,train,vae}  # e.g. SPEED_PARTS=vae to measure the VAE alone
 # SPEED_VAE_ARGS: more arguments of bench_vae_gpu.py --speed, e.g. --compile-only
 mkdir -p "$OUT_DIR"
+# shellcheck source=gpu_wheels/install.sh
+. "$REPO/bench/gpu_wheels/install.sh"
 
 start=$(date +%s)
 elapsed() { echo $(($(date +%s) - start)); }
@@ -60,15 +62,7 @@ measure() {
         vae=(--no-compile)
     else
         stamp "install the carried wheels and ffmpeg into $SITE"
-        (
-            set -e
-            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-                --target "$SITE" "$REPO"/.whl/*.whl
-            mkdir -p "$SITE/bin"
-            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-                "$REPO/.whl/ffmpeg.xz" "$SITE/bin/ffmpeg"
-            chmod +x "$SITE/bin/ffmpeg"
-        ) || { echo "installing the carried wheels failed"; return 1; }
+        install_carried "$REPO" "$SITE" || { echo "installing the carried wheels failed"; return 1; }
         export PATH="$SITE/bin:$PATH"
         nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
     fi
