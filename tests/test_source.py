@@ -72,6 +72,61 @@ def test_local_listing_pairs_captions_at_any_depth_with_awkward_names(tmp_path):
     assert source.read_range(AWKWARD[2], 1, 4) == b"ide"
 
 
+def test_names_pair_one_way_only_and_invisible_captions_are_empty(tmp_path, caplog):
+    """a.mp4 and a.MP4 (two clips) would both take a.txt; c.txt and c.TXT could each be c.mp4's caption:
+    those videos are rejected naming the others. b.TXT is b.mp4's caption. A caption of zero-width and
+    other invisible characters (entities included) is empty. The listing counts each kind of file once."""
+    from longcat.data.manifest import list_source
+
+    make_clip(tmp_path / "a.mp4")
+    (tmp_path / "a.txt").write_text("the first a")
+    for name in ("b", "c", "d", "e"):
+        make_clip(tmp_path / f"{name}.mp4")
+    (tmp_path / "b.TXT").write_text("a caption in upper case")
+    (tmp_path / "c.txt").write_text("one caption")
+    (tmp_path / "c.TXT").write_text("another caption")
+    (tmp_path / "d.txt").write_text("\u200b\u2060 &nbsp;&#8203;\ufeff\u3164\n")
+    (tmp_path / "e.txt").write_text("a test pattern")
+    (tmp_path / "notes.md").write_text("not a clip")
+    source = LocalSource(tmp_path)
+
+    def probe(previous=()):
+        manifest, unpaired = list_source(source)
+        records, _, _ = probe_rows(
+            source,
+            manifest.to_pylist(),
+            previous,
+            workers=2,
+            decode_check=True,
+            max_caption_bytes=MAX_CAPTION_BYTES,
+        )
+        assert unpaired.num_rows == 0
+        return records, {record["key"]: record for record in records}
+
+    first, _ = probe()
+    make_clip(tmp_path / "a.MP4", pattern="smptebars")
+    with caplog.at_level(logging.INFO, logger="longcat.data.manifest"):
+        _, records = probe(previous=first)
+
+    assert (
+        "6 videos, 0 without caption, 3 with an ambiguous name, 0 captions without video, 1 other files"
+        in (caplog.text)
+    )
+    # a.mp4 was accepted before a.MP4 came: its stored record is not reused.
+    for key, other in (("a.mp4", "a.MP4"), ("a.MP4", "a.mp4")):
+        assert records[key]["reason"] == "ambiguous_name"
+        assert records[key]["detail"] == (
+            f"{key} and {other} differ only in case or extension: each would take the caption a.txt. "
+            "Rename all but one"
+        )
+    assert records["c.mp4"]["reason"] == "ambiguous_name"
+    assert records["c.mp4"]["detail"].startswith("the captions c.TXT, c.txt differ only in case")
+    assert (records["b.mp4"]["reason"], records["b.mp4"]["caption"]) == (None, "a caption in upper case")
+    assert records["d.mp4"]["reason"] == "empty_caption"
+    assert records["d.mp4"]["detail"].startswith("d.txt holds no visible text")
+    assert records["e.mp4"]["reason"] is None
+
+
 def test_local_source_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="source.path: expected a directory"):
         list(LocalSource(tmp_path / "absent").list_objects())
