@@ -42,7 +42,12 @@ class Source:
         so a config of another source never takes this one's shard assignments or probe records."""
         if self.kind == "local":
             return {"kind": self.kind, "path": self.path}
-        return {"kind": self.kind, "endpoint_url": self.endpoint_url, "bucket": self.bucket, "prefix": self.prefix}
+        return {
+            "kind": self.kind,
+            "endpoint_url": self.endpoint_url,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+        }
 
 
 @dataclass(frozen=True)
