@@ -9,6 +9,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from longcat.cache.ownership import claim
+from longcat.cache.spec import CacheError
 from longcat.config import ConfigError
 from longcat.paths import Layout
 from longcat.settings import load_settings
@@ -21,6 +23,14 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 PATHS = Layout.from_settings(SETTINGS)
 RUN = PATHS.train_run
+
+# A cache directory holds one workflow's shards: another workflow stops here, before any of its jobs
+# could rebuild or delete them (longcat.cache.ownership).
+try:
+    for cache in (PATHS.vae_cache, PATHS.text_cache):
+        claim(cache.root, PATHS.workflow_id)
+except CacheError as error:
+    raise WorkflowError(str(error)) from None
 
 
 wildcard_constraints:
