@@ -130,12 +130,19 @@ def init_from_model(wildcards):
 
 
 def sample_params(wildcards):
-    """The sample rule's settings as plain values (imported here: the pipeline module loads torch and
-    diffusers, too slow for every parse)."""
+    """The sample rule's settings as plain values, in one JSON text without < > & (Snakemake's report
+    shows the job's params inside a <script> element, and the prompts are free text). Imported here: the
+    pipeline module loads torch and diffusers, too slow for every parse."""
     from longcat.pipeline import sample_settings
+    from longcat.report.figures import script_safe_json
 
-    return sample_settings(
-        SETTINGS.sample, SETTINGS.frames, SETTINGS.cache.max_tokens, SETTINGS.train.seed
+    return script_safe_json(
+        sample_settings(
+            SETTINGS.sample,
+            SETTINGS.frames,
+            SETTINGS.cache.max_tokens,
+            SETTINGS.train.seed,
+        )
     )
 
 
