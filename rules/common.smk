@@ -9,6 +9,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from longcat.cache.ownership import claim
+from longcat.cache.spec import CacheError
 from longcat.config import ConfigError
 from longcat.paths import Layout
 from longcat.settings import load_settings
@@ -21,6 +23,14 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 PATHS = Layout.from_settings(SETTINGS)
 RUN = PATHS.train_run
+
+# A cache directory holds one workflow's shards: another workflow stops here, before any of its jobs
+# could rebuild or delete them (longcat.cache.ownership).
+try:
+    for cache in (PATHS.vae_cache, PATHS.text_cache):
+        claim(cache.root, PATHS.workflow_id)
+except CacheError as error:
+    raise WorkflowError(str(error)) from None
 
 
 wildcard_constraints:
@@ -121,12 +131,19 @@ def init_from_model(wildcards):
 
 
 def sample_params(wildcards):
-    """The sample rule's settings as plain values (imported here: the pipeline module loads torch and
-    diffusers, too slow for every parse)."""
+    """The sample rule's settings as plain values, in one JSON text without < > & (Snakemake's report
+    shows the job's params inside a <script> element, and the prompts are free text). Imported here: the
+    pipeline module loads torch and diffusers, too slow for every parse."""
     from longcat.pipeline import sample_settings
+    from longcat.report.figures import script_safe_json
 
-    return sample_settings(
-        SETTINGS.sample, SETTINGS.frames, SETTINGS.cache.max_tokens, SETTINGS.train.seed
+    return script_safe_json(
+        sample_settings(
+            SETTINGS.sample,
+            SETTINGS.frames,
+            SETTINGS.cache.max_tokens,
+            SETTINGS.train.seed,
+        )
     )
 
 

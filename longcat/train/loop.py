@@ -223,6 +223,7 @@ class Trainer:
             while self.progress.step < cfg.max_train_steps:
                 scalars = self.train_step(batches, card)
                 self.progress.step += 1
+                self.checkpointer.check()
                 metrics.step(self.progress.step, scalars)
                 step = self.progress.step
                 stopping = self.stop_requested(stop)
