@@ -59,10 +59,10 @@ print(json.dumps({"started": started, "imported": imported, "loaded": loaded, "e
 
 # umT5-XXL's encoder: 5.68B parameters in bf16 (bench/bench_text_gpu.py builds it at random).
 UMT5_XXL_BYTES = 11.4e9
-# Captions per second of the text job on an H200, and clips per second of the VAE job on an H100
-# (bench/RESULTS.md; the config's estimate section).
+# Captions per second of the text job on an H200, and clips per second of the VAE job (the config's
+# estimate section; bench/RESULTS.md).
 GPU_CAPTIONS_PER_S = 38.6
-VAE_CLIPS_PER_S = 0.825
+VAE_CLIPS_PER_S = 1.09
 RECIPE_CLIPS = 523_325
 # Read bandwidths the load is modelled at, GB/s: a network file system, one NVMe drive, the page cache
 # (the model read before by another job on the node).

@@ -22,8 +22,9 @@ import yaml
 from longcat.config import load_config
 from longcat.files import atomic_write_text
 from longcat.paths import Layout
-from longcat.settings import load_settings, run_config
+from longcat.settings import load_settings
 from longcat.train.launch import launch_command
+from longcat.train.record import run_config
 
 REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 5

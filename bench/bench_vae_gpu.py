@@ -383,6 +383,18 @@ class SpeedRun:
             encode(self.base)
             if self.base not in self.encode:
                 return
+            if self.args.compile_only:
+                # torch.compile of the real job's settings as they are (no autotune), at 93 and 73 frames.
+                compiled = dataclasses.replace(self.base, vae_compile=True)
+                encode(compiled)
+                self.job[compiled] = job(compiled, long_rows, long_labels)
+                self.encode_short[compiled] = self.step(
+                    "encode", lambda: encode_rate(vae, compiled, short_clip, device), compiled, **short_labels
+                )
+                self.job_short[compiled] = job(compiled, short_rows, short_labels)
+                encode(dataclasses.replace(compiled, vae_batch_size=2))
+                self.summarize()
+                return
             if self.args.profile is not None:
                 self.step(
                     "profile",
@@ -487,6 +499,11 @@ def main() -> None:
     parser.add_argument("--matrix", action="store_true", help="every setting in MATRIX, one JSON line each")
     parser.add_argument("--speed", action="store_true", help="the real job's settings against others")
     parser.add_argument("--no-compile", action="store_true", help="--speed without its torch.compile step")
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="--speed: the real job's settings eager and compiled (93 and 73 frames, batch 1 and 2) only",
+    )
     parser.add_argument("--profile", type=Path, help="--speed: write the baseline encode's kernel table here")
     parser.add_argument(
         "--clips", type=int, default=None, help="clips per timed shard (GPU: 24, 16 with --matrix; CPU: 4)"

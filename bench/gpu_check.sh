@@ -24,18 +24,9 @@ start=$(date +%s)
 stamp() { echo "== [$(($(date +%s) - start)) s] $*"; }
 
 stamp "install the carried wheels into $SITE"
-(
-    set -e
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$SITE" "$REPO"/.whl/*.whl
-    mkdir -p "$SITE/bin"
-    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-        "$REPO/.whl/ffmpeg.xz" "$SITE/bin/ffmpeg"
-    chmod +x "$SITE/bin/ffmpeg"
-    # Jobs run `python -m ...` from PATH: make that the interpreter that holds PyTorch.
-    printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$SITE/bin/python"
-    chmod +x "$SITE/bin/python"
-) || { echo "installing the carried wheels failed"; exit 1; }
+# shellcheck source=gpu_wheels/install.sh
+. "$REPO/bench/gpu_wheels/install.sh"
+install_carried "$REPO" "$SITE" || { echo "installing the carried wheels failed"; exit 1; }
 export PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$SITE/bin:$PATH"
 

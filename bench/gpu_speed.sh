@@ -30,7 +30,11 @@ fi
 OUT_DIR=${1:-${OUT:-$REPO/gpu-speed-out}}
 SITE=/tmp/site
 BUDGET_S=${SPEED_BUDGET_S:-440}
+PARTS=${SPEED_PARTS:-attention,train,vae}  # e.g. SPEED_PARTS=vae to measure the VAE alone
+# SPEED_VAE_ARGS: more arguments of bench_vae_gpu.py --speed, e.g. --compile-only
 mkdir -p "$OUT_DIR"
+# shellcheck source=gpu_wheels/install.sh
+. "$REPO/bench/gpu_wheels/install.sh"
 
 start=$(date +%s)
 elapsed() { echo $(($(date +%s) - start)); }
@@ -58,15 +62,7 @@ measure() {
         vae=(--no-compile)
     else
         stamp "install the carried wheels and ffmpeg into $SITE"
-        (
-            set -e
-            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-                --target "$SITE" "$REPO"/.whl/*.whl
-            mkdir -p "$SITE/bin"
-            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-                "$REPO/.whl/ffmpeg.xz" "$SITE/bin/ffmpeg"
-            chmod +x "$SITE/bin/ffmpeg"
-        ) || { echo "installing the carried wheels failed"; return 1; }
+        install_carried "$REPO" "$SITE" || { echo "installing the carried wheels failed"; return 1; }
         export PATH="$SITE/bin:$PATH"
         nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
     fi
@@ -77,14 +73,21 @@ measure() {
     echo "cpus: $(nproc)"
 
     cd "$REPO" || return 1
-    part "attention kernels" 60 python3 bench/bench_train_gpu.py "${train[0]}" --attention-kernels
-    part "training step" 200 python3 bench/bench_train_gpu.py "${train[@]}" --ac selective --time-limit 130 \
-        --case 24:sdpa --case 24:sdpa_cudnn --case 19:sdpa_cudnn --case 19:sdpa \
-        --profile "$OUT_DIR/train-profile.txt"
-    # The VAE starts no new step in its last 60 s (the compile step, last, may still be cut short).
-    local vae_cap=$((BUDGET_S - $(elapsed) - 5))
-    part "VAE cache" "$vae_cap" python3 bench/bench_vae_gpu.py "${vae[@]}" --speed --time-limit $((vae_cap - 60)) \
-        --profile "$OUT_DIR/vae-profile.txt"
+    if [[ $PARTS == *attention* ]]; then
+        part "attention kernels" 60 python3 bench/bench_train_gpu.py "${train[0]}" --attention-kernels
+    fi
+    if [[ $PARTS == *train* ]]; then
+        part "training step" 200 python3 bench/bench_train_gpu.py "${train[@]}" --ac selective --time-limit 130 \
+            --case 24:sdpa --case 24:sdpa_cudnn --case 19:sdpa_cudnn --case 19:sdpa \
+            --profile "$OUT_DIR/train-profile.txt"
+    fi
+    if [[ $PARTS == *vae* ]]; then
+        # The VAE starts no new step in its last 60 s (the compile step, last, may still be cut short).
+        local vae_cap=$((BUDGET_S - $(elapsed) - 5))
+        part "VAE cache" "$vae_cap" python3 bench/bench_vae_gpu.py "${vae[@]}" --speed ${SPEED_VAE_ARGS:-} \
+            --time-limit $((vae_cap - 60)) \
+            --profile "$OUT_DIR/vae-profile.txt"
+    fi
 }
 
 measure 2>&1 | tee "$OUT_DIR/gpu-speed.log"

@@ -14,9 +14,9 @@ from longcat.train.estimate import (
     PUBLISHED_DIT_CONFIG,
     dit_parameter_counts,
     latent_shape_for,
-    memory_per_gpu,
     video_tokens,
 )
+from longcat.train.memory import memory_per_gpu
 
 WORLD_SIZE = 8
 CARD_GIB = 80.0

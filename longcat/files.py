@@ -1,19 +1,79 @@
-"""Atomic writes, the one way the library writes a file or a directory that others read.
+"""Atomic writes, the one way the library writes a file or a directory that others read, and what a
+failed write says.
 
 A reader (another job, a resumed run, Snakemake) sees the old content or the new, never half of it:
 content goes into a temp name beside the target, is flushed to disk, then renamed over the target.
+A write that fails names its path and, when its disk is full, says so (`write_failed`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+# A write that fails with less than this left on its filesystem failed for want of space, whatever the
+# error says: PyTorch's zip writer reports a short write as "unexpected pos N vs M", without an errno.
+LOW_SPACE_BYTES = 16 * 1024 * 1024
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class WriteFailed(RuntimeError):
+    """A write that failed; the message names the path and why ("no space left on device" for a full disk)."""
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, what caused it, and the per-rank failures a distributed checkpoint gathers, depth first."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        cause = todo.pop()
+        if id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        yield cause
+        failures = getattr(cause, "failures", None)
+        for failure in failures.values() if isinstance(failures, dict) else ():
+            todo += [
+                item
+                for item in (failure if isinstance(failure, tuple) else (failure,))
+                if isinstance(item, BaseException)
+            ]
+        todo += [linked for linked in (cause.__context__, cause.__cause__) if linked is not None]
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes free on the filesystem of `path` (of its nearest existing parent); None when unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def write_failed(path: str | Path, what: str, error: BaseException) -> WriteFailed:
+    """The WriteFailed for `error`, raised writing `what` to `path`: "no space left on device" with the
+    space free when the disk is full, else the error that stopped the write."""
+    causes = list(_causes(error))
+    os_error = next((cause for cause in causes if isinstance(cause, OSError) and cause.errno), None)
+    free = free_bytes(path)
+    left = "" if free is None else f" ({free:,} bytes free)"
+    if os_error is not None and os_error.errno in NO_SPACE:
+        why = os.strerror(os_error.errno).lower() + left
+    elif os_error is None and free is not None and free < LOW_SPACE_BYTES:
+        why = f"no space left on device{left}: {type(causes[-1]).__name__}: {causes[-1]}"
+    else:
+        cause = os_error or causes[-1]
+        why = f"{type(cause).__name__}: {cause}"
+    return WriteFailed(f"writing {what} to {path} failed: {why}")
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -9,7 +9,8 @@ both ask here, so a path has one definition.
     {results}/estimate.{json,txt}
     {results}/report/data/, report/caches/            figures and tables of `snakemake --report`
     {results}/benchmarks/...                          Snakemake's per-job benchmark tables
-    {cache_dir}/vae/<key>/shard-NNNNN.{safetensors,index.parquet}, spec.json
+    {results}/workflow-id                             names the workflow as its caches' owner
+    {cache_dir}/vae/<key>/shard-NNNNN.{safetensors,index.parquet}, spec.json, owner.json
     {cache_dir}/text/<key>/..., empty.safetensors        {results}/verify_cache.json
     {runs_dir}/<run>/train_config.yaml, checkpoints/step-N/, tb/, validation/, final/, train.done,
                      exports/step-N/, samples/, logs/, report/
@@ -71,6 +72,10 @@ class CacheLayout:
     def partial(self, shard: str) -> Path:
         """Finished samples of an unfinished shard job (not a rule output: Snakemake would delete it)."""
         return self.root / f".partial-shard-{shard}"
+
+    def lock(self, shard: str) -> Path:
+        """Held by the job that writes the shard (`longcat.cache.ownership.ShardLock`)."""
+        return self.root / f".lock-shard-{shard}"
 
     @property
     def empty_text(self) -> Path:
@@ -252,6 +257,12 @@ class Layout:
     @property
     def text_cache(self) -> CacheLayout:
         return CacheLayout(self.cache_dir / "text" / self.text_key)
+
+    @property
+    def workflow_id(self) -> Path:
+        """The id that names this workflow as the owner of its cache directories
+        (`longcat.cache.ownership`); a copy of the results keeps it."""
+        return self.results / "workflow-id"
 
     @property
     def cache_verify_report(self) -> Path:

@@ -13,9 +13,7 @@ the model was trained with, which an exported model records in `model_index.json
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from diffusers.video_processor import VideoProcessor
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 from longcat.encoders.text import encode_prompts
-from longcat.files import write_dir_atomically
 from longcat.flow import (
     cfg_zero_star,
     denormalize_latents,
@@ -38,9 +35,6 @@ from longcat.flow import (
     timesteps,
 )
 from longcat.model import LongCatVideoTransformer3DModel
-from longcat.settings import Frames, Sample
-
-logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 2
 # The official pipeline pads captions to 512 tokens unless told otherwise (`max_sequence_length` of
@@ -211,11 +205,11 @@ class LongCatVideoPipeline(DiffusionPipeline):
         num_cond_frames: int | None,
         cond_latents: torch.Tensor | None,
         num_frames: int,
-        height: int,
-        width: int,
-        batch: int,
+        shape: tuple[int, ...],
     ) -> torch.Tensor | None:
-        """The normalised latents that lead the sample, `[batch, C, N, h, w]`, or None."""
+        """The normalised latents that lead a sample of latent `shape` `[B, C, T, h, w]`, or None."""
+        batch, channels, latent_frames, height, width = shape
+        spatial = self.vae_scale_factor_spatial
         if video is not None and cond_latents is not None:
             raise ValueError("video and cond_latents: expected at most one of them, found both")
         if video is not None:
@@ -231,30 +225,29 @@ class LongCatVideoPipeline(DiffusionPipeline):
                     f"num_frames={num_frames} and at most the video's {video.shape[2]}, "
                     f"found {num_cond_frames}"
                 )
-            if tuple(video.shape[-2:]) != (height, width) or video.shape[0] not in (1, batch):
+            if tuple(video.shape[-2:]) != (height * spatial, width * spatial) or video.shape[0] not in (
+                1,
+                batch,
+            ):
                 raise ValueError(
-                    f"video: expected [1 or {batch}, 3, F, {height}, {width}], found {list(video.shape)}"
+                    f"video: expected [1 or {batch}, 3, F, {height * spatial}, {width * spatial}], "
+                    f"found {list(video.shape)}"
                 )
             cond_latents = self._encode_video(video[:, :, video.shape[2] - num_cond_frames :])
         if cond_latents is None:
             return None
         cond_latents = cond_latents.unsqueeze(0) if cond_latents.ndim == 4 else cond_latents
-        latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        channels = self.dit.config.in_channels
-        size = (height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
+        count, found_channels, frames, *size = cond_latents.shape
         if (
-            cond_latents.shape[0] not in (1, batch)
-            or cond_latents.shape[1] != channels
-            or not 0 < cond_latents.shape[2] < latent_frames
-            or tuple(cond_latents.shape[-2:]) != size
+            count not in (1, batch)
+            or (found_channels, *size) != (channels, height, width)
+            or not 0 < frames < latent_frames
         ):
             raise ValueError(
-                f"cond_latents: expected [1 or {batch}, {channels}, N, {size[0]}, {size[1]}] with "
+                f"cond_latents: expected [1 or {batch}, {channels}, N, {height}, {width}] with "
                 f"0 < N < {latent_frames}, found {list(cond_latents.shape)}"
             )
-        return cond_latents.to(device=self._execution_device, dtype=torch.float32).expand(
-            batch, -1, -1, -1, -1
-        )
+        return cond_latents.to(self._execution_device, torch.float32).expand(batch, -1, -1, -1, -1)
 
     @torch.no_grad()
     def __call__(
@@ -325,7 +318,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
         latents = latents.to(device=device, dtype=torch.float32)
 
         num_cond_latents = 0
-        cond = self._conditioning(video, num_cond_frames, cond_latents, num_frames, height, width, batch)
+        cond = self._conditioning(video, num_cond_frames, cond_latents, num_frames, shape)
         if cond is not None:
             num_cond_latents = cond.shape[2]
             latents = torch.cat([cond, latents[:, :, num_cond_latents:]], dim=2)
@@ -355,77 +348,3 @@ class LongCatVideoPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return LongCatVideoPipelineOutput(frames=frames)
-
-
-def sample_settings(sample: Sample, frames: Frames, seed: int) -> dict:
-    """What the `sample` rule renders: `sample`'s prompts at the first resolution bucket and `frames`'
-    frame rate, `sample.num_frames` frames (None: the largest count the run trained, see
-    `trained_num_frames`), prompt i with seed `seed + i` (train.seed). Plain values, so that Snakemake
-    reruns the rule when one changes. Captions are padded to the length the model records."""
-    from longcat.data.buckets import resolution_buckets
-
-    height, width = resolution_buckets(frames)[0]
-    return {
-        "prompts": list(sample.prompts),
-        "num_frames": sample.num_frames,
-        "height": height,
-        "width": width,
-        "fps": frames.fps,
-        "num_inference_steps": sample.num_inference_steps,
-        "guidance_scale": sample.guidance_scale,
-        "seed": seed,
-    }
-
-
-def trained_num_frames(model_dir: str | Path, temporal: int) -> int:
-    """The largest frame count a finetuned model trained on: its record (`training.yaml`) counts the
-    training samples per latent frame count, `temporal` frames per latent frame after the first."""
-    from longcat.train.record import EXPORTED_RECORD_FILE, read_record
-
-    record = read_record(model_dir, EXPORTED_RECORD_FILE)
-    latent_frames = ((record or {}).get("data") or {}).get("latent_frames")
-    if not latent_frames:
-        raise ValueError(
-            f"sample.num_frames: expected a frame count, or a model whose {EXPORTED_RECORD_FILE} counts the "
-            f"samples it trained per latent frame count; {Path(model_dir)} has none: set sample.num_frames"
-        )
-    return (max(int(count) for count in latent_frames) - 1) * temporal + 1
-
-
-def render_samples(
-    model_dir: str | Path,
-    out_dir: str | Path,
-    settings: Mapping,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> list[Path]:
-    """Write one mp4 per prompt of `settings` (see `sample_settings`) into `out_dir`, plus `prompts.json`.
-
-    Prompt i uses seed `settings["seed"] + i`. `out_dir` appears complete or not at all.
-    """
-    from longcat.video_io import write_mp4
-
-    pipe = LongCatVideoPipeline.from_pretrained(model_dir, torch_dtype=dtype, device=device)
-    num_frames = settings["num_frames"] or trained_num_frames(model_dir, pipe.vae_scale_factor_temporal)
-    written = {}
-
-    def fill(tmp: Path) -> None:
-        for index, prompt in enumerate(settings["prompts"]):
-            generator = torch.Generator(device=device).manual_seed(settings["seed"] + index)
-            frames = pipe(
-                prompt,
-                num_frames=num_frames,
-                height=settings["height"],
-                width=settings["width"],
-                num_inference_steps=settings["num_inference_steps"],
-                guidance_scale=settings["guidance_scale"],
-                generator=generator,
-            ).frames[0]
-            name = f"sample-{index:02d}.mp4"
-            write_mp4(frames, tmp / name, fps=settings["fps"])
-            written[name] = prompt
-            logger.info("%s: %s (%d frames)", name, prompt, num_frames)
-        (tmp / "prompts.json").write_text(json.dumps(written, indent=2, ensure_ascii=False) + "\n")
-
-    out_dir = write_dir_atomically(Path(out_dir), fill)
-    return [out_dir / name for name in written]

@@ -199,7 +199,8 @@ class Train:
                 f"train.mixed_precision: CPU training (gpus: 0) runs in float32; expected 'no', "
                 f"found {self.mixed_precision!r}"
             )
-        if self.image_to_video_fraction + self.continuation_fraction > 1:
+        # Settings built from part of a section (the estimate's) leave the others None.
+        if (self.image_to_video_fraction or 0) + (self.continuation_fraction or 0) > 1:
             raise ConfigError(
                 "train.continuation_fraction: expected at most 1 - train.image_to_video_fraction "
                 f"({1 - self.image_to_video_fraction:g}), found {self.continuation_fraction:g}"
@@ -294,63 +295,6 @@ def load_run_settings(config: Mapping, origin: str = "run config") -> RunSetting
     sections = {key: value for key, value in plain(config).items() if key in RUN_SECTIONS}
     check_config(sections, run_schema, origin)
     return build(RunSettings, fill_defaults(sections, run_schema))
-
-
-def run_config(settings: Settings | RunSettings) -> dict[str, Any]:
-    """The run sections as plain YAML-ready values (the content of a run's train_config.yaml). Of the
-    cache section, only the settings that name the caches (their specs' keys): the cache jobs' own
-    settings change no byte training reads, so changing one retrains nothing. Unset keys (None) are
-    left out: the schema allows null only where null is also the default, and a section such as
-    base_model.hf is an object or absent."""
-    from longcat.cache.spec import text_cache_spec, vae_cache_spec
-
-    config = {key: _set_keys(settings_dict(getattr(settings, key))) for key in RUN_SECTIONS}
-    named = vae_cache_spec(settings).keys() | text_cache_spec(settings).keys()
-    config["cache"] = {key: value for key, value in config["cache"].items() if key in named}
-    return config
-
-
-def _set_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _set_keys(item) for key, item in value.items() if item is not None}
-    return value
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as {"a.b.c": leaf}; lists and other values are leaves."""
-    if not isinstance(value, Mapping):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def leaf_params(**sections: Any) -> dict[str, dict[str, Any]]:
-    """Settings as Snakemake params, one per leaf setting: `{"train__seed": {"train.seed": 42}}`.
-
-    Snakemake reruns a job whose params changed and prints the params that differ, before and now. With
-    one param per leaf that is the changed settings alone, where a section as one param is printed whole,
-    twice. `from_leaf_params` gives the sections back in the job.
-    """
-    flat = flatten({name: settings_dict(value) for name, value in sections.items()})
-    return {key.replace(".", "__"): {key: value} for key, value in flat.items()}
-
-
-def from_leaf_params(params: Any) -> dict[str, Any]:
-    """The sections that `leaf_params` spread over a job's params (`snakemake.params`; its other params
-    are left out)."""
-    sections: dict[str, Any] = {}
-    for name, value in params.items():
-        if not (isinstance(value, dict) and list(value) == [name.replace("__", ".")]):
-            continue
-        ((key, leaf),) = value.items()
-        *parents, last = key.split(".")
-        node = sections
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = leaf
-    return sections
 
 
 def settings_dict(value: Any) -> Any:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
+from longcat.cache.ownership import claim
+from longcat.cache.spec import CacheError
 from longcat.config import ConfigError
 from longcat.paths import Layout
 from longcat.settings import load_settings
@@ -21,6 +23,14 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 PATHS = Layout.from_settings(SETTINGS)
 RUN = PATHS.train_run
+
+# A cache directory holds one workflow's shards: another workflow stops here, before any of its jobs
+# could rebuild or delete them (longcat.cache.ownership).
+try:
+    for cache in (PATHS.vae_cache, PATHS.text_cache):
+        claim(cache.root, PATHS.workflow_id)
+except CacheError as error:
+    raise WorkflowError(str(error)) from None
 
 
 wildcard_constraints:
@@ -81,11 +91,12 @@ def latest_export(wildcards):
 
 
 def checked_run(wildcards):
-    """No file: the rule of longcat.train.record for a changed config, applied to the record of the run's
+    """No file: the rule of longcat.train.changes for a changed config, applied to the record of the run's
     latest checkpoint, so that a change the run cannot take stops Snakemake here, before any job, with
     the message the train job would give."""
     from longcat.paths import latest_checkpoint
-    from longcat.train.record import RunRefused, check_start, read_record, run_identity
+    from longcat.train.changes import RunRefused, check_start
+    from longcat.train.record import read_record, run_identity
 
     latest = latest_checkpoint(RUN.checkpoints)
     record = read_record(latest) if latest is not None else None
@@ -120,11 +131,14 @@ def init_from_model(wildcards):
 
 
 def sample_params(wildcards):
-    """The sample rule's settings as plain values (imported here: the pipeline module loads torch and
-    diffusers, too slow for every parse)."""
-    from longcat.pipeline import sample_settings
+    """The sample rule's settings as plain values, in one JSON text without < > & (Snakemake's report
+    shows the job's params inside a <script> element, and the prompts are free text)."""
+    from longcat.report.figures import script_safe_json
+    from longcat.samples import sample_settings
 
-    return sample_settings(SETTINGS.sample, SETTINGS.frames, SETTINGS.train.seed)
+    return script_safe_json(
+        sample_settings(SETTINGS.sample, SETTINGS.frames, SETTINGS.train.seed)
+    )
 
 
 def get_final_output():

@@ -16,7 +16,7 @@ names the settings that changed; the scripts build the typed settings from them 
 from longcat.data import shards as shard_tables
 from longcat.data.demo import check_demo_folder
 from longcat.paths import chunk_id
-from longcat.settings import leaf_params
+from longcat.params import leaf_params
 
 PROBE_CHUNKS = [chunk_id(index) for index in range(SETTINGS.probe.chunks)]
 # The demo's clips, as an input of the jobs that list and read them (none for a real source).

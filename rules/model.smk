@@ -6,7 +6,7 @@
 # HF_HUB_OFFLINE=1, finds the snapshot in HF_HOME); see the README on getting the weights in place.
 
 
-from longcat.settings import leaf_params
+from longcat.params import leaf_params
 
 
 rule base_model:

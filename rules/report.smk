@@ -1,14 +1,16 @@
 # Look before you spend: the pre-launch estimate (needs only metadata and the config) and the
 # figures and tables that `snakemake --report` shows for the data, the caches and the training.
 
-from longcat.settings import leaf_params
+from longcat.params import leaf_params
+from longcat.train.estimate import estimate_settings
 
 # --- estimate ---------------------------------------------------------------------------------
 
 
 # What the configured run will cost (clips, disk, cache and training GPU-hours), from the metadata
 # and the config only: `snakemake estimate` before committing GPUs (`all` builds it too, for the
-# report). Its settings are params, so a config change re-estimates; the job prints the text.
+# report). The settings it reads are its params (estimate_settings): a change of one re-estimates, a
+# change of another does not. The job prints the text.
 rule estimate:
     input:
         metadata=str(PATHS.metadata),
@@ -22,12 +24,7 @@ rule estimate:
     conda:
         "../envs/data.yaml"
     params:
-        **leaf_params(
-            cache=SETTINGS.cache,
-            train=SETTINGS.train,
-            estimate=SETTINGS.estimate,
-            base_model=SETTINGS.base_model,
-        ),
+        **leaf_params(**estimate_settings(SETTINGS)),
         base_model_dir=str(PATHS.base_model),
     script:
         "../scripts/estimate.py"

@@ -7,7 +7,8 @@ import os
 import yaml
 
 from longcat.files import atomic_write_text
-from longcat.settings import from_leaf_params, leaf_params, run_config
+from longcat.params import from_leaf_params, leaf_params
+from longcat.train.record import run_config
 from longcat.train.launch import (
     ignore_usr1,
     launch_command,

@@ -4,7 +4,8 @@ import logging
 import sys
 
 from longcat.basemodel.prepare import prepare_base_model
-from longcat.settings import BaseModel, build, from_leaf_params
+from longcat.params import from_leaf_params
+from longcat.settings import BaseModel, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 sys.stderr = open(smk.log[0], "w")  # the job's log, also for tqdm and warnings

@@ -3,8 +3,9 @@
 import logging
 import sys
 
+from longcat.params import from_leaf_params
 from longcat.report.estimate import run_estimate
-from longcat.settings import BaseModel, Cache, Estimate, Train, build, from_leaf_params
+from longcat.settings import BaseModel, Cache, Estimate, Train, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 settings = from_leaf_params(smk.params)

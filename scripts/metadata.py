@@ -3,8 +3,9 @@
 import logging
 
 from longcat.data.metadata import merge_metadata
+from longcat.params import from_leaf_params
 from longcat.paths import Layout
-from longcat.settings import Frames, Probe, build, from_leaf_params, load_settings
+from longcat.settings import Frames, Probe, build, load_settings
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 settings = from_leaf_params(smk.params)

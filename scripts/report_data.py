@@ -2,8 +2,9 @@
 
 import logging
 
+from longcat.params import from_leaf_params
 from longcat.report.data import DATA_OUTPUTS, write_data_report
-from longcat.settings import Frames, build, from_leaf_params
+from longcat.settings import Frames, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -3,7 +3,8 @@
 import logging
 
 from longcat.data.shards import update_assignments
-from longcat.settings import Shards, build, from_leaf_params
+from longcat.params import from_leaf_params
+from longcat.settings import Shards, build
 
 smk = snakemake  # noqa: F821 (set by Snakemake's script directive)
 logging.basicConfig(filename=smk.log[0], level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

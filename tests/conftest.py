@@ -259,10 +259,8 @@ def first_video_sample_of(path) -> tuple[int, int]:
     from longcat.data.local import LocalSource
     from longcat.data.mp4 import fetch_index, first_video_sample
 
-    data = path.read_bytes()
-    fetched = FetchedBytes(LocalSource(path.parent), path.name, len(data))
-    moov_offset, moov_length = fetch_index(fetched)
-    return first_video_sample(data[moov_offset : moov_offset + moov_length])
+    fetched = FetchedBytes(LocalSource(path.parent), path.name, path.stat().st_size)
+    return first_video_sample(fetch_index(fetched))
 
 
 def corrupt_first_frame(path):

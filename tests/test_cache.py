@@ -170,7 +170,7 @@ def test_index_records_every_sample_with_status_and_reason(built):
     assert [row["sample_id"] for row in vae_index] == [row["key"] for row in rows]
     by_id = {row["sample_id"]: row for row in vae_index}
     assert by_id["broken.mp4"]["status"] == "failed"
-    assert by_id["broken.mp4"]["reason"].startswith("undecodable: ffmpeg failed: ")
+    assert by_id["broken.mp4"]["reason"].startswith("undecodable: ffmpeg could not decode the clip ")
     assert by_id["land.mp4"] | {"reason": None, "checksum": None} == {
         "sample_id": "land.mp4",
         "status": "ok",

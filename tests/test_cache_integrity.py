@@ -268,3 +268,75 @@ def test_a_key_cached_in_several_shards_is_read_from_the_newest(tmp_path):
     assert [(sample.shard, tuple(sample.latent_shape)) for sample in versions] == [("00001", new_shape)]
     assert torch.equal(reader.latent(replaced), torch.ones(new_shape))
     assert len(reader.samples) == 3
+
+
+# ---------------------------------------------------------------- a cache written by more than one
+
+
+def test_a_second_workflow_on_a_cache_dir_stops_before_any_job(tmp_path):
+    """Two workflows (each its own results) with one cache_dir: the second stops when its Snakefile is
+    parsed, naming the first one's results, before any job could delete or rebuild a shard. A copy of a
+    workflow's results and caches together goes on (its results hold the same workflow id)."""
+    config = {"cache_dir": str(tmp_path / "shared-cache")}
+    run_snakemake(tmp_path / "first", "metadata", "-n", config=config)
+    second = run_snakemake(tmp_path / "second", "metadata", "-n", config=config, check=False)
+    output = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert (
+        "belongs to another workflow, whose results are in " + str(tmp_path / "first" / "results") in output
+    )
+    assert "Set cache_dir to a directory of this workflow's own" in output, output[-3000:]
+
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")
+    run_snakemake(tmp_path / "moved", "metadata", "-n", config=config)
+
+
+SECOND_JOB = """
+import logging, sys
+from pathlib import Path
+from longcat.cache.format import TEXT_INDEX_SCHEMA
+from longcat.cache.writer import ShardWriter
+from longcat.paths import CacheLayout
+
+logging.basicConfig(level=logging.INFO)
+with ShardWriter(CacheLayout(Path(sys.argv[1])), "00000", TEXT_INDEX_SCHEMA, {"cache_key": "key"}) as writer:
+    print("finished" if writer.finished(sys.argv[2:]) else "to write", flush=True)
+"""
+
+
+def test_a_second_job_of_a_shard_waits_and_leaves_the_finished_shard_as_it_is(tmp_path, caplog):
+    """A controller started again while the first job of a shard still runs submits the shard again: the
+    second job waits for the first one's lock, then finds the shard finished, keeps it and succeeds (so
+    that Snakemake deletes nothing). A lock left by a process that is gone is taken over at once."""
+    import logging
+    import socket
+    import subprocess
+    import sys
+
+    layout = CacheLayout(tmp_path / "text" / "key")
+    ids = sample_ids(0, 2)
+    first = ShardWriter(layout, "00000", TEXT_INDEX_SCHEMA, {"cache_key": "key"})
+    second = subprocess.Popen(
+        [sys.executable, "-c", SECOND_JOB, str(layout.root), *ids],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Read until it says it waits (at the end of its output, had it not waited).
+    told = next((line for line in second.stderr if "the shard is being written by" in line), None)
+    for sample_id in ids:
+        first.add({"sample_id": sample_id, "status": "ok", "reason": None, "text_len": 3}, torch.ones(3, 32))
+    first.finish(ids)
+    written = layout.tensors("00000").stat()
+    out, err = second.communicate(timeout=30)
+    assert told and second.returncode == 0 and out == "finished\n", err[-3000:]
+    kept = layout.tensors("00000").stat()
+    assert (kept.st_ino, kept.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    assert not layout.lock("00000").exists()
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    layout.lock("00001").write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid}))
+    with caplog.at_level(logging.WARNING, logger="longcat.cache.ownership"):
+        ShardWriter(layout, "00001", TEXT_INDEX_SCHEMA, {"cache_key": "key"}).close()
+    assert "a process that is gone" in caplog.text

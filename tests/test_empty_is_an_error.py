@@ -180,9 +180,9 @@ def changed(index: int) -> dict:
 
 
 def test_training_without_a_whole_batch_stops_before_starting_with_one_message(tmp_path):
-    from longcat.settings import run_config
     from longcat.train.launch import launch_command
     from longcat.train.preflight import training_set_problem
+    from longcat.train.record import run_config
 
     vae, text = new_caches(tmp_path / "cache")
     write_shard(vae, text, "00000", [changed(index) for index in range(3)])

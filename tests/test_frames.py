@@ -13,10 +13,11 @@ from conftest import make_clip as make_h264_clip
 
 from longcat.config import ConfigError, load_config
 from longcat.data.buckets import closest_bucket, default_buckets, resolution_buckets
-from longcat.data.frames import ClipRejected, FramePlan, decode_clip, frame_counts, frame_plan
+from longcat.data.frames import ClipRejected, FramePlan, TooFewFrames, decode_clip, frame_counts, frame_plan
 from longcat.data.local import LocalSource
 from longcat.data.metadata import merge_metadata
 from longcat.data.probe import PROBE_SCHEMA, probe_video
+from longcat.data.rejects import Reject
 from longcat.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,14 +192,127 @@ def test_crop_keeps_the_centre(tmp_path):
 def test_broken_file_is_rejected_with_ffmpeg_reason(tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 10)
-    with pytest.raises(ClipRejected, match="ffmpeg failed"):
+    with pytest.raises(
+        ClipRejected, match=r"ffmpeg could not decode the clip \(0 frames came out\): .*moov atom not found"
+    ):
         decode_clip(str(broken), FramePlan(17, 15.0, 64, 112))
 
 
 def test_clip_shorter_than_its_metadata_is_rejected(tmp_path):
     clip = make_clip(tmp_path / "short.mp4", seconds=0.5)
-    with pytest.raises(ClipRejected, match="decoded .* frames, the plan needs 17"):
+    with pytest.raises(
+        TooFewFrames, match=r"^the clip plays 8 frames at 15 fps \(0.533 s\), the plan needs 17 \(1.133 s\)$"
+    ):
         decode_clip(str(clip), FramePlan(17, 15.0, 64, 112))
+
+
+# ---------------------------------------------------------------- what plays is what is cached
+
+SQUARE = replace(FRAMES, buckets=((64, 64),))
+SOURCE_24 = ("-f", "lavfi", "-i", "testsrc2=size=64x64:rate=24:duration=2", "-pix_fmt", "yuv420p")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+def fragmented(directory: Path) -> Path:
+    """As streaming and capture tools write it: an empty moov, then a moof per keyframe."""
+    path = directory / "fragmented.mp4"
+    ffmpeg(*SOURCE_24, "-c:v", "libx264", "-bf", "2", "-movflags", "frag_keyframe+empty_moov", str(path))
+    return path
+
+
+def trimmed(directory: Path) -> Path:
+    """Cut at 1.2 s without re-encoding: the samples from the keyframe at 0 s stay; an edit list skips
+    them."""
+    whole, path = directory / "whole.mp4", directory / "trimmed.mp4"
+    ffmpeg(*SOURCE_24, "-c:v", "libx264", "-g", "48", str(whole))
+    ffmpeg("-ss", "1.2", "-i", str(whole), "-c", "copy", str(path))
+    return path
+
+
+def remuxed(directory: Path) -> Path:
+    """A raw H.264 stream with B-frames put into MP4: no timestamps of its own, its first packets flagged
+    discard by the edit list that hides the decoder's delay."""
+    raw, path = directory / "clip.h264", directory / "remuxed.mp4"
+    ffmpeg(*SOURCE_24, "-c:v", "libx264", "-bf", "3", "-g", "30", "-bsf:v", "h264_mp4toannexb", str(raw))
+    ffmpeg("-r", "24", "-i", str(raw), "-c", "copy", str(path))
+    return path
+
+
+def fps_filter_frames(path: Path, count: int) -> np.ndarray:
+    """`ffmpeg -vf fps=15`'s first `count` frames of the clip, as RGB."""
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vf", "fps=15", "-frames:v", str(count)]
+        + ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, 64, 64, 3)
+
+
+def ffprobe_duration(path: Path) -> float:
+    output = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=duration", "-of", "csv=p=0", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return float(output)
+
+
+@pytest.mark.parametrize("make, planned", [(fragmented, 17), (trimmed, 9), (remuxed, 17)])
+def test_every_cached_frame_is_ffmpegs_frame_of_the_clip_as_it_plays(tmp_path, make, planned):
+    path = make(tmp_path)
+    columns, _ = probe_video(LocalSource(tmp_path), path.name, path.stat().st_size, decode_check=True)
+    assert columns["duration"] == pytest.approx(ffprobe_duration(path), abs=1e-3)
+
+    plan = frame_plan({**columns, "key": path.name}, SQUARE)
+    assert plan.num_frames == planned
+    reference = fps_filter_frames(path, plan.num_frames)
+    assert len(reference) == plan.num_frames  # the clip plays every frame the plan takes
+    frames = decode_clip(str(path), plan)
+    for index, (frame, expected) in enumerate(zip(frames, reference, strict=True)):
+        assert np.array_equal(frame, expected), f"frame {index} of {path.name} is not ffmpeg's"
+
+
+def test_damage_past_the_first_picture_fails_the_clip_naming_the_damage(tmp_path):
+    from longcat.encoders.decode import decode_row
+
+    clips = tmp_path / "clips"
+    path = make_h264_clip(clips / "damaged.mp4", rate=15, seconds=2.0, bitrate="800k")
+    size = path.stat().st_size
+    columns, _ = probe_video(LocalSource(clips), path.name, size, decode_check=True)
+    plan = frame_plan({**columns, "key": path.name}, SQUARE)
+    clean = decode_clip(str(path), plan)
+    data = bytearray(path.read_bytes())
+    data[size // 2 : size // 2 + 3000] = bytes(3000)  # a run of zeros in the middle of the media data
+    path.write_bytes(bytes(data))
+
+    damaged, _ = probe_video(LocalSource(clips), path.name, size, decode_check=True)
+    assert damaged["num_frames"] == columns["num_frames"]  # the index and the first picture are intact
+    row = {**damaged, "key": path.name, "frame_count": damaged["num_frames"]}
+    decoded = decode_row(row, SQUARE, LocalSource(clips), threads=1, scratch_dir=tmp_path / "scratch")
+    assert decoded.frames is None
+    reason, detail = decoded.reason.split(": ", 1)
+    assert reason == "damaged_frames", decoded.reason
+    assert re.match(r"\d+ of the 17 planned frames do not decode cleanly \(ffmpeg stopped", detail), detail
+    assert "h264: " in detail and "Last message repeated" not in detail and str(clips) not in detail
+    # Frames ffmpeg would have garbled (a plain decode conceals the damage) are not what was stored.
+    garbled = fps_filter_frames(path, plan.num_frames)
+    assert any(not np.array_equal(a, b) for a, b in zip(garbled, clean, strict=True))
+
+
+def test_an_edit_list_that_plays_no_single_span_is_rejected_naming_it(tmp_path):
+    path = trimmed(tmp_path)
+    data = bytearray(path.read_bytes())
+    elst = data.index(b"elst")
+    # The one entry's rate (after version/flags, count, duration and media time) set to 2.
+    data[elst + 4 + 4 + 4 + 4 + 4 : elst + 4 + 4 + 4 + 4 + 6] = (2).to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    with pytest.raises(Reject, match="^edit_list: the edit list plays the video at rate 2$"):
+        probe_video(LocalSource(tmp_path), path.name, path.stat().st_size, decode_check=True)
 
 
 # ---------------------------------------------------------------- the real job's frame settings on real clips

@@ -10,7 +10,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from longcat.basemodel.loader import load_components
 from longcat.flow import cfg_zero_star, normalize_latents, sampling_sigmas
-from longcat.pipeline import LongCatVideoPipeline, denoise, render_samples, sample_settings
+from longcat.pipeline import LongCatVideoPipeline, denoise
+from longcat.samples import render_samples, sample_settings
 from longcat.video_io import write_mp4
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import fcntl
+import html
 import io
 import json
 import os
@@ -38,12 +39,18 @@ STEP_VIDEOS = [
 VIDEOS = {f"step-{step}/{name}.mp4" for step in (80, 160) for name in STEP_VIDEOS} | {"sample-00.mp4"}
 
 
+# A sample prompt that would end a <script> element of the report and run one of its own, were it shown
+# unescaped: the report shows the sample job's params (the prompts) and the prompts beside the videos.
+PROMPT = 'a red square moving across a blue background </script><script>document.title = "injected"</script>'
+SAMPLE_PROMPTS = {"sample": {"prompts": [PROMPT]}}
+
+
 @pytest.fixture(scope="module")
 def report_zip(trained_demo, tmp_path_factory) -> Path:
     """`snakemake all` (samples and the report's figures) on the trained demo, then its report as a zip."""
-    run_snakemake(trained_demo, "all")
+    run_snakemake(trained_demo, "all", config=SAMPLE_PROMPTS)
     path = tmp_path_factory.mktemp("report") / "report.zip"
-    run_snakemake(trained_demo, "all", "--report", str(path))
+    run_snakemake(trained_demo, "all", "--report", str(path), config=SAMPLE_PROMPTS)
     return path
 
 
@@ -83,7 +90,7 @@ def test_report_holds_the_data_the_caches_and_the_training(report_zip):
     videos = one("videos.html").decode()
     embedded = [base64.b64decode(data) for data in re.findall(r'src="data:video/mp4;base64,([^"]+)"', videos)]
     assert one("sample-00.mp4") in embedded and len(embedded) == len(VIDEOS)
-    assert "a red square moving across a blue background" in videos
+    assert html.escape(PROMPT) in videos and PROMPT not in videos
     assert "held-out clip clip-002.mp4, image to video from its first frame" in videos
 
     # What was trained: one start of 160 steps on 9 of the demo's 12 samples, from the base model.
@@ -101,6 +108,10 @@ def test_report_holds_the_data_the_caches_and_the_training(report_zip):
     )
     rules = {entry["job_properties"]["rule"] for entry in results.values()}
     assert {"report_data", "report_estimate", "report_caches", "report_training", "sample"} <= rules
+    # The sample job's params hold the prompt, escaped: it ends no <script> element of the page.
+    assert "</script><script>document.title" not in page
+    sample = next(entry for entry in results.values() if entry["job_properties"]["rule"] == "sample")
+    assert "\\u003c/script\\u003e" in sample["job_properties"]["params"]
 
 
 def test_training_figures_of_a_resumed_run_keep_the_steps_logged_last(tmp_path):
@@ -278,11 +289,14 @@ def test_report_opens_in_a_browser_without_errors(report_zip, tmp_path):
     try:
         browser.open(page.as_uri())
         shown = browser.evaluate(LIST_RESULTS)
+        titles = [browser.evaluate("return document.title;")]
         browser.open(videos.as_uri())
         played = browser.evaluate(PLAY_VIDEOS)
+        titles.append(browser.evaluate("return document.title;"))
     finally:
         browser.close()
     assert not browser.errors, browser.errors
+    assert "injected" not in titles, "a sample prompt ran as script"
 
     assert set(shown) == {
         "Caches/Shards",

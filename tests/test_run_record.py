@@ -4,26 +4,20 @@ loader's rule for data added to the caches mid-run."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import pytest
 import torch
 from conftest import train_settings, workflow_settings
+from test_train_loop import Sample
 
 from longcat.settings import Train, settings_dict
+from longcat.train.changes import FIXED_KEYS, OPTIMIZER_KEYS, RUN_KEYS, RunRefused, check_start
 from longcat.train.data import TrainLoader
-from longcat.train.record import (
-    FIXED_KEYS,
-    OPTIMIZER_KEYS,
-    RUN_KEYS,
-    RunRefused,
-    check_start,
-    run_identity,
-)
+from longcat.train.record import run_identity
 
 
 def record_of(cfg: Train, step: int, shards=("00000", "00001")) -> dict:
-    """A checkpoint's record as the trainer writes it (`Trainer.current_record`)."""
+    """A checkpoint's record as the trainer writes it (`RunRecord.at`)."""
     return {
         "run": cfg.run,
         "step": step,
@@ -95,14 +89,6 @@ def test_data_added_after_a_run_finished_is_refused_and_mid_run_joins():
     in_progress = record_of(train_settings(max_train_steps=160), step=40)
     identity = run_identity(workflow_settings())
     assert check_start(in_progress, identity, train_settings(max_train_steps=160), "x", never).changed == {}
-
-
-@dataclass(frozen=True)
-class Sample:
-    sample_id: str
-    shard: str
-    latent_shape: tuple[int, int, int, int]
-    text_len: int
 
 
 class Shapes:

@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -70,6 +72,61 @@ def test_local_listing_pairs_captions_at_any_depth_with_awkward_names(tmp_path):
     assert by_key["lonely/no caption.mp4"]["caption_key"] is None
     source = LocalSource(tmp_path)
     assert source.read_range(AWKWARD[2], 1, 4) == b"ide"
+
+
+def test_names_pair_one_way_only_and_invisible_captions_are_empty(tmp_path, caplog):
+    """a.mp4 and a.MP4 (two clips) would both take a.txt; c.txt and c.TXT could each be c.mp4's caption:
+    those videos are rejected naming the others. b.TXT is b.mp4's caption. A caption of zero-width and
+    other invisible characters (entities included) is empty. The listing counts each kind of file once."""
+    from longcat.data.manifest import list_source
+
+    make_clip(tmp_path / "a.mp4")
+    (tmp_path / "a.txt").write_text("the first a")
+    for name in ("b", "c", "d", "e"):
+        make_clip(tmp_path / f"{name}.mp4")
+    (tmp_path / "b.TXT").write_text("a caption in upper case")
+    (tmp_path / "c.txt").write_text("one caption")
+    (tmp_path / "c.TXT").write_text("another caption")
+    (tmp_path / "d.txt").write_text("\u200b\u2060 &nbsp;&#8203;\ufeff\u3164\n")
+    (tmp_path / "e.txt").write_text("a test pattern")
+    (tmp_path / "notes.md").write_text("not a clip")
+    source = LocalSource(tmp_path)
+
+    def probe(previous=()):
+        manifest, unpaired = list_source(source)
+        records, _, _ = probe_rows(
+            source,
+            manifest.to_pylist(),
+            previous,
+            workers=2,
+            decode_check=True,
+            max_caption_bytes=MAX_CAPTION_BYTES,
+        )
+        assert unpaired.num_rows == 0
+        return records, {record["key"]: record for record in records}
+
+    first, _ = probe()
+    make_clip(tmp_path / "a.MP4", pattern="smptebars")
+    with caplog.at_level(logging.INFO, logger="longcat.data.manifest"):
+        _, records = probe(previous=first)
+
+    assert (
+        "6 videos, 0 without caption, 3 with an ambiguous name, 0 captions without video, 1 other files"
+        in (caplog.text)
+    )
+    # a.mp4 was accepted before a.MP4 came: its stored record is not reused.
+    for key, other in (("a.mp4", "a.MP4"), ("a.MP4", "a.mp4")):
+        assert records[key]["reason"] == "ambiguous_name"
+        assert records[key]["detail"] == (
+            f"{key} and {other} differ only in case or extension: each would take the caption a.txt. "
+            "Rename all but one"
+        )
+    assert records["c.mp4"]["reason"] == "ambiguous_name"
+    assert records["c.mp4"]["detail"].startswith("the captions c.TXT, c.txt differ only in case")
+    assert (records["b.mp4"]["reason"], records["b.mp4"]["caption"]) == (None, "a caption in upper case")
+    assert records["d.mp4"]["reason"] == "empty_caption"
+    assert records["d.mp4"]["detail"].startswith("d.txt holds no visible text")
+    assert records["e.mp4"]["reason"] is None
 
 
 def test_local_source_missing_directory_is_a_clear_error(tmp_path):
@@ -474,11 +531,14 @@ def test_follow_symlinks_reads_outside_links_and_stops_at_loops(tmp_path):
 
 class FlakyS3:
     """An HTTP/1.1 server on loopback that answers GETs of one object from a script of behaviours:
-    "ok" (206 with the range and its Content-Range, connection kept), "ok+close" (206, then the
-    connection is closed without notice, as an idle keep-alive connection ends), "drop" (closed without
-    an answer), or an HTTP status (with an S3 error body that echoes the request, as S3's can)."""
+    "ok" (206 with the range and its Content-Range, or 200 with the whole object without a Range;
+    connection kept), "ok+close" (the same, then the connection is closed without notice, as an idle
+    keep-alive connection ends), "reset:N" (the answer's headers and its first N bytes, then the
+    connection reset), "drop" (closed without an answer), or an HTTP status (with an S3 error body that
+    echoes the request, as S3's can)."""
 
     BODY = bytes(range(256)) * 4
+    ETAG = "0123456789abcdef"
 
     def __init__(self, script):
         self.script = list(script)
@@ -497,9 +557,14 @@ class FlakyS3:
                 if behaviour == "drop":
                     self.close_connection = True
                     return
-                if behaviour.startswith("ok"):
-                    start, end = map(int, self.headers["Range"].removeprefix("bytes=").split("-"))
-                    body, status = flaky.BODY[start : end + 1], 206
+                if behaviour.startswith(("ok", "reset")):
+                    requested = self.headers.get("Range")
+                    if requested is None:
+                        start, end, status = 0, len(flaky.BODY) - 1, 200
+                    else:
+                        first, last = requested.removeprefix("bytes=").split("-")
+                        start, end, status = int(first), int(last or len(flaky.BODY) - 1), 206
+                    body = flaky.BODY[start : end + 1]
                 else:
                     code = {"500": "InternalError", "403": "AccessDenied"}[behaviour]
                     request = f"{self.path} {self.headers.get('Authorization')}"
@@ -509,7 +574,16 @@ class FlakyS3:
                 if status == 206:
                     self.send_header("Content-Range", f"bytes {start}-{end}/{len(flaky.BODY)}")
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", f'"{flaky.ETAG}"')
                 self.end_headers()
+                if behaviour.startswith("reset:"):
+                    self.wfile.write(body[: int(behaviour.removeprefix("reset:"))])
+                    self.wfile.flush()
+                    time.sleep(0.1)  # those bytes reach the client before the reset
+                    # An RST, not a FIN: the connection reset by the peer mid-body.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
                 self.wfile.write(body)
                 self.close_connection = behaviour == "ok+close"
 
@@ -575,6 +649,42 @@ def test_object_reads_give_up_naming_the_object_and_no_secret(flaky_s3):
         denied.source().read_range("b.mp4", 0, 10)
     assert not isinstance(refused.value, TransientSourceError)
     assert len(denied.requests) == 1  # refusals are not retried
+
+
+def test_a_download_resumes_from_the_bytes_written_after_a_reset_and_counts_real_attempts(
+    flaky_s3, monkeypatch
+):
+    """A connection reset mid-body, whether any byte of the answer arrived or not: the rest is asked for with
+    a Range from the bytes written, at the probed version. A server that resets every answer fails the
+    download after the attempts it really had."""
+    body = FlakyS3.BODY
+    # Reset before any byte of the body arrived: asked for again from the start.
+    small = flaky_s3(["reset:0", "ok"])
+    handle = io.BytesIO()
+    assert small.source(max_attempts=3).download("clip.mp4", handle, etag=FlakyS3.ETAG) == len(body)
+    assert handle.getvalue() == body
+    assert [requested for _, requested in small.requests] == [None, None]
+
+    monkeypatch.setattr(s3_module, "DOWNLOAD_CHUNK_BYTES", 256)
+    large = flaky_s3(["reset:700", "reset:100", "ok"])
+    handle = io.BytesIO()
+    assert large.source(max_attempts=3).download("clip.mp4", handle, etag=FlakyS3.ETAG) == len(body)
+    assert handle.getvalue() == body
+    assert [requested for _, requested in large.requests] == [None, "bytes=700-", "bytes=800-"]
+
+    failing = flaky_s3(["reset:300"] * 3)
+    with pytest.raises(TransientSourceError) as raised:
+        failing.source(max_attempts=3).download("a/clip.mp4", io.BytesIO(), etag=FlakyS3.ETAG)
+    assert str(raised.value).startswith(
+        "downloading s3://flaky/a/clip.mp4 failed: the connection broke mid-object in each of 3 attempts, "
+        "900 bytes written (last: "
+    )
+    assert len(failing.requests) == 3
+
+    refused = flaky_s3(["drop"] * 2)
+    with pytest.raises(TransientSourceError) as raised:
+        refused.source(max_attempts=2).download("b.mp4", io.BytesIO())
+    assert "failed after 2 attempts" in str(raised.value) and len(refused.requests) == 2
 
 
 def test_obstore_reads_first_and_boto3_has_the_last_word(flaky_s3, caplog):

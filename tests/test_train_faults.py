@@ -7,10 +7,13 @@ over a real on-disk cache; the one rank is killed with a real SIGKILL, as the ke
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -149,8 +152,8 @@ def training_process(launcher: int, rank: int) -> int | None:
 def launch(work: Path, base_model: Path, vae: Path, text: Path, **train) -> subprocess.Popen:
     import dataclasses
 
-    from longcat.settings import run_config
     from longcat.train.launch import launch_command
+    from longcat.train.record import run_config
 
     cfg = train_config(**train)
     config = run_config(dataclasses.replace(workflow_settings(), train=cfg))
@@ -277,3 +280,121 @@ def test_a_process_that_leaves_a_loader_open_still_exits():
         timeout=60,
     )
     assert result.returncode == 0 and "exiting" in result.stdout, result.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+@contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of `size` mounted at `path`, unmounted after: a disk that fills up for real. Mounting needs
+    root (as in CI); elsewhere the test is skipped with the reason."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({mounted.stderr.strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def fill(directory: Path) -> None:
+    """Take every byte left on the filesystem of `directory`."""
+    with open(directory / "filler", "wb", buffering=0) as filler:
+        try:
+            while filler.write(bytes(4096)):
+                pass
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def small_run(train_base_model, tmp_path_factory):
+    """The tiny base model and on-disk caches of one-process runs (read-only for the tests using them)."""
+    return train_base_model, *write_cache(tmp_path_factory.mktemp("small-run"))
+
+
+def test_a_full_checkpoint_disk_stops_the_run_at_the_next_step_naming_the_last_checkpoint(
+    tmp_path, small_run
+):
+    """A tiny model's checkpoint takes 3.1 MB: a 4.5 MB disk holds the one of step 4, not the one of
+    step 8 beside it. Written in the background, the save of step 8 fails while training goes on: the run
+    stops at the first step after, not at the next save (step 12), naming the path, the missing space and
+    the checkpoint to resume from."""
+    checkpoints = tmp_path / "run" / "checkpoints"
+    with small_disk(checkpoints, "4500k"):
+        job = launch(
+            tmp_path,
+            *small_run,
+            num_processes=1,
+            max_train_steps=16,
+            checkpointing_steps=4,
+            checkpoints_total_limit=1,
+            async_checkpoint=True,
+        )
+        code = job.wait(timeout=300)
+    log = (tmp_path / "train.log").read_text()
+    assert code != 0 and "(exitcode: 74)" in log, log[-3000:]
+    stopped = re.search(
+        rf"training stopped at step (\d+): writing checkpoint step-8 to {checkpoints}/step-8.partial "
+        rf"failed: no space left on device \([\d,]+ bytes free.*\)\. the last complete checkpoint is "
+        rf"{checkpoints}/step-4: make room",
+        log,
+    )
+    assert stopped, log[-3000:]
+    assert int(stopped[1]) in (9, 10, 11), stopped[0]
+    assert "unexpected pos" not in log.split("training stopped")[0]
+
+
+def test_a_full_runs_disk_stops_the_run_naming_tensorboards_path(tmp_path, small_run):
+    """runs_dir's disk fills while training: the next step's TensorBoard events cannot be written, and the
+    run stops at that step naming the event directory and the missing space."""
+    tb = tmp_path / "run" / "tb"
+    with small_disk(tb, "1m"):
+        job = launch(
+            tmp_path, *small_run, num_processes=1, max_train_steps=100_000, checkpointing_steps=100_000
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not any(tb.glob("events.out.tfevents.*")):
+                assert job.poll() is None and time.monotonic() < deadline, (
+                    tmp_path / "train.log"
+                ).read_text()
+                time.sleep(0.2)
+            fill(tb)
+            code = job.wait(timeout=120)
+        finally:
+            if job.poll() is None:
+                for pid in [*descendants(job.pid), job.pid]:
+                    os.kill(pid, 9)
+    log = (tmp_path / "train.log").read_text()
+    assert code != 0 and "(exitcode: 74)" in log, log[-3000:]
+    assert re.search(
+        rf"training stopped at step \d+: writing TensorBoard events at step \d+ to {tb} failed: no space "
+        rf"left on device \([\d,]+ bytes free\)\. there is no complete checkpoint yet: make room",
+        log,
+    ), log[-3000:]
+
+
+def test_a_log_on_a_full_disk_fails_the_call_that_logged_naming_the_file(tmp_path):
+    from longcat.files import WriteFailed
+    from longcat.train.metrics import LogHandler
+
+    with small_disk(tmp_path / "logs", "64k") as logs:
+        stream = open(logs / "train.log", "w")  # noqa: SIM115 - closed below, where its flush fails too
+        logger = logging.getLogger("longcat.test.full_disk")
+        logger.addHandler(LogHandler(stream))
+        try:
+            fill(logs)
+            with pytest.raises(WriteFailed) as raised:
+                logger.error("a line that does not fit")
+        finally:
+            logger.handlers.clear()
+            with suppress(OSError):
+                stream.close()
+    assert str(raised.value).startswith(
+        f"writing the log to {logs}/train.log failed: no space left on device"
+    )

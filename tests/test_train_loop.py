@@ -237,7 +237,8 @@ def test_overfit_checkpoints_tensorboard_validation_and_export(tmp_path, train_b
     assert float((continuation[:5] - clip[:5]).square().mean()) < 0.1 * to_clip["t2v"]
 
     assert (run / "train.done").is_file()
-    from longcat.pipeline import LongCatVideoPipeline, trained_num_frames
+    from longcat.pipeline import LongCatVideoPipeline
+    from longcat.samples import trained_num_frames
 
     pipeline = LongCatVideoPipeline.from_pretrained(run / "final")
     # The caption length it trained with (the text cache's max_tokens), recorded and used.

@@ -3,6 +3,8 @@
 Each finished sample goes to its own part file under `.partial-shard-NNNNN/` first; `finish` assembles
 the shard from the parts in shard-list order, with no timestamps, so the result is byte-identical to an
 uninterrupted run's. A shard with more failed samples than its FailureLimit allows is not assembled.
+A writer holds the shard's lock from its start to its end (`longcat.cache.ownership.ShardLock`): a second
+job of the shard waits, then finds it finished (`ShardWriter.finished`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from longcat.cache.format import (
     tensor_bytes,
     write_safetensors,
 )
+from longcat.cache.ownership import ShardLock
 from longcat.cache.spec import CacheError, canonical_json
 from longcat.data.rejects import cache_failure, count_reasons, reasons_text, split_cache_failure
-from longcat.data.shards import superseded_keys
 from longcat.files import atomic_write
 from longcat.paths import CacheLayout, Layout
 from longcat.settings import Settings
@@ -51,6 +53,8 @@ class FailureLimit:
 def failure_limit(settings: Settings, shard: str) -> FailureLimit:
     """A shard job's limit: `cache.max_failed_fraction`, not counting the keys the assignment table
     holds a newer version of in a later shard."""
+    from longcat.data.shards import superseded_keys  # not at the top: it brings the whole data stage along
+
     superseded = superseded_keys(Layout.from_settings(settings).assignments).get(shard, frozenset())
     return FailureLimit(settings.cache.max_failed_fraction, superseded)
 
@@ -94,6 +98,9 @@ class ShardWriter:
         self.schema = schema
         self.metadata = dict(metadata)
         self.scratch_dir = self.partial_dir / "tmp"
+        # Nothing of the shard is touched before its lock is held: another job may be writing it.
+        self.lock = ShardLock(cache.lock(shard))
+        self.lock.acquire()
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.tensors_path, self.index_path):
@@ -111,6 +118,29 @@ class ShardWriter:
             self.done[row["sample_id"]] = row
         if self.done:
             log.info("%s: resuming, %d samples already done", self.tensors_path.name, len(self.done))
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the shard's lock (`finish` does too); the parts stay for the next job of the shard."""
+        self.lock.release()
+
+    def finished(self, sample_ids: Iterable[str]) -> bool:
+        """Whether the shard is already written, for these samples and this cache key: by another job of
+        the shard, which held the lock while this one waited. Then nothing is to be done."""
+        if not (self.tensors_path.is_file() and self.index_path.is_file()):
+            return False
+        try:
+            header, _ = read_safetensors_header(self.tensors_path)
+            written = pq.read_table(self.index_path, columns=["sample_id"]).column("sample_id").to_pylist()
+        except (CacheError, OSError, pa.ArrowException):
+            return False
+        key = self.metadata.get("cache_key")
+        return header.get("__metadata__", {}).get("cache_key") == key and written == list(sample_ids)
 
     def _part_path(self, sample_id: str) -> Path:
         return self.partial_dir / (hashlib.sha1(sample_id.encode("utf-8")).hexdigest() + ".safetensors")
@@ -172,6 +202,7 @@ class ShardWriter:
         atomic_write(self.tensors_path, write)
         write_index(self.index_path, rows, self.schema)
         shutil.rmtree(self.partial_dir)
+        self.lock.release()
 
     def check_failures(self, sample_ids: list[str], limit: FailureLimit) -> None:
         """Raise CacheError, counting the failures by reason with an example and the fix of each, when

@@ -10,6 +10,8 @@ and the character cut at its end is dropped.
 from __future__ import annotations
 
 import codecs
+import html
+import unicodedata
 from dataclasses import dataclass
 
 _BOMS = (
@@ -19,6 +21,13 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+
+
+# Characters that draw nothing besides whitespace: by Unicode category (controls, format characters such
+# as the zero-width space and joiners, surrogates, separators, combining marks with nothing to mark) and
+# the blank letters of a few scripts (Hangul fillers, the Braille blank, Khmer's inherent vowels).
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zs", "Zl", "Zp", "Mn"})
+INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 
 
 @dataclass(frozen=True)
@@ -79,3 +88,13 @@ def decode_caption(raw: bytes, truncated: str | None = None) -> Caption:
     if stripped != text.rstrip("\n"):
         fixups.append("strip")
     return Caption(text=stripped, encoding=encoding, fixups=tuple(fixups))
+
+
+def is_blank(text: str) -> bool:
+    """Whether a caption shows nothing: whitespace and invisible characters only, its HTML entities read
+    as the text encoder's cleaning reads them (`&nbsp;`, `&#8203;`, unescaped twice)."""
+    shown = html.unescape(html.unescape(text))
+    return all(
+        char.isspace() or char in INVISIBLE or unicodedata.category(char) in INVISIBLE_CATEGORIES
+        for char in shown
+    )

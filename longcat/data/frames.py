@@ -3,8 +3,14 @@
 One ffmpeg process per clip does all the pixel work: decode, time-based frame selection (`fps` filter),
 rotation (ffmpeg applies the display matrix itself), resize to cover the bucket in display aspect,
 centre crop, conversion to RGB. Python only reads the raw pipe into one array.
+
+The frames are those the `fps` filter gives for the clip as it plays (edit lists honoured), in order and
+unpadded: exactly `ffmpeg -i CLIP -vf fps=RATE`'s frames. A decoder error or a concealed frame before
+the last planned frame stops the decode (`-xerror`), and the clip fails with the damage named: damaged
+frames are never stored.
 """
 
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -17,8 +23,29 @@ from longcat.settings import Frames
 
 
 class ClipRejected(Exception):
-    """A clip that the sampling policy or the decoder cannot turn into a sample; the text is the reason."""
+    """A clip that the sampling policy or the decoder cannot turn into a sample; the text is the reason.
+    `reason` is its cache failure reason (`longcat.data.rejects.CACHE_FAILURE_REASONS`)."""
 
+    reason = "undecodable"
+
+
+class DamagedFrames(ClipRejected):
+    """Frames the plan keeps did not decode cleanly (a decoder error, or a frame it concealed)."""
+
+    reason = "damaged_frames"
+
+
+class TooFewFrames(ClipRejected):
+    """The clip plays fewer frames than its plan takes."""
+
+    reason = "too_few_frames"
+
+
+# ffmpeg's own lines when a frame fails to decode or comes out concealed (`-xerror` then stops it).
+DAMAGE_LINES = ("corrupt decoded frame", "Error while decoding stream")
+# Distinct decoder messages named in a failure's detail.
+MESSAGES_SHOWN = 3
+_CONTEXT = re.compile(r"^\[([^\]]+?) @ 0x[0-9a-f]+\] ")
 
 # Durations are exact fractions of the container's timescale; a clip of exactly N/fps seconds holds N frames.
 DURATION_TOLERANCE_S = 1e-6
@@ -107,7 +134,9 @@ def display_aspect_ratio(row: dict) -> float:
 def decode_clip(source: str, plan: FramePlan, threads: int = 0) -> np.ndarray:
     """Decode the planned frames of `source` (a path or URL) as uint8 RGB, shape [F, H, W, 3].
 
-    Raises ClipRejected with ffmpeg's own message when the file does not decode or yields too few frames.
+    Raises DamagedFrames when a decoder error or a concealed frame comes before the last planned frame,
+    TooFewFrames when the clip plays fewer frames, and ClipRejected when ffmpeg cannot decode it at all;
+    each names what ffmpeg found.
     """
     height, width = plan.height, plan.width
     # Cover the bucket in display aspect (`dar` includes the sample aspect ratio), then crop the centre.
@@ -120,8 +149,10 @@ def decode_clip(source: str, plan: FramePlan, threads: int = 0) -> np.ndarray:
         .filter("format", "rgb24")
         .filter("setsar", "1")
         .filter("crop", width, height)
-        .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=plan.num_frames)
-        .global_args("-nostdin", "-loglevel", "error")
+        # Passthrough: the fps filter's frames as they are. ffmpeg's default for raw output would pad the
+        # start with copies of the first frame when the clip's first frame rounds to after time 0.
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", vframes=plan.num_frames, fps_mode="passthrough")
+        .global_args("-nostdin", "-loglevel", "warning", "-xerror")
     )
     frames = np.empty((plan.num_frames, height, width, 3), dtype=np.uint8)
     # ffmpeg's messages go to a file: a damaged stream can log more than a pipe holds while we read frames.
@@ -137,10 +168,38 @@ def decode_clip(source: str, plan: FramePlan, threads: int = 0) -> np.ndarray:
         process.stdout.close()
         process.wait()
         messages.seek(0)
-        errors = messages.read().decode("utf-8", "replace").strip().splitlines()
-    if filled < len(view) and process.returncode != 0:
-        raise ClipRejected(f"ffmpeg failed: {errors[-1] if errors else f'exit status {process.returncode}'}")
-    if filled < len(view):
-        decoded = filled // (height * width * 3)
-        raise ClipRejected(f"decoded {decoded} frames, the plan needs {plan.num_frames}")
+        lines = messages.read().decode("utf-8", "replace").splitlines()
+    decoded = filled // (height * width * 3)
+    if process.returncode != 0 and decoded < plan.num_frames:
+        found = _ffmpeg_messages(lines, source) or f"exit status {process.returncode}"
+        if any(marker in line for line in lines for marker in DAMAGE_LINES):
+            raise DamagedFrames(
+                f"{plan.num_frames - decoded} of the {plan.num_frames} planned frames do not decode cleanly "
+                f"(ffmpeg stopped at the first damaged frame, after {decoded} clean ones): {found}"
+            )
+        raise ClipRejected(f"ffmpeg could not decode the clip ({decoded} frames came out): {found}")
+    if decoded < plan.num_frames:
+        raise TooFewFrames(
+            f"the clip plays {decoded} frames at {plan.fps:g} fps ({decoded / plan.fps:.3f} s), the plan "
+            f"needs {plan.num_frames} ({plan.num_frames / plan.fps:.3f} s)"
+        )
     return frames
+
+
+def _ffmpeg_messages(lines: list[str], source: str) -> str:
+    """ffmpeg's distinct messages as one sentence: each with the component that logged it ("h264: ..."),
+    without ffmpeg's repeat notices or the path of the input (a temp file of the job)."""
+    found: list[str] = []
+    for line in lines:
+        line = line.strip().replace(f"{source}: ", "")
+        if not line or line.startswith("Last message repeated"):
+            continue
+        context = _CONTEXT.match(line)
+        if context:
+            # "NULL" is the demuxer's parser, which has no codec of its own.
+            name = context.group(1)
+            line = line[context.end() :] if name == "NULL" else f"{name}: {line[context.end() :]}"
+        if line not in found:
+            found.append(line)
+    more = f" (and {len(found) - MESSAGES_SHOWN} more)" if len(found) > MESSAGES_SHOWN else ""
+    return "; ".join(found[:MESSAGES_SHOWN]) + more

@@ -1,7 +1,11 @@
 """The manifest: one row per video of the source, paired with the caption of the same stem.
 
-Videos pair with a caption of the same stem (`a/b/clip.mp4` + `a/b/clip.txt`). A caption without its
-video is listed beside the manifest (`unpaired.parquet`) and ends in rejected.parquet; other files
+Videos pair with a caption of the same stem (`a/b/clip.mp4` + `a/b/clip.txt`), names compared without
+regard to case (`clip.TXT` pairs too). A name must pair one way only: videos whose names differ only in
+case or extension (`a.mp4`, `a.MP4`, `A.mov`), or a video beside several such captions (`b.txt`,
+`b.TXT`), would share or choose a caption silently, so each such video keeps its row with a
+`name_conflict` that names the others, and the probe rejects it (`ambiguous_name`). A caption without
+its video is listed beside the manifest (`unpaired.parquet`) and ends in rejected.parquet; other files
 (neither video nor caption) are counted in the job's log. Each key also has a probe chunk, from a
 stable hash of the key, so a relist never moves an existing key to another chunk.
 """
@@ -12,6 +16,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,46 +38,83 @@ MANIFEST_SCHEMA = pa.schema(
         ("last_modified", pa.timestamp("us", tz="UTC")),
         ("caption_size", pa.int64()),
         ("caption_etag", pa.string()),
+        ("name_conflict", pa.string()),  # why the key pairs ambiguously; null when it does not
     ]
 )
 
 UNPAIRED_SCHEMA = pa.schema([("key", pa.string()), ("etag", pa.string()), ("size", pa.int64())])
 
 
-def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
-    """One manifest row per video, with the caption of the same stem (or none), sorted by key."""
-    by_key = {obj.key: obj for obj in objects}
-    rows = []
-    for key in sorted(by_key):
-        obj = by_key[key]
-        stem, suffix = os.path.splitext(key)
-        if suffix.lower() not in VIDEO_SUFFIXES:
-            continue
-        caption = by_key.get(stem + CAPTION_SUFFIX)
-        rows.append(
-            {
-                "key": key,
-                "caption_key": caption.key if caption else None,
-                "size": obj.size,
-                "etag": obj.etag,
-                "last_modified": obj.last_modified,
-                "caption_size": caption.size if caption else None,
-                "caption_etag": caption.etag if caption else None,
-            }
+def _kind(key: str) -> str:
+    suffix = os.path.splitext(key)[1].lower()
+    return "video" if suffix in VIDEO_SUFFIXES else "caption" if suffix == CAPTION_SUFFIX else "other"
+
+
+@dataclass
+class _Name:
+    """The videos and captions whose keys are one name when case and the extension are ignored."""
+
+    videos: list[SourceObject] = field(default_factory=list)
+    captions: list[SourceObject] = field(default_factory=list)
+
+
+def _names(objects: Iterable[SourceObject]) -> dict[str, _Name]:
+    names: dict[str, _Name] = {}
+    for obj in sorted(objects, key=lambda obj: obj.key):
+        kind = _kind(obj.key)
+        if kind != "other":
+            name = names.setdefault(os.path.splitext(obj.key)[0].lower(), _Name())
+            (name.videos if kind == "video" else name.captions).append(obj)
+    return names
+
+
+def _conflict(video: SourceObject, name: _Name) -> str | None:
+    """Why `video` pairs ambiguously, naming the other keys; None when it does not."""
+    others = [obj.key for obj in name.videos if obj is not video]
+    if others:
+        return (
+            f"{video.key} and {', '.join(others)} differ only in case or extension: each would take the "
+            f"caption {os.path.splitext(video.key)[0]}{CAPTION_SUFFIX}. Rename all but one"
         )
+    if len(name.captions) > 1:
+        captions = ", ".join(obj.key for obj in name.captions)
+        return (
+            f"the captions {captions} differ only in case: each could be the caption of {video.key}. Keep one"
+        )
+    return None
+
+
+def pair_captions(objects: Iterable[SourceObject]) -> pa.Table:
+    """One manifest row per video, with its caption (or none) or its name conflict, sorted by key."""
+    rows = []
+    for name in _names(objects).values():
+        caption = name.captions[0] if len(name.captions) == 1 else None
+        for video in name.videos:
+            rows.append(
+                {
+                    "key": video.key,
+                    "caption_key": caption.key if caption else None,
+                    "size": video.size,
+                    "etag": video.etag,
+                    "last_modified": video.last_modified,
+                    "caption_size": caption.size if caption else None,
+                    "caption_etag": caption.etag if caption else None,
+                    "name_conflict": _conflict(video, name),
+                }
+            )
+    rows.sort(key=lambda row: row["key"])
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
 def unpaired_captions(objects: Iterable[SourceObject]) -> pa.Table:
-    """The captions with no video of the same stem, sorted by key."""
-    by_key = {obj.key: obj for obj in objects}
-    stems = (os.path.splitext(key) for key in by_key)
-    videos = {stem for stem, suffix in stems if suffix.lower() in VIDEO_SUFFIXES}
+    """The captions with no video of the same name, sorted by key."""
     rows = [
-        {"key": key, "etag": obj.etag, "size": obj.size}
-        for key, obj in sorted(by_key.items())
-        if key.endswith(CAPTION_SUFFIX) and key.removesuffix(CAPTION_SUFFIX) not in videos
+        {"key": obj.key, "etag": obj.etag, "size": obj.size}
+        for name in _names(objects).values()
+        if not name.videos
+        for obj in name.captions
     ]
+    rows.sort(key=lambda row: row["key"])
     return pa.Table.from_pylist(rows, schema=UNPAIRED_SCHEMA)
 
 
@@ -88,13 +130,15 @@ def list_source(source: Source) -> tuple[pa.Table, pa.Table]:
     """
     objects = list(source.list_objects())
     table, unpaired = pair_captions(objects), unpaired_captions(objects)
-    captioned = table.num_rows - table.column("caption_key").null_count
-    others = len(objects) - table.num_rows - captioned - unpaired.num_rows
+    rows = table.to_pylist()
+    others = sum(1 for obj in objects if _kind(obj.key) == "other")
     log.info(
-        "listed %s: %d videos, %d without caption, %d captions without video, %d other files (not listed)",
+        "listed %s: %d videos, %d without caption, %d with an ambiguous name, %d captions without video, "
+        "%d other files (not listed)",
         source.description,
-        table.num_rows,
-        table.num_rows - captioned,
+        len(rows),
+        sum(1 for row in rows if not row["caption_key"] and not row["name_conflict"]),
+        sum(1 for row in rows if row["name_conflict"]),
         unpaired.num_rows,
         others,
     )
@@ -114,8 +158,7 @@ def list_source(source: Source) -> tuple[pa.Table, pa.Table]:
 def _first_other(objects: list[SourceObject]) -> str:
     """`, e.g. KEY` for the first listed object that is neither a video nor a caption."""
     for obj in objects:
-        suffix = os.path.splitext(obj.key)[1].lower()
-        if suffix not in (*VIDEO_SUFFIXES, CAPTION_SUFFIX):
+        if _kind(obj.key) == "other":
             return f", e.g. {obj.key!r}"
     return ""
 

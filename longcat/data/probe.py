@@ -28,7 +28,7 @@ from functools import cache
 import pyarrow as pa
 from tqdm import tqdm
 
-from longcat.data.captions import Caption, decode_caption
+from longcat.data.captions import Caption, decode_caption, is_blank
 from longcat.data.container import probe_container
 from longcat.data.decode_check import DECODE_CHECK_BYTES, decoded_pixel_format
 from longcat.data.fetched import FetchedBytes
@@ -158,8 +158,7 @@ def read_video(
         read_first(fetched, decode_check)
         if not is_iso_bmff(fetched.read(0, min(size, 8))):
             return probe_container(fetched, decode_check), fetched, None
-        moov_offset, moov_length = fetch_index(fetched)
-        track = parse_video_track(fetched.read(moov_offset, moov_offset + moov_length))
+        track = parse_video_track(fetch_index(fetched))
         columns = track_columns(track)
         if not decode_check:
             return columns, fetched, None
@@ -229,6 +228,8 @@ def read_object(
     record = _empty_record(row)
     key = row["key"]
     with _recorded(record):
+        if row.get("name_conflict"):
+            raise Reject("ambiguous_name", row["name_conflict"])
         if row["size"] == 0:
             raise Reject("zero_bytes", "the object is empty")
         if not row.get("caption_key"):
@@ -244,8 +245,9 @@ def read_object(
         except Reject as reject:
             video, video_reject = None, reject
         caption = caption_read.result()
-        if not caption.text:
-            raise Reject("empty_caption", f"{row['caption_key']} holds no text")
+        if is_blank(caption.text):
+            shown = f" (only {caption.text!r})" if caption.text else ""
+            raise Reject("empty_caption", f"{row['caption_key']} holds no visible text{shown}")
         record.update(
             caption=caption.text, caption_encoding=caption.encoding, caption_fixups=caption.fixups_text
         )
@@ -295,6 +297,8 @@ def probe_rows(
     # A record whose caption was read under another `max_caption_bytes` is probed again.
     known = {}
     for row in rows:
+        if row.get("name_conflict"):
+            continue  # a verdict on the listing, not on the bytes: the record of another listing is no use
         record = stored.get(reuse_key(row))
         if record is not None and _caption_fits(record, row, max_caption_bytes):
             known[reuse_key(row)] = record

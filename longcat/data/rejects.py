@@ -17,18 +17,21 @@ REJECT_REASONS = (
     "no_video_stream",
     "truncated",
     "undecodable",
+    "edit_list",
     "too_short",
     "too_small",
     "missing_caption",
     "empty_caption",
+    "ambiguous_name",
     "read_error",
     "outside_source",
     "caption_without_video",
 )
-# Reasons that depend on access to the object (403, gone after listing), not on its bytes: never reused
-# by etag, so each probe of the object asks again. A source that does not answer at all (connection
-# refused, timeouts, throttling, 5xx after the retries) is no reject: the probe job fails instead.
-TRANSIENT_REASONS = frozenset({"read_error"})
+# Reasons that do not depend on the object's bytes (access refused or gone after listing, a name that the
+# listing pairs ambiguously): never reused by etag, so each probe of the object asks again. A source that
+# does not answer at all (connection refused, timeouts, throttling, 5xx after the retries) is no reject:
+# the probe job fails instead.
+TRANSIENT_REASONS = frozenset({"read_error", "ambiguous_name"})
 
 
 class Reject(Exception):
@@ -44,6 +47,8 @@ CACHE_FAILURE_REASONS = (
     "changed_since_probe",
     "read_error",
     "undecodable",
+    "damaged_frames",
+    "too_few_frames",
     "missing_caption",
     "nonfinite",
 )
@@ -58,10 +63,17 @@ FIXES = {
     "no_video_stream": _REPLACE,
     "truncated": _REPLACE,
     "undecodable": f"{_REPLACE}; or leave its key out of its shard with shards.exclude",
+    "edit_list": (
+        "re-encode the clip so that it plays as stored (`ffmpeg -i IN -c:v libx264 -c:a copy OUT.mp4`), "
+        f"then {_RELIST}"
+    ),
     "too_short": "add a smaller frame count to frames.frame_buckets, or set frames.short_clip: stretch",
     "too_small": "lower probe.min_width and probe.min_height to train on such clips",
     "missing_caption": f"put a caption NAME.txt beside each NAME.mp4, then {_RELIST}",
     "empty_caption": f"write the caption into NAME.txt, then {_RELIST}",
+    "ambiguous_name": (
+        f"rename the files so that no two names differ only in case or extension, then {_RELIST}"
+    ),
     "read_error": (
         f"the object is gone or its access refused: check it and the credentials' read access, then {_RELIST}"
     ),
@@ -71,6 +83,13 @@ FIXES = {
         "the object was replaced or touched after the probe (a copy that drops sub-second modification "
         f"times touches every file): {_RELIST}; the changed objects go into new shards, and the failures "
         "of their old versions no longer count toward cache.max_failed_fraction"
+    ),
+    "damaged_frames": (
+        f"the file is damaged where the plan takes frames (it plays with visible errors): {_REPLACE}; or "
+        "leave its key out of its shard with shards.exclude"
+    ),
+    "too_few_frames": (
+        f"the clip plays shorter than its index says (a file cut off, or a broken index): {_REPLACE}"
     ),
     "nonfinite": (
         "check the base model's VAE weights; a clip that alone gives them can be left out with shards.exclude"

@@ -11,6 +11,7 @@ the object; 404 and 403 are `SourceError`; a version other than the probed one i
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
@@ -34,8 +35,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 60
 # Connections kept open for reads in flight at once; at least botocore's own default.
 MIN_POOL = 10
-# Downloads are written in pieces of this size: a cache job never holds a whole object.
-DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
+# Downloads are read and written in pieces of this size: never a whole object held, one piece lost to a break.
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 # Error codes that mean "try again later", whatever the status says.
 TRANSIENT_CODES = frozenset(
     {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
@@ -70,6 +71,10 @@ def s3_client(
         request_checksum_calculation="when_required",
     )
     return boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+def _times(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
 
 
 def _max_attempts(client) -> int:
@@ -115,6 +120,11 @@ class S3Source(Source):
             region, endpoint_url, pool, max_attempts, connect_timeout, read_timeout
         )
         self.max_attempts = _max_attempts(self.client)
+        # Requests sent since the last answer, per thread (botocore's attempts at the request in flight).
+        self._attempts = threading.local()
+        events, unique = self.client.meta.events, f"longcat-attempts-{id(self)}"
+        events.register("before-send.s3", self._sent, unique_id=unique)
+        events.register("after-call.s3", lambda **_: setattr(self._attempts, "count", 0), unique_id=unique)
         self.obstore = (
             obstore_reads.obstore_store(self.client, bucket, connect_timeout, read_timeout)
             if use_obstore
@@ -128,6 +138,9 @@ class S3Source(Source):
             self.description += f" (inventory {inventory})"
             self.location_keys += " (and source.inventory)"
 
+    def _sent(self, **_) -> None:
+        self._attempts.count = getattr(self._attempts, "count", 0) + 1
+
     def _error(self, what: str, full_key: str, error: Exception) -> SourceError:
         """The SourceError (transient, changed or permanent) for a botocore failure; sanitized text."""
         from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
@@ -138,18 +151,20 @@ class S3Source(Source):
             code = error.response["Error"]["Code"] or "no error code"
             attempts = error.response["ResponseMetadata"]["RetryAttempts"] + 1
             if status == 429 or status >= 500 or code in TRANSIENT_CODES:
-                return TransientSourceError(f"{where} failed after {attempts} attempts: HTTP {status} {code}")
+                return TransientSourceError(f"{where} failed after {_times(attempts)}: HTTP {status} {code}")
             # Only the status and code: S3's error bodies can echo the request.
             return SourceError(f"{where} failed: HTTP {status} {code}")
         failure = f"{type(error).__name__}: {sanitize(error)}"
         if isinstance(error, ConnectionError | HTTPClientError | IncompleteReadError | OSError):
-            return TransientSourceError(f"{where} failed after {self.max_attempts} attempts: {failure}")
+            attempts = max(1, getattr(self._attempts, "count", 0))
+            return TransientSourceError(f"{where} failed after {_times(attempts)}: {failure}")
         return SourceError(f"{where} failed: {failure}")
 
     def _call(self, what: str, key: str, function):
         """`function()`, with its botocore failure turned into the matching SourceError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        self._attempts.count = 0
         try:
             return function()
         except (BotoCoreError, ClientError) as error:
@@ -262,43 +277,57 @@ class S3Source(Source):
         return self._call("reading", full_key, get)
 
     def download(self, key: str, handle: BinaryIO, etag: str | None = None) -> int:
-        """Streams the object into `handle` in DOWNLOAD_CHUNK_BYTES pieces, asking for version `etag`
-        (If-Match) and checking the answer's ETag too (some servers ignore If-Match). A connection lost
-        mid-object resumes from the bytes written, at the same version, up to `max_attempts` times; a
-        request that fails before any byte arrives has had botocore's own retries and is final."""
+        """Streams the object into `handle` in DOWNLOAD_CHUNK_BYTES pieces, at version `etag` (If-Match,
+        and the answer's ETag checked: some servers ignore If-Match). A request that fails before an answer
+        has had botocore's retries and is final; an answer that breaks mid-object is followed by a Range
+        request for the rest, from the bytes written, at that version: up to `max_attempts` answers."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         full_key = self.prefix + key
         where = f"s3://{self.bucket}/{full_key}"
-        start, written, version = handle.tell(), 0, etag
-        for attempt in range(1, self.max_attempts + 1):
-            before = written
+        start, written, version, broken = handle.tell(), 0, etag, None
+        for _ in range(self.max_attempts):
             request = {"Bucket": self.bucket, "Key": full_key}
             if version:
                 request["IfMatch"] = f'"{version}"'
             if written:
                 request["Range"] = f"bytes={written}-"
+            self._attempts.count = 0
             try:
                 response = self.client.get_object(**request)
-                found = strip_etag(response.get("ETag"))
-                if version and found and found != version:
-                    raise changed_since_probe(where, version, found)
-                version = version or found
-                if written and not response.get("ContentRange"):
-                    # The server sent the whole object again instead of the rest.
-                    handle.seek(start)
-                    handle.truncate()
-                    written = 0
-                for chunk in response["Body"].iter_chunks(DOWNLOAD_CHUNK_BYTES):
-                    handle.write(chunk)
-                    written += len(chunk)
-                return written
             except (BotoCoreError, ClientError) as error:
-                failure = self._download_error(full_key, error, version)
-                resumable = isinstance(failure, TransientSourceError) and written > before
-                if not resumable or attempt == self.max_attempts:
-                    raise failure from None
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                raise self._download_error(full_key, error, version) from None
+            found = strip_etag(response.get("ETag"))
+            if version and found and found != version:
+                raise changed_since_probe(where, version, found)
+            version = version or found
+            if written and not response.get("ContentRange"):
+                # The server sent the whole object again instead of the rest.
+                handle.seek(start)
+                handle.truncate()
+            broken = self._stream(response["Body"], handle)
+            written = handle.tell() - start
+            if broken is None:
+                return written
+            log.warning("%s: broken off after %d bytes (%s); asking for the rest", where, written, broken)
+        raise TransientSourceError(
+            f"downloading {where} failed: the connection broke mid-object in each of "
+            f"{_times(self.max_attempts)}, {written:,} bytes written (last: {broken})"
+        )
+
+    @staticmethod
+    def _stream(body, handle: BinaryIO) -> str | None:
+        """Copy an answer's body into `handle`: the broken connection's failure, or None once it is whole."""
+        from botocore.exceptions import BotoCoreError
+
+        while True:
+            try:
+                piece = body.read(DOWNLOAD_CHUNK_BYTES)
+            except (BotoCoreError, OSError) as error:
+                return f"{type(error).__name__}: {sanitize(error)}"
+            if not piece:
+                return None
+            handle.write(piece)
 
     def _download_error(self, full_key: str, error: Exception, version: str | None) -> SourceError:
         from botocore.exceptions import ClientError

@@ -72,7 +72,7 @@ def decode_row(row: Mapping, frames: Frames, source: Source, threads: int, scrat
         with clip_file(source, sample_id, row.get("etag"), scratch_dir) as path:
             pixels = decode_clip(path, plan, threads=threads)
     except ClipRejected as rejected:
-        return DecodedClip(sample_id, None, None, cache_failure("undecodable", str(rejected)))
+        return DecodedClip(sample_id, None, None, cache_failure(rejected.reason, str(rejected)))
     except ChangedSinceProbe as changed:
         return DecodedClip(sample_id, None, None, cache_failure("changed_since_probe", sanitize(changed)))
     except TransientSourceError:

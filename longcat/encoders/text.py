@@ -7,6 +7,7 @@ embeddings and embeddings computed at sampling time come from identical tokenisa
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from longcat.encoders.dtypes import compute_dtype, torch_dtype
 from longcat.encoders.write_behind import WriteBehind, to_host
 from longcat.flow import pad_captions
 from longcat.paths import CacheLayout
+
+log = logging.getLogger(__name__)
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -148,17 +151,20 @@ def run_text_shard(
     """The whole `cache_text_shard` job: encode the shard's captions, write the shard."""
     spec = checked_spec(cache.root, text_cache_spec(settings))
     rows = read_shard_rows(shard_list)
-    writer = ShardWriter(cache, shard, TEXT_INDEX_SCHEMA, {"cache_key": cache_key(spec)})
-    tokenizer, text_encoder = load_text_components(base_model, device)
-    cache_text_shard(
-        rows,
-        tokenizer,
-        text_encoder,
-        spec["max_tokens"],
-        writer,
-        torch_dtype(spec["dtype"]),
-        failure_limit(settings, shard),
-    )
+    with ShardWriter(cache, shard, TEXT_INDEX_SCHEMA, {"cache_key": cache_key(spec)}) as writer:
+        if writer.finished(row["key"] for row in rows):
+            log.info("%s: written by another job of this shard meanwhile; left as it is", writer.tensors_path)
+            return
+        tokenizer, text_encoder = load_text_components(base_model, device)
+        cache_text_shard(
+            rows,
+            tokenizer,
+            text_encoder,
+            spec["max_tokens"],
+            writer,
+            torch_dtype(spec["dtype"]),
+            failure_limit(settings, shard),
+        )
 
 
 def run_empty_text(

@@ -242,17 +242,20 @@ def run_vae_shard(
 
     spec = checked_spec(cache.root, vae_cache_spec(settings))
     rows = read_shard_rows(shard_list)
-    writer = ShardWriter(cache, shard, VAE_INDEX_SCHEMA, {"cache_key": cache_key(spec)})
-    vae = load_components(base_model, device, compute_dtype(device), components=("vae",))["vae"]
-    cache_vae_shard(
-        rows,
-        prepare_vae(vae, settings.cache),
-        settings.frames,
-        open_source(settings.source),
-        writer,
-        store_dtype=torch_dtype(spec["dtype"]),
-        device=device,
-        cache=settings.cache,
-        limit=failure_limit(settings, shard),
-        ffmpeg_threads=max(1, threads // settings.cache.decode_workers),
-    )
+    with ShardWriter(cache, shard, VAE_INDEX_SCHEMA, {"cache_key": cache_key(spec)}) as writer:
+        if writer.finished(row["key"] for row in rows):
+            log.info("%s: written by another job of this shard meanwhile; left as it is", writer.tensors_path)
+            return
+        vae = load_components(base_model, device, compute_dtype(device), components=("vae",))["vae"]
+        cache_vae_shard(
+            rows,
+            prepare_vae(vae, settings.cache),
+            settings.frames,
+            open_source(settings.source),
+            writer,
+            store_dtype=torch_dtype(spec["dtype"]),
+            device=device,
+            cache=settings.cache,
+            limit=failure_limit(settings, shard),
+            ffmpeg_threads=max(1, threads // settings.cache.decode_workers),
+        )

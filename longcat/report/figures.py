@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,3 +146,11 @@ def write_page(path: str | Path, title: str, body: str) -> Path:
     )
     atomic_write_text(path, page)
     return Path(path)
+
+
+def script_safe_json(value) -> str:
+    """`value` as JSON text holding no `<`, `>` or `&` (written as \\u003c, \\u003e, \\u0026, which JSON
+    reads back as they were): Snakemake's report puts a job's params inside a <script> element, which a
+    `</script>` in them would end."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -207,8 +207,8 @@ def link_validation_videos(validation_dir: str | Path, out_dir: str | Path) -> N
 def write_record_page(record: Mapping, path: str | Path) -> None:
     """What the final model was trained with (`longcat.train.record`): each start's steps and what
     changed at it, where step 0 started from, the settings that shape the weights, the last settings."""
-    from longcat.settings import flatten
-    from longcat.train.record import show
+    from longcat.params import flatten
+    from longcat.train.changes import show
 
     segments = [
         (

@@ -22,6 +22,8 @@ from longcat.settings import load_run_settings, load_settings
 
 log = logging.getLogger("longcat.train")
 
+EXIT_WRITE_FAILED = 74  # sysexits EX_IOERR: a log, TensorBoard or checkpoint write failed (a full disk)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m longcat.train", description=__doc__.splitlines()[0])
@@ -38,13 +40,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def setup_logging() -> int:
+    from longcat.train.metrics import LogHandler
+
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[LogHandler(sys.stderr)],
     )
     return rank
+
+
+def stopped_by(failed: Exception, step: int, checkpoints: Path) -> str:
+    """The message of a run a failed write stopped: what failed, where, and where it resumes."""
+    from longcat.paths import latest_checkpoint
+
+    latest = latest_checkpoint(checkpoints)
+    resume = (
+        f"the last complete checkpoint is {latest}: make room (or move runs_dir), then run again to "
+        "resume from it"
+        if latest is not None
+        else "there is no complete checkpoint yet: make room (or move runs_dir), then run again"
+    )
+    return f"training stopped at step {step}: {failed}. {resume}"
 
 
 def run_layout(args: argparse.Namespace, default: RunLayout) -> RunLayout:
@@ -83,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from longcat.cache.reader import CacheReader
     from longcat.cache.spec import CacheError
+    from longcat.files import WriteFailed
+    from longcat.train.changes import RunRefused
     from longcat.train.loop import StopRequest, Trainer
     from longcat.train.preflight import training_set_problem
-    from longcat.train.record import RunRefused, run_identity
+    from longcat.train.record import run_identity
 
     stop = StopRequest()
     # Before any process group: every rank finds the same caches, so each stops on its own, and only
@@ -108,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return trainer.run(stop)
+    except WriteFailed as failed:
+        try:
+            log.error("%s", stopped_by(failed, trainer.progress.step, paths.checkpoints))
+        except WriteFailed:
+            pass  # the log's own disk is full: the exit status is all that can be said
+        return EXIT_WRITE_FAILED
     finally:
         import torch.distributed as dist
 

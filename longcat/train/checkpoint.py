@@ -9,6 +9,10 @@ load: a checkpoint written by 8 ranks resumes on 4, or on 1.
 Asynchronous checkpoints (`dcp.async_save`) copy the state to host memory during the step that saves,
 then write it from a background thread while training goes on; the rename and the pruning of old
 checkpoints follow once every rank's write is done.
+
+A save that cannot be written (a full disk above all) stops the run with a WriteFailed naming the
+checkpoint, its path and the cause: a synchronous save at its own step, an asynchronous one at the first
+step after its write failed (`Checkpointer.check`), not at the next save.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import datetime
 import logging
 import random
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -33,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from longcat.files import WriteFailed, write_failed
 from longcat.paths import checkpoint_dirs
 from longcat.train.record import write_record
 
@@ -117,30 +125,52 @@ class Checkpointer:
         final = self.root / f"step-{step}"
         partial = self.root / f"step-{step}.partial"
         if self.rank == 0:
-            # With no save in flight, any partial or half-deleted directory is the remains of a run
-            # that died.
-            for stale in self.root.glob("step-*.partial"):
-                shutil.rmtree(stale)
-            remove_deletion_leftovers(self.root)
-            partial.mkdir(parents=True)
-            if record is not None:
-                write_record(partial, record)
+            with self._writing(partial):
+                # With no save in flight, any partial or half-deleted directory is the remains of a run
+                # that died.
+                for stale in self.root.glob("step-*.partial"):
+                    shutil.rmtree(stale)
+                remove_deletion_leftovers(self.root)
+                partial.mkdir(parents=True)
+                if record is not None:
+                    write_record(partial, record)
         dist.barrier()
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optim": optim_state, "trainer": trainer_state}
         if average is not None:
             state[AVERAGE] = average
-        # Per-rank RNG streams are not sharded state; each rank keeps its own file. Written before
-        # DCP's final gather, so rank 0's completed save implies every rank's file is there.
-        torch.save(rng_state(), partial / f"rng-rank{self.rank}.pt")
-        if self.asynchronous:
-            written = dcp.async_save(state, checkpoint_id=partial, process_group=self.group)
-            self.pending = self._finisher.submit(self._finish, written, partial, final)
-        else:
-            dcp.save(state, checkpoint_id=partial)
-            self._finish(None, partial, final)
+        with self._writing(partial):
+            # Per-rank RNG streams are not sharded state; each rank keeps its own file. Written before
+            # DCP's final gather, so rank 0's completed save implies every rank's file is there.
+            torch.save(rng_state(), partial / f"rng-rank{self.rank}.pt")
+            if self.asynchronous:
+                written = dcp.async_save(state, checkpoint_id=partial, process_group=self.group)
+                self.pending = self._finisher.submit(self._finish, written, partial, final)
+            else:
+                dcp.save(state, checkpoint_id=partial)
+                self._finish(None, partial, final)
+        if not self.asynchronous:
             dist.barrier()
         return final
+
+    @contextmanager
+    def _writing(self, partial: Path) -> Iterator[None]:
+        """A checkpoint write inside that fails is a WriteFailed naming the checkpoint and its path."""
+        try:
+            yield
+        except WriteFailed:
+            raise
+        except (OSError, RuntimeError, CheckpointException) as error:
+            raise write_failed(
+                partial, f"checkpoint {partial.name.removesuffix('.partial')}", error
+            ) from error
+
+    def check(self) -> None:
+        """Raise the WriteFailed of an asynchronous save whose write has failed; nothing while it is being
+        written or once it is done. Called at every step, so a failed save stops the run at the next one."""
+        if self.pending is not None and self.pending.done() and self.pending.exception() is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
 
     def wait(self) -> None:
         """Block until the save in flight, if any, is complete and renamed; collective."""
@@ -151,18 +181,15 @@ class Checkpointer:
         dist.barrier()
 
     def _finish(self, written: Future | None, partial: Path, final: Path) -> None:
-        if written is not None:
-            try:
+        with self._writing(partial):
+            if written is not None:
                 written.result()
-            except Exception:
-                log.exception("writing checkpoint %s failed", partial)
-                raise
-        if self.rank != 0:
-            return
-        if final.exists():
-            remove_checkpoint(final)
-        partial.rename(final)
-        prune_checkpoints(self.root, self.keep_last)
+            if self.rank != 0:
+                return
+            if final.exists():
+                remove_checkpoint(final)
+            partial.rename(final)
+            prune_checkpoints(self.root, self.keep_last)
         log.info("checkpoint saved: %s", final)
 
 

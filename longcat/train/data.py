@@ -12,10 +12,8 @@ runs, so the step itself only takes a ready batch from a queue.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
-import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -26,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from longcat.flow import pad_captions
+from longcat.train.workers import leave_stopping_to_the_trainer
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,8 @@ class BucketedSampler:
 
 
 class CacheBatches(Dataset):
-    """Turns a batch of indices into model inputs. Runs in the loader's worker processes.
+    """Turns a batch of indices into `samples` (those of `source` by default) into model inputs. Runs in
+    the loader's worker processes.
 
     Captions reach the DiT exactly as the pipeline hands them over at sampling: padded to the text
     cache's `max_tokens` by `longcat.flow.pad_captions`, and a dropped caption is the empty prompt (the
@@ -121,7 +121,6 @@ class CacheBatches(Dataset):
     """
 
     def __init__(self, source: CacheSource, samples: Sequence[CacheSample] | None = None):
-        """`samples`: those of `source` to serve (the training samples; None: all)."""
         self.source = source
         self.samples = list(source.samples if samples is None else samples)
         self.max_tokens = int(source.max_tokens)
@@ -165,7 +164,6 @@ class TrainLoader:
         prefetch_batches: int = 4,
         samples: Sequence[CacheSample] | None = None,
     ):
-        """`samples`: those of `source` that train (the held-out ones left out; None: all)."""
         self.dataset = CacheBatches(source, samples)
         self.shards = list(source.shards)
         self.sampler = BucketedSampler(
@@ -204,8 +202,8 @@ class TrainLoader:
 
     def data_state(self) -> dict[str, Any]:
         """What the run trains on, for its record: every shard the caches hold, the training samples, the
-        current epoch's samples per shard (what a resumed run needs to go on with the same epoch), and the
-        samples per latent frame count (the sample rule renders the largest)."""
+        current epoch's samples per shard (what a resumed run needs to go on with the same epoch) and per
+        latent frame count (the sample rule renders the largest)."""
         samples = self.dataset.samples
         members = range(len(samples)) if self.members is None else self.members
         return {
@@ -257,7 +255,7 @@ class TrainLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch_batches if self.num_workers else None,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_leave_stopping_to_the_trainer,
+            worker_init_fn=leave_stopping_to_the_trainer,
         )
         # The position counts batches handed to the step, not those taken in ahead of it.
         for batch in _in_background(iter(loader), self.prefetch_batches):
@@ -266,28 +264,6 @@ class TrainLoader:
                 self.epoch, self.position, self.members = self.epoch + 1, 0, None
                 self.epoch_batches = self.sampler.batches_per_rank
             yield batch
-
-
-def _leave_stopping_to_the_trainer(worker_id: int) -> None:
-    """A loader worker leaves the signals that ask training to stop to the training process.
-
-    Slurm's hard preemption (`scontrol requeue`, a time limit without `--signal`) sends SIGTERM to
-    every process of the job step, and `--signal=USR1` sends USR1 to each. torch's worker handler
-    exits on a SIGTERM from anyone but its parent; the training process would then fail on the dead
-    worker before it saves. Here USR1 is ignored, and SIGTERM is blocked and taken by a thread that
-    ends the worker only when its parent sent it (as multiprocessing does to stop its workers at
-    exit); the training process saves, then shuts its workers down itself.
-    """
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    # Threads started from here on inherit the mask, so the SIGTERM waits for _exit_on_parents_sigterm.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_parents_sigterm, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_on_parents_sigterm(parent: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(0)
 
 
 class _EpochsFrom:

@@ -85,12 +85,14 @@ def slurm_resources(cfg: Train) -> dict[str, int | str]:
     """What the training job asks Slurm for, from the config, so that the demo's job is as small as the
     demo (CPU processes) and the real one takes whole GPU nodes. The profile adds the partition.
 
-    `gres` is per node, so one entry serves one node or several; the CPUs are the rule's threads. Ten
-    minutes before the time limit Slurm sends USR1 to every process of the job's steps (no `B:`, which
-    would signal only the batch shell): training saves a checkpoint and exits, and Snakemake's retry
-    resumes the run.
+    `gres` is per node, so one entry serves one node or several. The CPUs are `train_threads`, asked for
+    as such: Snakemake caps a rule's threads at the submitting host's `--cores` (the default profile's
+    `all`), which says nothing of a GPU node. Ten minutes before the time limit Slurm sends USR1 to every
+    process of the job's steps (no `B:`, which would signal only the batch shell): training saves a
+    checkpoint and exits, and Snakemake's retry resumes the run.
     """
     resources: dict[str, int | str] = {
+        "cpus_per_task": train_threads(cfg),
         "mem_mb": cfg.memory_gb * 1000,
         "runtime": cfg.time_limit_minutes,
         "slurm_extra": "--signal=USR1@600",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import math
@@ -27,6 +26,7 @@ from longcat.train.build import (
     make_optimizer,
     micro_batch_generator,
 )
+from longcat.train.changes import change_lines
 from longcat.train.checkpoint import (
     Checkpointer,
     full_model_state_dict,
@@ -35,21 +35,13 @@ from longcat.train.checkpoint import (
 from longcat.train.data import CacheSource, TrainLoader
 from longcat.train.ema import WeightAverage
 from longcat.train.estimate import CARDS, train_flops_per_sample, video_tokens
-from longcat.train.heldout import HeldoutLoss, evaluated_samples, split_heldout
-from longcat.train.metrics import Metrics, peak_memory_gib
-from longcat.train.objective import dit_inputs, draw_micro_batch, per_sample_loss, sigma_bucket
-from longcat.train.record import (
-    Start,
-    change_lines,
-    check_init_from,
-    check_start,
-    init_from_record,
-    new_segment,
-    read_record,
-)
+from longcat.train.evaluation import Evaluation
+from longcat.train.heldout import split_heldout
+from longcat.train.metrics import Metrics, peak_memory_gib, per_sample_scalars
+from longcat.train.objective import dit_inputs, draw_micro_batch, per_sample_loss
+from longcat.train.record import RunRecord
 from longcat.train.schedule import make_scheduler
 from longcat.train.tasks import TASKS
-from longcat.train.validation import Validator, most_common_shape, validation_prompts
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +50,6 @@ EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: a checkpoint was saved on a signal;
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def per_sample_scalars(rows: list[list[float]]) -> dict[str, float]:
-    """From a step's (σ, loss, task index) of every sample: the loss per σ bucket and per task, and the
-    share of each task (what the step trained, beside the configured mix)."""
-    by_sigma: dict[str, list[float]] = {}
-    by_task: dict[str, list[float]] = {}
-    for sigma, loss, task in rows:
-        by_sigma.setdefault(sigma_bucket(sigma), []).append(loss)
-        by_task.setdefault(TASKS[int(task)], []).append(loss)
-    scalars = {f"loss_by_sigma/{name}": sum(values) / len(values) for name, values in by_sigma.items()}
-    scalars |= {f"loss_by_task/{name}": sum(values) / len(values) for name, values in by_task.items()}
-    return scalars | {f"train/tasks/{task}": len(by_task.get(task, ())) / len(rows) for task in TASKS}
 
 
 @dataclass
@@ -112,14 +91,14 @@ class Trainer:
         latest). A start the run cannot take raises RunRefused before anything is built."""
         self.cfg = cfg
         self.paths = paths
-        self.identity = dict(identity or {})
         self.checkpoint = resume or latest_checkpoint(paths.checkpoints)
-        self.record = read_record(self.checkpoint) if self.checkpoint is not None else None
-        self.start = self.check_start(source)
+        self.record = RunRecord(
+            cfg, identity or {}, self.checkpoint, paths.init_from, paths.base_model, source.shards
+        )
         self.rank, self.world_size, self.device = init_distributed(cfg)
         torch.manual_seed(cfg.seed)
         self.source = source
-        training, self.heldout = split_heldout(source.samples, cfg.heldout_fraction)
+        training, heldout = split_heldout(source.samples, cfg.heldout_fraction)
         self.loader = TrainLoader(
             source,
             cfg.train_batch_size,
@@ -152,74 +131,20 @@ class Trainer:
         self.hidden, self.depth = dit_config["hidden_size"], dit_config["depth"]
         self.patch = tuple(dit_config["patch_size"])
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        recorded = ((self.record or {}).get("heldout") or {}).get("evaluated")
-        self.evaluated = evaluated_samples(self.heldout, cfg.heldout_eval_samples, recorded)
-        if cfg.heldout_fraction and not self.heldout and self.rank == 0:
-            log.warning(
-                "train.heldout_fraction %s holds out none of the %d samples: no held-out loss or videos",
-                cfg.heldout_fraction,
-                len(source.samples),
-            )
-        self.heldout_loss = (
-            HeldoutLoss(
-                source,
-                tuple(self.evaluated),
-                cfg.heldout_sigmas,
-                cfg.continuation_latents,
-                self.device,
-                self.rank,
-                self.world_size,
-            )
-            if cfg.heldout_every_n_steps and self.evaluated
-            else None
-        )
-        self.validator = self.make_validator(sample_prompts) if cfg.validation_every_n_steps else None
-
-    def make_validator(self, sample_prompts: Sequence[str]) -> Validator:
-        cfg = self.cfg
-        frames = {sample.sample_id: sample.latent_shape[1] for sample in self.source.samples}
-        # The held-out videos come from the first evaluated clip of the longest length trained there.
-        clip = max(self.evaluated, key=frames.__getitem__) if self.evaluated else None
-        return Validator(
-            prompts=tuple(
-                validation_prompts(cfg.validation_prompts, sample_prompts, cfg.num_validation_videos)
-            ),
-            num_inference_steps=cfg.validation_inference_steps,
-            guidance_scale=cfg.validation_guidance_scale,
-            seed=cfg.seed,
-            flow_shift=self.flow_shift,
-            out_dir=self.paths.validation,
-            base_model=self.paths.base_model,
-            latent_shape=most_common_shape(sample.latent_shape for sample in self.loader.dataset.samples),
-            max_tokens=self.loader.dataset.max_tokens,
-            fps=self.source.fps,
-            source=self.source,
-            heldout_clip=clip,
-            continuation_latents=cfg.continuation_latents,
-            device=self.device,
-            dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32,
-            rank=self.rank,
-        )
-
-    def check_start(self, source: CacheSource) -> Start | None:
-        """The run's rule for a changed config (`longcat.train.record`) against the checkpoint's record;
-        for a new run, that `init_from` is a model of this run's base model."""
-        if self.checkpoint is None:
-            if self.paths.init_from is not None:
-                check_init_from(self.paths.init_from, self.paths.base_model, self.identity)
-            return None
-        if self.record is None:
-            log.warning(
-                "checkpoint %s holds no run record: its settings cannot be checked against the config",
-                self.checkpoint,
-            )
-            return None
-        return check_start(
-            self.record,
-            self.identity or self.record["identity"],
-            self.cfg,
-            str(self.checkpoint),
-            lambda: source.shards,
+        recorded = ((self.record.saved or {}).get("heldout") or {}).get("evaluated")
+        self.evaluation = Evaluation(
+            cfg,
+            paths,
+            source,
+            training,
+            heldout,
+            recorded,
+            sample_prompts,
+            self.flow_shift,
+            self.device,
+            self.rank,
+            self.world_size,
+            self.average,
         )
 
     def trainer_state(self) -> dict[str, Any]:
@@ -242,58 +167,25 @@ class Trainer:
             self.progress.nonfinite_total = int(state["nonfinite_total"])
             self.scheduler.load_state_dict(state["scheduler"])
             apply_optimizer_settings(self.optimizer, self.scheduler, self.cfg)
-            recorded = self.record or {}
-            segments = recorded.get("segments") or [{}]
-            self.loader.load_state_dict(state["loader"], segments[-1].get("world_size"))
-            moved = self.loader.resume_epoch(recorded["data"]["epoch_samples"]) if recorded else None
+            self.loader.load_state_dict(state["loader"], self.record.saved_world_size)
+            saved = self.record.saved
+            moved = self.loader.resume_epoch(saved["data"]["epoch_samples"]) if saved else None
             if self.rank == 0:
                 log.info("resumed from %s at step %d", self.checkpoint, self.progress.step)
-                for key, (old, new) in (self.start.changed if self.start else {}).items():
+                for key, (old, new) in (self.record.start.changed if self.record.start else {}).items():
                     log.warning("applied from step %d on: %s %s -> %s", self.progress.step + 1, key, old, new)
                 if moved:
                     log.warning("%s", moved)
-        self.record = self.opened_record()
-
-    def opened_record(self) -> dict[str, Any]:
-        """The run's record with a segment for this start (a new record for a new run)."""
-        step, samples = self.progress.step, len(self.loader.dataset)
-        segment = new_segment(step, self.world_size, samples, self.start)
-        heldout = {"samples": len(self.heldout), "evaluated": self.evaluated}
-        if self.record is None:
-            return {
-                "run": self.cfg.run,
-                "step": step,
-                "identity": self.identity,
-                "train": settings_dict(self.cfg),
-                "init_from": init_from_record(self.paths.init_from) if step == 0 else None,
-                "data": self.loader.data_state(),
-                "heldout": heldout,
-                "segments": [segment],
-            }
-        return {
-            **self.record,
-            "train": settings_dict(self.cfg),
-            "heldout": heldout,
-            "segments": [*self.record["segments"], segment],
-        }
-
-    def current_record(self) -> dict[str, Any]:
-        """The record of the steps trained so far."""
-        step = self.progress.step
-        segments = [*self.record["segments"][:-1], {**self.record["segments"][-1], "to_step": step}]
-        return {**self.record, "step": step, "data": self.loader.data_state(), "segments": segments}
+        data, heldout = self.loader.data_state(), self.evaluation.record()
+        self.record.open(self.progress.step, self.world_size, data, heldout)
 
     def average_state(self) -> dict[str, torch.Tensor] | None:
         return self.average.state_dict() if self.average is not None else None
 
     def save(self) -> Path:
+        record = self.record.at(self.progress.step, self.loader.data_state())
         return self.checkpointer.save(
-            self.progress.step,
-            self.model,
-            self.optimizer,
-            self.trainer_state(),
-            self.current_record(),
-            self.average_state(),
+            self.progress.step, self.model, self.optimizer, self.trainer_state(), record, self.average_state()
         )
 
     def micro_step(self, batch: dict[str, Any], micro_index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -302,14 +194,8 @@ class Trainer:
         latents = batch["latents"].to(self.device, non_blocking=True)
         generator = micro_batch_generator(cfg.seed, self.rank, micro_index, self.device)
         draw = draw_micro_batch(latents.shape, generator, cfg, self.flow_shift, self.device)
-        flow, inputs = dit_inputs(
-            latents,
-            batch["text_states"].to(self.device),
-            batch["text_mask"].to(self.device),
-            draw.sigmas,
-            draw.noise,
-            draw.num_cond_latents,
-        )
+        text, mask = batch["text_states"].to(self.device), batch["text_mask"].to(self.device)
+        flow, inputs = dit_inputs(latents, text, mask, draw.sigmas, draw.noise, draw.num_cond_latents)
         losses = per_sample_loss(self.model(**inputs), flow)
         (losses.mean() / cfg.gradient_accumulation_steps).backward()
         return losses.detach(), flow.sigmas.detach(), draw.task
@@ -319,26 +205,23 @@ class Trainer:
         self.resume()
         metrics = Metrics(self.paths.tensorboard, self.rank == 0, self.progress.step, cfg.max_train_steps)
         metrics.hparams(settings_dict(cfg) | {"flow_shift": self.flow_shift}, self.progress.step)
-        if self.start is not None and self.start.changed:
-            metrics.text(self.progress.step, "config/changed", "\n".join(change_lines(self.start.changed)))
+        if self.record.start is not None and self.record.start.changed:
+            changed = "\n".join(change_lines(self.record.start.changed))
+            metrics.text(self.progress.step, "config/changed", changed)
         card = CARDS.get(cfg.gpu_type) if cfg.on_gpu else None
         batches = iter(self.loader)
         try:
-            if self.heldout_loss is not None and self.progress.step == 0:
-                self.evaluate(0, metrics)
+            self.evaluation.at_start(self.model, self.progress.step, metrics)
             while self.progress.step < cfg.max_train_steps:
                 scalars = self.train_step(batches, card)
                 self.progress.step += 1
+                self.checkpointer.check()
                 metrics.step(self.progress.step, scalars)
                 step = self.progress.step
                 stopping = self.stop_requested(stop)
                 if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps or stopping:
                     self.save()
-                if self.heldout_loss is not None and step % cfg.heldout_every_n_steps == 0:
-                    self.evaluate(step, metrics)
-                if self.validator is not None and step % cfg.validation_every_n_steps == 0:
-                    with self.evaluated_weights():
-                        self.validator(self.model, step, metrics)
+                self.evaluation.after_step(self.model, step, metrics)
                 if stopping:
                     self.checkpointer.wait()
                     log.warning("stopped by signal at step %d; exit %d to be run again", step, EXIT_PREEMPTED)
@@ -348,16 +231,6 @@ class Trainer:
             return 0
         finally:
             metrics.close()
-
-    def evaluated_weights(self):
-        """The weights validation and the held-out loss use: the average with train.ema_validation."""
-        if self.average is not None and self.cfg.ema_validation:
-            return self.average.swapped_in(self.model)
-        return contextlib.nullcontext()
-
-    def evaluate(self, step: int, metrics: Metrics) -> dict[str, float]:
-        with self.evaluated_weights():
-            return self.heldout_loss.log(self.model, step, metrics)
 
     def stop_requested(self, stop: StopRequest | None) -> bool:
         flag = torch.tensor(
@@ -457,12 +330,13 @@ class Trainer:
         if self.rank == 0:
             from longcat.export import export_model
 
+            record = self.record.at(self.progress.step, self.loader.data_state())
             export_model(
                 trained if trained is not None else average,
                 self.paths.base_model,
                 self.paths.final,
                 flow_shift=self.flow_shift,
-                record=self.current_record() | {"weights": "ema" if trained is None else "raw"},
+                record=record | {"weights": "ema" if trained is None else "raw"},
                 max_sequence_length=self.source.max_tokens,
                 average=average if exported == "both" else None,
             )
