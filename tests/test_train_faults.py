@@ -320,10 +320,10 @@ def small_run(train_base_model, tmp_path_factory):
 def test_a_full_checkpoint_disk_stops_the_run_at_the_next_step_naming_the_last_checkpoint(
     tmp_path, small_run
 ):
-    """A tiny model's checkpoint takes 3.1 MB: a 4.5 MB disk holds the one of step 4, not the one of
-    step 8 beside it. Written in the background, the save of step 8 fails while training goes on: the run
-    stops at the first step after, not at the next save (step 12), naming the path, the missing space and
-    the checkpoint to resume from."""
+    """A tiny model's checkpoint takes 3.1 MB (without a weight average): a 4.5 MB disk holds the one of
+    step 4, not the one of step 8 beside it. Written in the background, the save of step 8 fails while
+    training goes on: the run stops at the first step after, not at the next save (step 12), naming the
+    path, the missing space and the checkpoint to resume from."""
     checkpoints = tmp_path / "run" / "checkpoints"
     with small_disk(checkpoints, "4500k"):
         job = launch(
@@ -334,6 +334,7 @@ def test_a_full_checkpoint_disk_stops_the_run_at_the_next_step_naming_the_last_c
             checkpointing_steps=4,
             checkpoints_total_limit=1,
             async_checkpoint=True,
+            ema_decay=None,
         )
         code = job.wait(timeout=300)
     log = (tmp_path / "train.log").read_text()
