@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_clip as make_h264_clip
+from conftest import planned
 
 from longcat.config import ConfigError, load_config
 from longcat.data.buckets import closest_bucket, default_buckets, resolution_buckets
@@ -292,7 +293,7 @@ def test_damage_past_the_first_picture_fails_the_clip_naming_the_damage(tmp_path
 
     damaged, _ = probe_video(LocalSource(clips), path.name, size, decode_check=True)
     assert damaged["num_frames"] == columns["num_frames"]  # the index and the first picture are intact
-    row = {**damaged, "key": path.name, "frame_count": damaged["num_frames"]}
+    row = planned({**damaged, "key": path.name, "frame_count": damaged["num_frames"]}, SQUARE)
     decoded = decode_row(row, SQUARE, LocalSource(clips), threads=1, scratch_dir=tmp_path / "scratch")
     assert decoded.frames is None
     reason, detail = decoded.reason.split(": ", 1)
