@@ -8,8 +8,8 @@ Run in the demo's directory after `snakemake train` (or `make demo`), with the c
 Prints one JSON line: per task, the held-out loss (mean over the σ of train.heldout_sigmas) at the first and
 the last evaluation; for the last validation step, the PSNR (dB, 8-bit frames) of the first frame of each
 held-out video against the clip as the VAE gives it back from its cached latents (`heldout-clip.mp4`),
-the continuation's leading frames likewise, and the clip through the VAE against the clip itself (its
-frames decoded from the source at the frame plan the metadata stored).
+the conditioned videos' clean leading frames likewise (null: identical), and the clip through the VAE
+against the clip itself (its frames decoded from the source at the frame plan the metadata stored).
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def read_video(path: Path) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
+def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """PSNR in dB of 8-bit frames; None for identical frames."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+    return None if mse == 0 else round(10 * math.log10(255**2 / mse), 2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,13 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                 "validation_step": step,
                 "clip": clip_id,
                 "first_frame_psnr_db_to_the_clip_through_the_vae": {
-                    task: round(psnr(video[0], through_vae[0]), 2) for task, video in rendered.items()
+                    task: psnr(video[0], through_vae[0]) for task, video in rendered.items()
                 },
                 "clean_frames_psnr_db_to_the_clip_through_the_vae": {
-                    task: round(psnr(rendered[task][:count], through_vae[:count]), 2)
-                    for task, count in clean.items()
+                    task: psnr(rendered[task][:count], through_vae[:count]) for task, count in clean.items()
                 },
-                "clip_through_the_vae_psnr_db_to_the_clip": round(psnr(through_vae, source), 2),
+                "clip_through_the_vae_psnr_db_to_the_clip": psnr(through_vae, source),
             }
         )
     )
