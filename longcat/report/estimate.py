@@ -25,9 +25,7 @@ from longcat.files import atomic_write_text
 from longcat.settings import BaseModel, Cache, Estimate, Train
 from longcat.train.estimate import (
     CARDS,
-    EXPORTED_WEIGHT_BYTES,
     card_mfu,
-    checkpoint_bytes,
     dit_config_for,
     dit_parameter_counts,
     latent_shape_for,
@@ -35,6 +33,7 @@ from longcat.train.estimate import (
     step_time,
     step_time_text,
 )
+from longcat.train.memory import EXPORTED_WEIGHT_BYTES, checkpoint_bytes
 
 log = logging.getLogger(__name__)
 

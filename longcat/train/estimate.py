@@ -21,16 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from longcat.settings import BaseModel, Settings, Train
-
-GIB = 1024**3
-
-# Bytes per parameter of the training state: FSDP2 keeps the sharded parameters in fp32 (master weights,
-# also under bf16 compute), with fp32 gradients and AdamW's two fp32 moments. A checkpoint holds the
-# weights and the moments; the exported model is bf16.
-MASTER_WEIGHT_BYTES = 4
-GRADIENT_BYTES = 4
-ADAM_MOMENT_BYTES = 8
-EXPORTED_WEIGHT_BYTES = 2
+from longcat.train.memory import GRADIENT_BYTES, memory_per_gpu
 
 # The published 13.6B `dit/config.json` (architecture keys), used when no base model is on disk yet.
 PUBLISHED_DIT_CONFIG = {
@@ -99,11 +90,6 @@ CARDS = {
 # Between nodes a ring runs at the network's pace: one 400 Gb/s InfiniBand or RoCE port per GPU (50 GB/s),
 # of which NCCL reaches about 90%. An assumption like the cards' figures.
 INTER_NODE_BUS_GBPS = 45.0
-
-# bf16 bytes kept per token per block for backward without checkpointing (norm outputs in fp32,
-# qkv, q/k after norm and RoPE, attention output, cross-attention, the four SwiGLU tensors);
-# an estimate to be checked against a measured peak (bench/bench_train_gpu.py).
-ACTIVATION_BYTES_PER_TOKEN_WIDTH = 60
 
 
 def dit_config_for(base: BaseModel, base_model: Path) -> tuple[dict[str, Any], str]:
@@ -284,60 +270,6 @@ def step_time_text(step: dict[str, Any]) -> list[str]:
         f"{comm['bus_gbps']:g} GB/s: {comm['seconds']:.2f} s, of which {comm['exposed_seconds']:.3f} s "
         "not hidden behind compute",
     ]
-
-
-def checkpoint_bytes(num_params: int) -> int:
-    """Tensor bytes of one resumable checkpoint (DCP, all ranks' shards together): the fp32 master
-    weights and both AdamW moments. Gradients are not saved; RNG states and counters are negligible."""
-    return num_params * (MASTER_WEIGHT_BYTES + ADAM_MOMENT_BYTES)
-
-
-def memory_per_gpu(
-    counts: dict[str, int],
-    hidden: int,
-    depth: int,
-    tokens: int,
-    world_size: int,
-    batch_size: int,
-    activation_checkpointing: str,
-    checkpoint_every: int = 2,
-    cpu_offload: bool = False,
-    bf16: bool = True,
-) -> dict[str, float]:
-    """Estimated peak bytes on one GPU, by part (GiB)."""
-    from longcat.train.parallelize import checkpointed_block_indices  # torch: only when memory is asked
-
-    total = counts["total"]
-    compute_bytes = 2 if bf16 else 4
-    # fp32 master weights, fp32 gradients and two fp32 AdamW moments, all sharded.
-    state_bytes = MASTER_WEIGHT_BYTES + GRADIENT_BYTES + ADAM_MOMENT_BYTES
-    sharded_states = 0 if cpu_offload else state_bytes * total / world_size
-    # Unsharded compute copies: the current block, the prefetched next one, and the root's own weights,
-    # plus one block's unsharded gradients before reduce-scatter.
-    working_params = (2 * counts["block"] + counts["embedders"] + counts["final"]) * compute_bytes
-    working_grads = counts["block"] * (compute_bytes + 4)
-    checkpointed = len(checkpointed_block_indices(depth, activation_checkpointing, checkpoint_every))
-    full_block = ACTIVATION_BYTES_PER_TOKEN_WIDTH * tokens * hidden * batch_size
-    block_input = tokens * hidden * compute_bytes * batch_size
-    activations = checkpointed * block_input + (depth - checkpointed) * full_block
-    if activation_checkpointing == "selective":
-        # Kept self-attention output plus its fp32 logsumexp per head (head width 128), per block.
-        activations += (
-            checkpointed * batch_size * (tokens * hidden * compute_bytes + tokens * (hidden // 128) * 4)
-        )
-    if checkpointed:
-        activations += full_block  # one block recomputed at a time in backward
-    # Output, target and loss in fp32 plus allocator slack.
-    workspace = 3 * tokens * 64 * 4 * batch_size + 2 * GIB
-    parts = {
-        "sharded_states": sharded_states,
-        "working_params": working_params + working_grads,
-        "activations": activations,
-        "workspace": workspace,
-    }
-    parts = {key: value / GIB for key, value in parts.items()}
-    parts["total"] = sum(parts.values())
-    return parts
 
 
 def estimate_run(
