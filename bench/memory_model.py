@@ -1,7 +1,7 @@
 """Estimated per-GPU memory of a 13.6B LongCat-Video full finetune on 8x80 GB at 93x480x832.
 
 One JSON line: a row per (batch size, activation checkpointing, CPU offload) with the parts of the
-estimate (longcat.train.estimate.memory_per_gpu) and whether it fits. `--markdown` prints the table instead.
+estimate (longcat.train.memory.memory_per_gpu) and whether it fits. `--markdown` prints the table instead.
 """
 
 from __future__ import annotations
@@ -10,12 +10,7 @@ import argparse
 import json
 import sys
 
-from longcat.train.estimate import (
-    PUBLISHED_DIT_CONFIG,
-    dit_parameter_counts,
-    latent_shape_for,
-    video_tokens,
-)
+from longcat.train.estimate import PUBLISHED_DIT_CONFIG, dit_parameter_counts, latent_shape_for, video_tokens
 from longcat.train.memory import memory_per_gpu
 
 WORLD_SIZE = 8

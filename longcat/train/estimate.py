@@ -1,9 +1,10 @@
-"""Before a run starts: model FLOPs, step time, and per-GPU memory (`longcat.train.memory`) for the
-configured model and world size. The dry run and the `estimate` target both count with these definitions.
+"""Before a run starts: model FLOPs, step time, per-GPU memory and checkpoint bytes for the configured
+model and world size. The dry run and the `estimate` target both count with these definitions.
 
 FLOPs per sample follow the usual model-FLOPs convention (no recomputation counted):
 6·N·s for the linear layers (forward + backward) plus 12·s²·d·L for self-attention, with N parameters,
-s video tokens, d the width and L blocks.
+s video tokens, d the width and L blocks. Memory is an estimate with its parts named, so a user sees
+which knob (batch size, activation checkpointing, CPU offload) moves which part.
 
 A step's time has two parts of different standing. Compute: the model FLOPs at `train.assumed_mfu`, a
 figure measured on one GPU (`bench/bench_train_gpu.py`: 4 full-width blocks, FSDP2 at world size 1, so no

@@ -1,6 +1,6 @@
-"""Bytes of the training state: an estimate of the peak memory on one GPU, with its parts named so that a
-user sees which knob (batch size, activation checkpointing, CPU offload, the weight average) moves which,
-and the size of a checkpoint. `longcat.train.estimate` and the dry run count with these."""
+"""What training keeps in memory and on disk: bytes per parameter of the training state, a checkpoint's
+bytes, and the estimated peak memory of one GPU by part (so that a user sees which knob, the weight
+average included, moves which)."""
 
 from __future__ import annotations
 
