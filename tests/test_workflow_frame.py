@@ -135,10 +135,20 @@ def test_cluster_profile_follows_the_plugin_rules():
     for rule, resources in data["set-resources"].items():
         if "gpu" in resources or "gpu" in str(resources.get("gres", "")):
             assert "tasks" not in resources, f"{rule}: tasks on a GPU rule becomes --ntasks-per-gpu"
-    train = data["set-resources"]["train"]
-    assert train["gres"] == "gpu:8"
+    # The train job asks for what its config says (longcat.train.launch.slurm_resources); the profile
+    # adds the partition and drops the rule's own GPU count, which --gpus would ask for again.
+    assert data["set-resources"]["train"]["gpu"] == 0
+    from longcat.config import load_config
+    from longcat.settings import load_settings
+    from longcat.train.launch import slurm_resources
+
+    real = slurm_resources(load_settings(load_config(REPO / "config" / "longcat-13b.yaml")).train)
+    demo = slurm_resources(load_settings(load_config()).train)
+    assert real["gres"] == "gpu:8" and "gres" not in demo
+    assert "--exclusive" in real["slurm_extra"] and "--exclusive" not in demo["slurm_extra"]
     # USR1 to every process of the job's steps (not "B:", the batch shell alone) reaches the launcher.
-    assert "--exclusive" in train["slurm_extra"] and "--signal=USR1@600" in train["slurm_extra"]
+    assert all("--signal=USR1@600" in resources["slurm_extra"] for resources in (real, demo))
+    assert (real["mem_mb"], real["runtime"], demo["mem_mb"], demo["runtime"]) == (512_000, 2880, 8000, 60)
 
 
 def test_make_test_fails_when_pytest_collects_nothing():
