@@ -340,3 +340,15 @@ def test_a_second_job_of_a_shard_waits_and_leaves_the_finished_shard_as_it_is(tm
     with caplog.at_level(logging.WARNING, logger="longcat.cache.ownership"):
         ShardWriter(layout, "00001", TEXT_INDEX_SCHEMA, {"cache_key": "key"}).close()
     assert "a process that is gone" in caplog.text
+
+
+def test_a_writer_that_fails_to_start_leaves_no_lock_behind(tmp_path):
+    """A shard job that fails right after taking the shard's lock (its parts directory cannot be made)
+    releases the lock: a later job of the shard, on any node, takes it at once instead of waiting for it
+    to go stale."""
+    layout = CacheLayout(tmp_path / "text" / "key")
+    layout.root.mkdir(parents=True)
+    layout.partial("00000").write_text("a file where the parts directory goes")
+    with pytest.raises(FileExistsError):
+        ShardWriter(layout, "00000", TEXT_INDEX_SCHEMA, {"cache_key": "key"})
+    assert not layout.lock("00000").exists()

@@ -101,6 +101,15 @@ class ShardWriter:
         # Nothing of the shard is touched before its lock is held: another job may be writing it.
         self.lock = ShardLock(cache.lock(shard))
         self.lock.acquire()
+        try:
+            self._start()
+        except BaseException:
+            # No `with` block holds a writer whose start failed: its lock would outlive the job.
+            self.lock.release()
+            raise
+
+    def _start(self) -> None:
+        """Clear what a killed job left, and take in the parts of earlier attempts (the lock held)."""
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         for path in (self.tensors_path, self.index_path):
