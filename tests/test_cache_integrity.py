@@ -352,3 +352,28 @@ def test_a_writer_that_fails_to_start_leaves_no_lock_behind(tmp_path):
     with pytest.raises(FileExistsError):
         ShardWriter(layout, "00000", TEXT_INDEX_SCHEMA, {"cache_key": "key"})
     assert not layout.lock("00000").exists()
+
+
+def test_a_cache_on_a_filesystem_without_hard_links_is_claimed_and_locked(tmp_path, monkeypatch):
+    """Where link(2) is refused (FUSE and SMB mounts without hard links), the workflow id, the cache's
+    owner and a shard's lock are made by an exclusive create: claimed once, locked once, released."""
+    import errno
+    import threading
+
+    from longcat.cache import ownership
+
+    def no_hard_links(source, target):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(ownership.os, "link", no_hard_links)
+    ownership.claim(tmp_path / "cache", tmp_path / "results" / "workflow-id")
+    ownership.claim(tmp_path / "cache", tmp_path / "results" / "workflow-id")
+    lock = ownership.ShardLock(tmp_path / "cache" / ".lock-shard-00000")
+    taking = threading.Thread(target=lock.acquire, daemon=True)
+    taking.start()
+    taking.join(timeout=10)
+    assert not taking.is_alive(), "the lock was never taken"
+    assert not ownership.create_file(lock.path, "another job")
+    lock.release()
+    assert not lock.path.exists()
+    assert not list((tmp_path / "cache").glob(".*.tmp"))

@@ -15,12 +15,14 @@ LOCK_REFRESH_S; a lock left by a process that is gone from this host, or that no
 LOCK_STALE_S (a job killed on another node), is taken over.
 
 Both files are made by link(2) of a complete temp file, which is atomic on NFS and Lustre too, where
-flock(2) may not reach other nodes. A lock's age is measured on the waiter's clock (how long the file
-has stayed the same), so clocks that differ between nodes do not matter.
+flock(2) may not reach other nodes; on a filesystem without hard links, by an exclusive create. A
+lock's age is measured on the waiter's clock (how long the file has stayed the same), so clocks that
+differ between nodes do not matter.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -39,11 +41,14 @@ OWNER_FILE = "owner.json"
 LOCK_REFRESH_S = 30.0
 LOCK_STALE_S = 600.0
 LOCK_POLL_S = 2.0
+# What link(2) answers on a filesystem that has no hard links.
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK})
 
 
 def create_file(path: Path, content: str) -> bool:
     """Make `path` hold `content` unless it exists; True when this call made it. Others see the file
-    whole or not at all."""
+    whole or not at all, but on a filesystem without hard links (some FUSE and SMB mounts), where it is
+    made by an exclusive create and may be seen empty for a moment."""
     temp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     temp.write_text(content, encoding="utf-8")
     try:
@@ -51,11 +56,27 @@ def create_file(path: Path, content: str) -> bool:
         return True
     except FileExistsError:
         return False
-    except OSError:
+    except OSError as error:
         # NFS may report a failed link(2) whose retry in fact made it: the temp file's link count says.
-        return temp.stat().st_nlink == 2
+        if temp.stat().st_nlink == 2:
+            return True
+        if error.errno not in NO_HARD_LINKS:
+            raise
+        return _create_exclusively(path, content)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _create_exclusively(path: Path, content: str) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
 
 
 def workflow_id(path: Path) -> str:
