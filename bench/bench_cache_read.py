@@ -27,6 +27,7 @@ from longcat.cache.format import TEXT_INDEX_SCHEMA, VAE_INDEX_SCHEMA
 from longcat.cache.reader import CacheReader
 from longcat.cache.writer import ShardWriter, write_empty_text, write_index
 from longcat.paths import CacheLayout
+from longcat.vae_frames import video_frames
 
 WAYS = ("unverified", "verified")
 
@@ -44,7 +45,7 @@ def build(root: Path, shards: int, rows: int, with_tensors: bool, args) -> tuple
                 "sample_id": sample_id,
                 "status": "ok",
                 "reason": None,
-                "num_frames": 4 * (latent_shape[1] - 1) + 1,
+                "num_frames": video_frames(latent_shape[1]),
                 "fps": 15.0,
                 "bucket_height": latent_shape[2] * 8,
                 "bucket_width": latent_shape[3] * 8,

@@ -31,6 +31,7 @@ from longcat.paths import Layout
 from longcat.report.training import read_tensorboard, validation_steps
 from longcat.settings import load_settings
 from longcat.train.tasks import TASKS
+from longcat.vae_frames import video_frames
 
 
 def read_video(path: Path) -> np.ndarray:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     metadata = {row["key"]: row for row in pq.read_table(Layout.from_settings(settings).metadata).to_pylist()}
     plan = stored_plan(metadata[clip_id], settings.frames)
     source = decode_clip(str(Path(settings.source.path, clip_id)), plan)
-    clean = {"image_to_video": 1, "continuation": 4 * (max(settings.train.continuation_latents) - 1) + 1}
+    clean = {"image_to_video": 1, "continuation": video_frames(max(settings.train.continuation_latents))}
     print(
         json.dumps(
             {

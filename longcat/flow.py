@@ -1,8 +1,8 @@
 """Flow matching as LongCat-Video defines it, one definition for training and sampling.
 
 Everything that decides what the DiT sees lives here, and the trainer, validation and the pipeline all
-call it: the σ schedule and its shift, noising and the target, the timestep scale, the latent
-normalisation and the caption padding and mask. Following the official code
+call it: the σ schedule and its shift, noising and the target, the timestep scale, the pixels the VAE
+encodes and the latent normalisation, and the caption padding and mask. Following the official code
 (github meituan-longcat/LongCat-Video, `longcat_video/pipeline_longcat_video.py`):
 - sampling sigmas are `linspace(1, 0.001, N)` (`get_timesteps_sigmas`, l. 313-325) shifted by the
   scheduler's `shift`, then 0; the DiT's timestep is `1000·σ`;
@@ -146,6 +146,21 @@ def euler_step(latents: torch.Tensor, model_output: torch.Tensor, sigma: float, 
 
 
 # ---------------------------------------------------------------- latents and captions
+
+
+def vae_pixels(video: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Pixels as the VAE takes them: `video` (uint8, or float in [0, 1]) to [-1, 1], scaled in float32
+    and rounded to `dtype` once. A frame given to the pipeline as `u / 255` scales exactly as the cache
+    scaled its uint8 `u`."""
+    unit = video.float() / 255 if video.dtype == torch.uint8 else video.float().clamp(0, 1)
+    return (unit * 2 - 1).to(dtype)
+
+
+def encode_latents(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """The DiT's latents of `pixels` (`vae_pixels`): the mode of the VAE's posterior, normalised. The
+    caches encode the clips so, and the pipeline its conditioning frames, so that a conditioning video
+    reaches the DiT as the finetune's conditioning frames did."""
+    return normalize_latents(vae.encode(pixels).latent_dist.mode(), vae.config)
 
 
 def _latent_stats(vae_config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,12 +29,14 @@ from longcat.encoders.text import encode_prompts
 from longcat.flow import (
     cfg_zero_star,
     denormalize_latents,
+    encode_latents,
     euler_step,
-    normalize_latents,
     sampling_sigmas,
     timesteps,
+    vae_pixels,
 )
 from longcat.model import LongCatVideoTransformer3DModel
+from longcat.vae_frames import is_frame_count, latent_frames
 
 PATCH_SIZE = 2
 # The official pipeline pads captions to 512 tokens unless told otherwise (`max_sequence_length` of
@@ -155,7 +157,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
             raise ValueError(
                 f"height and width: expected positive multiples of {spatial}, found {height}x{width}"
             )
-        if num_frames < 1 or (num_frames - 1) % self.vae_scale_factor_temporal:
+        if not is_frame_count(num_frames, self.vae_scale_factor_temporal):
             raise ValueError(
                 f"num_frames: expected {self.vae_scale_factor_temporal}k+1 (e.g. 93), found {num_frames}"
             )
@@ -191,13 +193,10 @@ class LongCatVideoPipeline(DiffusionPipeline):
         return text, mask, negative_text, negative_mask
 
     def _encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Normalised latents of `video` ([B, 3, F, H, W] in [0, 1]). The official pipeline draws a sample
-        of the VAE's posterior (`retrieve_latents`, l. 31-41); here its mode, as the caches hold the
-        clips (`longcat.encoders.vae.encode_batch`), so that a conditioning video reaches the DiT as the
-        finetune's conditioning frames did."""
-        pixels = (video.to(device=self._execution_device, dtype=self.vae.dtype) * 2 - 1).clamp(-1, 1)
-        latents = self.vae.encode(pixels).latent_dist.mode()
-        return normalize_latents(latents, self.vae.config)
+        """Normalised latents of `video` ([B, 3, F, H, W] in [0, 1], or uint8). The official pipeline
+        draws a sample of the VAE's posterior (`retrieve_latents`, l. 31-41); here its mode, from pixels
+        scaled as the caches scale the clips (`longcat.flow.encode_latents`)."""
+        return encode_latents(self.vae, vae_pixels(video.to(self._execution_device), self.vae.dtype))
 
     def _conditioning(
         self,
@@ -208,7 +207,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
         shape: tuple[int, ...],
     ) -> torch.Tensor | None:
         """The normalised latents that lead a sample of latent `shape` `[B, C, T, h, w]`, or None."""
-        batch, channels, latent_frames, height, width = shape
+        batch, channels, num_latent_frames, height, width = shape
         spatial = self.vae_scale_factor_spatial
         if video is not None and cond_latents is not None:
             raise ValueError("video and cond_latents: expected at most one of them, found both")
@@ -216,7 +215,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
             video = video.unsqueeze(0) if video.ndim == 4 else video
             num_cond_frames = video.shape[2] if num_cond_frames is None else num_cond_frames
             if (
-                (num_cond_frames - 1) % self.vae_scale_factor_temporal
+                not is_frame_count(num_cond_frames, self.vae_scale_factor_temporal)
                 or not 0 < num_cond_frames < num_frames
                 or num_cond_frames > video.shape[2]
             ):
@@ -241,11 +240,11 @@ class LongCatVideoPipeline(DiffusionPipeline):
         if (
             count not in (1, batch)
             or (found_channels, *size) != (channels, height, width)
-            or not 0 < frames < latent_frames
+            or not 0 < frames < num_latent_frames
         ):
             raise ValueError(
                 f"cond_latents: expected [1 or {batch}, {channels}, N, {height}, {width}] with "
-                f"0 < N < {latent_frames}, found {list(cond_latents.shape)}"
+                f"0 < N < {num_latent_frames}, found {list(cond_latents.shape)}"
             )
         return cond_latents.to(self._execution_device, torch.float32).expand(batch, -1, -1, -1, -1)
 
@@ -307,7 +306,7 @@ class LongCatVideoPipeline(DiffusionPipeline):
         shape = (
             batch,
             self.dit.config.in_channels,
-            (num_frames - 1) // self.vae_scale_factor_temporal + 1,
+            latent_frames(num_frames, self.vae_scale_factor_temporal),
             height // self.vae_scale_factor_spatial,
             width // self.vae_scale_factor_spatial,
         )

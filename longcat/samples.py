@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from longcat.files import write_dir_atomically
 from longcat.settings import Frames, Sample
+from longcat.vae_frames import video_frames
 
 if TYPE_CHECKING:
     import torch
@@ -44,13 +45,13 @@ def trained_num_frames(model_dir: str | Path, temporal: int) -> int:
     from longcat.train.record import EXPORTED_RECORD_FILE, read_record
 
     record = read_record(model_dir, EXPORTED_RECORD_FILE)
-    latent_frames = ((record or {}).get("data") or {}).get("latent_frames")
-    if not latent_frames:
+    trained_counts = ((record or {}).get("data") or {}).get("latent_frames")
+    if not trained_counts:
         raise ValueError(
             f"sample.num_frames: expected a frame count, or a model whose {EXPORTED_RECORD_FILE} counts the "
             f"samples it trained per latent frame count; {Path(model_dir)} has none: set sample.num_frames"
         )
-    return (max(int(count) for count in latent_frames) - 1) * temporal + 1
+    return video_frames(max(int(count) for count in trained_counts), temporal)
 
 
 def render_samples(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longcat.config import SCHEMA, ConfigError, check_config, fill_defaults, load_yaml
+from longcat.vae_frames import is_frame_count
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,13 @@ class Frames:
 
     def __post_init__(self):
         # Refused here, before any job, what the frame plan and the VAE would refuse later.
-        if (self.num_frames - 1) % 4:
+        if not is_frame_count(self.num_frames):
             raise ConfigError(
                 f"frames.num_frames: expected 4k+1 (the VAE compresses time 4x: 17, 49, 73, 93, ...), "
                 f"found {self.num_frames}"
             )
         for index, count in enumerate(self.frame_buckets):
-            if (count - 1) % 4 or count > self.num_frames:
+            if not is_frame_count(count) or count > self.num_frames:
                 raise ConfigError(
                     f"frames.frame_buckets[{index}]: expected 4k+1 and at most frames.num_frames "
                     f"({self.num_frames}), found {count}"
@@ -229,7 +230,7 @@ class Sample:
     guidance_scale: float
 
     def __post_init__(self):
-        if self.num_frames is not None and (self.num_frames - 1) % 4:
+        if self.num_frames is not None and not is_frame_count(self.num_frames):
             raise ConfigError(
                 f"sample.num_frames: expected 4k+1 (the VAE compresses time 4x: 17, 49, 73, 93, ...), "
                 f"found {self.num_frames}"

@@ -182,6 +182,19 @@ def test_conditioning_video_keeps_the_latents_of_its_last_frames(pipe):
     torch.testing.assert_close(again, latents, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conditioning_frames_encode_as_the_cache_encodes_the_clip(tiny_base_model, dtype):
+    """A clip's frames given to the pipeline as floats (`u / 255`, as video readers hand them) reach the
+    DiT as the same latents the VAE cache stored for the uint8 clip, bit for bit, in bf16 too."""
+    from longcat.encoders.vae import encode_batch
+
+    pipe = LongCatVideoPipeline(**load_components(tiny_base_model, dtype=dtype))
+    frames = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    cached = encode_batch(pipe.vae, [frames], torch.device("cpu"), dtype)
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 255
+    torch.testing.assert_close(pipe._encode_video(video), cached, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

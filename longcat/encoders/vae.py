@@ -23,7 +23,7 @@ from longcat.data.sources import TransientSourceError, sanitize
 from longcat.encoders.decode import DecodedClip, decode_ahead, decode_row, read_shard_rows, same_shape_batches
 from longcat.encoders.dtypes import compute_dtype, torch_dtype
 from longcat.encoders.write_behind import WriteBehind, to_host
-from longcat.flow import normalize_latents
+from longcat.flow import encode_latents, vae_pixels
 from longcat.paths import CacheLayout
 from longcat.settings import Cache, Frames, Settings
 
@@ -122,10 +122,7 @@ def encode_batch(
     host = torch.empty((len(clips), *clips[0].shape), dtype=torch.uint8, pin_memory=on_gpu)
     torch.stack([torch.from_numpy(frames) for frames in clips], out=host)
     pixels = host.to(device, non_blocking=on_gpu).permute(0, 4, 1, 2, 3)
-    # Scale in float32, then round to the compute dtype once.
-    pixels = (pixels.float() / 127.5 - 1.0).to(dtype).contiguous(memory_format=memory_format)
-    posterior = vae.encode(pixels).latent_dist
-    return normalize_latents(posterior.mode(), vae.config)
+    return encode_latents(vae, vae_pixels(pixels, dtype).contiguous(memory_format=memory_format))
 
 
 @dataclass

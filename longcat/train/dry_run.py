@@ -12,6 +12,7 @@ from longcat.paths import RunLayout
 from longcat.settings import Frames, RunSettings, Train
 from longcat.train.data import BucketedSampler
 from longcat.train.estimate import CARDS, dit_config_for, estimate_run, latent_shape_for, step_time_text
+from longcat.vae_frames import video_frames
 
 # What each bucket keeps of its step-time estimate (`longcat.train.estimate.step_time`).
 STEP_KEYS = ("step_seconds", "compute_seconds", "card", "assumed_mfu", "mfu_source", "communication")
@@ -25,11 +26,6 @@ def configured_latent_shapes(frames: Frames) -> list[tuple[int, int, int, int]]:
 
 def latent_volume(shape: tuple[int, ...]) -> int:
     return shape[1] * shape[2] * shape[3]
-
-
-def frames_of(latent_shape: tuple[int, ...]) -> int:
-    """Video frames behind a latent shape (the VAE keeps the first frame alone, then 4 per latent frame)."""
-    return 4 * (latent_shape[1] - 1) + 1
 
 
 def data_report(cfg: Train, paths: RunLayout, fps: float) -> dict[str, Any]:
@@ -50,7 +46,7 @@ def data_report(cfg: Train, paths: RunLayout, fps: float) -> dict[str, Any]:
     per_step = cfg.gradient_accumulation_steps
     used = sampler.batches_per_rank * cfg.world_size * cfg.train_batch_size
     steps_per_epoch = sampler.batches_per_rank // per_step
-    frames = Counter(frames_of(shape) for shape in shapes)
+    frames = Counter(video_frames(shape[1]) for shape in shapes)
     # Sampled faster than frames.fps: only `short_clip: stretch` does that (the rate is cached per sample).
     stretched = sum(1 for sample in reader.samples if sample.fps > fps * (1 + 1e-6))
     return {
@@ -89,7 +85,7 @@ def dry_run_report(settings: RunSettings, paths: RunLayout) -> dict[str, Any]:
         buckets.append(
             {
                 "latent_shape": list(shape),
-                "frames": frames_of(shape),
+                "frames": video_frames(shape[1]),
                 "tokens_per_sample": per_bucket["tokens_per_sample"],
                 "samples": counts[shape],
                 **{key: per_bucket[key] for key in STEP_KEYS},

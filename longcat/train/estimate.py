@@ -22,6 +22,7 @@ from typing import Any
 
 from longcat.settings import BaseModel, Settings, Train
 from longcat.train.memory import GRADIENT_BYTES, memory_per_gpu
+from longcat.vae_frames import SPATIAL_COMPRESSION, latent_frames
 
 # The published 13.6B `dit/config.json` (architecture keys), used when no base model is on disk yet.
 PUBLISHED_DIT_CONFIG = {
@@ -154,7 +155,7 @@ def latent_shape_for(
     num_frames: int, height: int, width: int, channels: int = 16
 ) -> tuple[int, int, int, int]:
     """Wan VAE: 4x temporal (first frame alone), 8x spatial."""
-    return (channels, (num_frames - 1) // 4 + 1, height // 8, width // 8)
+    return (channels, latent_frames(num_frames), height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION)
 
 
 def train_flops_per_sample(num_params: int, tokens: int, hidden: int, depth: int) -> float:

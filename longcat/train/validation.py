@@ -27,6 +27,7 @@ import torch.distributed as dist
 from longcat.flow import denormalize_latents, pad_captions
 from longcat.train.objective import cond_latents_for
 from longcat.train.tasks import TASKS
+from longcat.vae_frames import video_frames
 
 if TYPE_CHECKING:
     from longcat.train.data import CacheSource
@@ -109,7 +110,7 @@ class Validator:
         _, frames, height, width = latent_shape
         temporal, spatial = pipeline.vae_scale_factor_temporal, pipeline.vae_scale_factor_spatial
         return pipeline(
-            num_frames=(frames - 1) * temporal + 1,
+            num_frames=video_frames(frames, temporal),
             height=height * spatial,
             width=width * spatial,
             num_inference_steps=self.num_inference_steps,
@@ -145,7 +146,7 @@ class Validator:
             video = self.render(pipeline, latents.shape[1:], self.seed, **captions, **cond)
             what = f"held-out clip {clip}, {task.replace('_', ' ')}"
             if num_cond:
-                frames = (num_cond - 1) * pipeline.vae_scale_factor_temporal + 1
+                frames = video_frames(num_cond, pipeline.vae_scale_factor_temporal)
                 what += f" from its first {frames} frames" if frames > 1 else " from its first frame"
             self.write(video, step, f"heldout-{task}", what, metrics)
 
