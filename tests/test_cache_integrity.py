@@ -270,6 +270,27 @@ def test_a_key_cached_in_several_shards_is_read_from_the_newest(tmp_path):
     assert len(reader.samples) == 3
 
 
+def test_a_key_whose_newest_version_failed_does_not_train_an_older_one(tmp_path):
+    # The replacing object failed to cache (damaged, say): the object it replaced is gone, so its older
+    # version, cached ok in an earlier shard, must not train in its place.
+    vae, text = small_cache(tmp_path, shards=1)
+    replaced = "clip-0-1.mp4"
+    for layout, schema in ((vae, VAE_INDEX_SCHEMA), (text, TEXT_INDEX_SCHEMA)):
+        writer = ShardWriter(layout, "00001", schema, {"cache_key": layout.root.name})
+        if schema is VAE_INDEX_SCHEMA:
+            row = {"sample_id": replaced, "status": "failed", "reason": "damaged_frames: 3 of 9 frames"}
+            writer.add(row | {"num_frames": 9, "fps": 15.0, "bucket_height": 32, "bucket_width": 48}, None)
+        else:
+            row = {"sample_id": replaced, "status": "ok", "reason": None, "text_len": TEXT_LEN}
+            writer.add(row, torch.ones(TEXT_LEN, 32))
+        writer.finish([replaced])
+
+    reader = CacheReader(vae.root, text.root)
+    assert replaced not in {sample.sample_id for sample in reader.samples}
+    assert len(reader.samples) == 2
+    assert reader.failed[replaced] == "00001"
+
+
 # ---------------------------------------------------------------- a cache written by more than one
 
 

@@ -116,13 +116,13 @@ def describe_contents(vae_dir: str | Path, text_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _newest_versions(sample_ids: list[str], shards: list[str]) -> list[int]:
-    """Row numbers, in order, that keep each sample id once: the row of its highest shard."""
+def _newest_shards(*tables: pa.Table) -> dict[str, int]:
+    """Per sample id, the highest shard that holds it in any of `tables`, ok or failed."""
     newest: dict[str, int] = {}
-    for row, (sample_id, shard) in enumerate(zip(sample_ids, shards, strict=True)):
-        if sample_id not in newest or int(shard) > int(shards[newest[sample_id]]):
-            newest[sample_id] = row
-    return sorted(newest.values())
+    for table in tables:
+        for sample_id, shard in zip(table["sample_id"].to_pylist(), table["shard"].to_pylist(), strict=True):
+            newest[sample_id] = max(newest.get(sample_id, -1), int(shard))
+    return newest
 
 
 class CacheReader:
@@ -159,10 +159,18 @@ class CacheReader:
         matched = matched.take(pc.sort_indices(matched["order"]))
         joined = ok_vae.take(matched["order"]).append_column("text_len", matched["text_len"])
         # A key cached in several shards is several versions of one object (a replaced object gets a
-        # new shard when relisted): the newest shard's is the one to train on.
-        newest = _newest_versions(joined["sample_id"].to_pylist(), joined["shard"].to_pylist())
-        if len(newest) < joined.num_rows:
-            joined, matched = joined.take(newest), matched.take(newest)
+        # new shard when relisted): the newest shard's is the one to train on, and when it failed the
+        # key does not train: an older version never stands in for the object that replaced it.
+        newest = _newest_shards(vae, text)
+        current = [
+            row
+            for row, (sample_id, shard) in enumerate(
+                zip(joined["sample_id"].to_pylist(), joined["shard"].to_pylist(), strict=True)
+            )
+            if int(shard) == newest[sample_id]
+        ]
+        if len(current) < joined.num_rows:
+            joined, matched = joined.take(current), matched.take(current)
         # The checksums as arrays: a dict of Python ints per sample would be copied into every loader worker.
         self._latent_checksum = joined["checksum"].to_numpy().astype(np.uint64)
         self._text_checksum = matched["text_checksum"].to_numpy().astype(np.uint64)

@@ -127,8 +127,9 @@ class Metrics:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """Scalars at `step` outside a training step (the held-out loss)."""
         if self.enabled:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
+            with self.writing("TensorBoard events", step):
+                for name, value in values.items():
+                    self.writer.add_scalar(name, value, step)
 
     def images(self, step: int, tag: str, frames: torch.Tensor) -> None:
         """Frames [N, C, H, W] in [0, 1], shown as an image strip (videos in TensorBoard need moviepy)."""
