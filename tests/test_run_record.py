@@ -155,3 +155,18 @@ def test_the_config_readme_states_the_rule_of_every_train_key():
     refused = text.split("- **Refused**")[1].split("- **A finished run**")[0]
     assert [key for key in sorted(OPTIMIZER_KEYS | RUN_KEYS) if f"`{key}`" not in applied] == []
     assert [key for key in sorted(FIXED_KEYS) if f"`{key}`" not in refused] == []
+
+
+def test_a_run_started_from_weights_that_held_out_less_says_so(tmp_path):
+    """A clip is held out when its key's hash falls under the fraction: a run holding out more than the
+    run its weights come from evaluates clips those weights trained on, and its record says so."""
+    from longcat.train.record import EXPORTED_RECORD_FILE, init_from_record, write_record
+
+    cfg = train_settings(heldout_fraction=0.01)
+    write_record(tmp_path, record_of(cfg, 40), EXPORTED_RECORD_FILE)
+    assert init_from_record(tmp_path, 0.01) == {"model": str(tmp_path), "run": cfg.run, "step": 40}
+    assert "heldout" not in init_from_record(tmp_path, 0.005)
+    note = init_from_record(tmp_path, 0.05)["heldout"]
+    assert "held out train.heldout_fraction 0.01, this run 0.05" in note
+    assert "includes clips the starting weights trained on" in note
+    assert init_from_record(tmp_path / "elsewhere", 0.05) == {"model": str(tmp_path / "elsewhere")}

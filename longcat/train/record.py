@@ -129,12 +129,26 @@ def check_init_from(model: Path, base_model: Path, identity: Mapping) -> None:
         )
 
 
-def init_from_record(model: Path | None) -> dict[str, Any] | None:
-    """What step 0 of a run started from: the model, and the run and step that made it when it says."""
+def init_from_record(model: Path | None, heldout_fraction: float) -> dict[str, Any] | None:
+    """What step 0 of a run started from: the model, the run and step that made it when it says, and
+    when that run held out less than this one (`heldout_fraction`), a note that this run's held-out
+    loss includes clips those weights trained on."""
     if model is None:
         return None
     made_by = read_record(model, EXPORTED_RECORD_FILE)
-    return {"model": str(model), **({"run": made_by["run"], "step": made_by["step"]} if made_by else {})}
+    if made_by is None:
+        return {"model": str(model)}
+    entry = {"model": str(model), "run": made_by["run"], "step": made_by["step"]}
+    # A clip is held out when its key's hash falls under the fraction: a slice lies within the starting
+    # run's own held-out slice exactly when its fraction is no larger.
+    theirs = float((made_by.get("train") or {}).get("heldout_fraction") or 0.0)
+    if heldout_fraction > theirs:
+        entry["heldout"] = (
+            f"run {made_by['run']} held out train.heldout_fraction {theirs:g}, this run "
+            f"{heldout_fraction:g}: the held-out loss includes clips the starting weights trained on, "
+            "and shows less than a slice never trained on would"
+        )
+    return entry
 
 
 class RunRecord:
@@ -154,7 +168,7 @@ class RunRecord:
         """`identity` is `run_identity` of the settings (a test without them passes none: the saved one
         stands); `shards` the cache shards there are now."""
         self.cfg = cfg
-        self.init_from = init_from
+        self.started_from: dict[str, Any] | None = None  # init_from_record, for a run at step 0
         self.saved = read_record(checkpoint) if checkpoint is not None else None
         self.identity = dict(identity) or (self.saved or {}).get("identity", {})
         self.start: Start | None = None
@@ -162,6 +176,9 @@ class RunRecord:
         if checkpoint is None:
             if init_from is not None:
                 check_init_from(init_from, base_model, self.identity)
+                self.started_from = init_from_record(init_from, cfg.heldout_fraction)
+                if "heldout" in self.started_from:
+                    log.warning("train.init_from: %s", self.started_from["heldout"])
         elif self.saved is None:
             log.warning("checkpoint %s holds no run record: its settings cannot be checked", checkpoint)
         else:
@@ -183,7 +200,7 @@ class RunRecord:
                 "step": step,
                 "identity": self.identity,
                 "train": settings_dict(self.cfg),
-                "init_from": init_from_record(self.init_from) if step == 0 else None,
+                "init_from": self.started_from if step == 0 else None,
                 "data": dict(data),
                 "heldout": dict(heldout),
                 "segments": [segment],
