@@ -353,7 +353,7 @@ def test_a_second_job_of_a_shard_waits_and_leaves_the_finished_shard_as_it_is(tm
     assert told and second.returncode == 0 and out == "finished\n", err[-3000:]
     kept = layout.tensors("00000").stat()
     assert (kept.st_ino, kept.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
-    assert not layout.lock("00000").exists()
+    assert not layout.lock("00000").exists() and not layout.partial("00000").exists()
 
     gone = subprocess.Popen(["true"])
     gone.wait()

@@ -140,7 +140,8 @@ class ShardWriter:
 
     def finished(self, sample_ids: Iterable[str]) -> bool:
         """Whether the shard is already written, for these samples and this cache key: by another job of
-        the shard, which held the lock while this one waited. Then nothing is to be done."""
+        the shard, which held the lock while this one waited. Then nothing is to be done, and the parts
+        directory this writer's start made goes."""
         if not (self.tensors_path.is_file() and self.index_path.is_file()):
             return False
         try:
@@ -149,7 +150,10 @@ class ShardWriter:
         except (CacheError, OSError, pa.ArrowException):
             return False
         key = self.metadata.get("cache_key")
-        return header.get("__metadata__", {}).get("cache_key") == key and written == list(sample_ids)
+        if header.get("__metadata__", {}).get("cache_key") != key or written != list(sample_ids):
+            return False
+        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        return True
 
     def _part_path(self, sample_id: str) -> Path:
         return self.partial_dir / (hashlib.sha1(sample_id.encode("utf-8")).hexdigest() + ".safetensors")
