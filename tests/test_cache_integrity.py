@@ -375,6 +375,21 @@ def test_a_writer_that_fails_to_start_leaves_no_lock_behind(tmp_path):
     assert not layout.lock("00000").exists()
 
 
+def test_a_writer_whose_lock_was_taken_over_does_not_write_the_shard(tmp_path):
+    """A job stopped past the lock's staleness (a frozen node) has lost its shard to another job: when it
+    goes on, it does not write the shard over the other job's, and leaves that job's lock alone."""
+    layout = CacheLayout(tmp_path / "text" / "key")
+    writer = ShardWriter(layout, "00000", TEXT_INDEX_SCHEMA, {"cache_key": "key"})
+    writer.add({"sample_id": "a.mp4", "status": "ok", "reason": None, "text_len": 3}, torch.ones(3, 32))
+    taker = json.dumps({"host": "another-node", "pid": 1, "token": "theirs"})
+    layout.lock("00000").write_text(taker)
+    with pytest.raises(CacheError, match="was taken over by another job"):
+        writer.finish(["a.mp4"])
+    writer.close()
+    assert not layout.tensors("00000").exists() and not layout.index("00000").exists()
+    assert layout.lock("00000").read_text() == taker
+
+
 def test_a_cache_on_a_filesystem_without_hard_links_is_claimed_and_locked(tmp_path, monkeypatch):
     """Where link(2) is refused (FUSE and SMB mounts without hard links), the workflow id, the cache's
     owner and a shard's lock are made by an exclusive create: claimed once, locked once, released."""

@@ -180,6 +180,14 @@ class ShardLock:
             except OSError as error:
                 log.warning("%s: the lock could not be refreshed (%s)", self.path, error)
 
+    def held(self) -> bool:
+        """Whether the lock is still this writer's: a job stopped for longer than LOCK_STALE_S (a frozen
+        node, a suspended process) may find it taken over."""
+        try:
+            return self.path.read_text(encoding="utf-8") == self._content
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
         """Remove the lock if it is still this writer's (another job may have taken it over)."""
         self._stop.set()

@@ -31,7 +31,7 @@ from longcat.cache.format import (
     tensor_bytes,
     write_safetensors,
 )
-from longcat.cache.ownership import ShardLock
+from longcat.cache.ownership import LOCK_STALE_S, ShardLock
 from longcat.cache.spec import CacheError, canonical_json
 from longcat.data.rejects import cache_failure, count_reasons, reasons_text, split_cache_failure
 from longcat.files import atomic_write
@@ -212,6 +212,12 @@ class ShardWriter:
                     source.seek(offset)
                     shutil.copyfileobj(_Limited(source, nbytes), handle, length=1 << 22)
 
+        if not self.lock.held():
+            raise CacheError(
+                f"{self.tensors_path}: not written: the shard's lock {self.lock.path} was taken over by "
+                f"another job while this one held it (not refreshed for {LOCK_STALE_S:.0f} s: a frozen node "
+                "or a suspended process); that job writes the shard"
+            )
         atomic_write(self.tensors_path, write)
         write_index(self.index_path, rows, self.schema)
         shutil.rmtree(self.partial_dir)
