@@ -19,6 +19,7 @@ from longcat.cache.format import (
     tensor_bytes,
     write_safetensors,
 )
+from longcat.cache.ownership import ShardLock
 from longcat.cache.reader import CacheReader
 from longcat.cache.spec import CacheError, cache_key, text_cache_spec, vae_cache_spec, write_spec
 from longcat.cache.verify import check_shard, verify_caches
@@ -361,6 +362,13 @@ def test_a_second_job_of_a_shard_waits_and_leaves_the_finished_shard_as_it_is(tm
     with caplog.at_level(logging.WARNING, logger="longcat.cache.ownership"):
         ShardWriter(layout, "00001", TEXT_INDEX_SCHEMA, {"cache_key": "key"}).close()
     assert "a process that is gone" in caplog.text
+
+    # The same process id in another pid namespace (a container on this host) says nothing of that one.
+    lock = ShardLock(layout.lock("00002"))
+    elsewhere = json.dumps({"host": socket.gethostname(), "pid": gone.pid, "pid_namespace": "pid:[1]"})
+    assert lock._stale(elsewhere, unchanged_s=1.0) is None
+    here = json.dumps({**lock.holder, "pid": gone.pid})
+    assert "a process that is gone" in lock._stale(here, unchanged_s=1.0)
 
 
 def test_a_writer_that_fails_to_start_leaves_no_lock_behind(tmp_path):

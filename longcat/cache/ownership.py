@@ -113,12 +113,24 @@ def claim(cache_root: str | Path, id_file: str | Path) -> None:
         )
 
 
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 class ShardLock:
     """The lock of one shard of a cache directory, held while a job writes that shard."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+        self.holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_namespace": _pid_namespace(),
+            "token": secrets.token_hex(8),
+        }
         self._content = json.dumps(self.holder)
         self._stop = threading.Event()
 
@@ -149,13 +161,18 @@ class ShardLock:
         try:
             holder = json.loads(content)
             host, pid = holder["host"], int(holder["pid"])
+            namespace = holder.get("pid_namespace", self.holder["pid_namespace"])
         except (ValueError, KeyError, TypeError):
-            holder, host, pid = content, None, None
+            holder, host, pid, namespace = content, None, None, None
         if unchanged_s > LOCK_STALE_S:
             return f"{holder}, not refreshed for {unchanged_s:.0f} s"
-        if host == self.holder["host"] and pid == os.getpid():
+        # Process ids say something only within one pid namespace (containers on one host share its
+        # name but may not share their process ids).
+        if (host, namespace) != (self.holder["host"], self.holder["pid_namespace"]):
+            return None
+        if pid == os.getpid():
             return f"{holder}, an earlier writer of this process"
-        if host == self.holder["host"] and not Path(f"/proc/{pid}").exists():
+        if not Path(f"/proc/{pid}").exists():
             return f"{holder}, a process that is gone"
         return None
 
